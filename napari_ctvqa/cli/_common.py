@@ -1,0 +1,32 @@
+"""Small pieces every CLI module shares: clean failures and progress bars."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import NoReturn
+
+import typer
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print a one-line error (no traceback) and exit non-zero: users read messages, not stacks."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None = None) -> Iterator:
+    """A rich progress bar on stderr; yields `advance(n=1)`-style callback `update(done, total)`."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.console import Console
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+    ) as prog:
+        task = prog.add_task(description, total=total)
+
+        def update(done: int, total_: int | None = None) -> None:
+            prog.update(task, completed=done, total=total_ if total_ is not None else prog.tasks[0].total)
+
+        yield update

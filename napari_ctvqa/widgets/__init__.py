@@ -1,0 +1,1 @@
+"""Dock widgets: CT window presets, chat panel, rating widget, curator panel, finetune panel."""

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# `make demo`: run `ctvqa demo`, under xvfb-run (saving a screenshot) when there is no display.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+if [ -n "${DISPLAY:-}" ]; then
+  .venv/bin/ctvqa demo "$@"
+else
+  shot=${CTVQA_SCREENSHOT:-ctvqa-demo/screenshot.png}
+  mkdir -p "$(dirname "$shot")"
+  xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/ctvqa demo --screenshot "$shot" "$@"
+  echo "make demo: no display, so the window was saved to $shot"
+fi
+echo "make demo: took $(( $(date +%s) - start )) s"
