@@ -1,8 +1,67 @@
-"""`ctvqa` commands of this area (placeholder until the area lands)."""
+"""`ctvqa view`: open CT files in napari with the window presets docked."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
+from napari_ctvqa.cli._common import fail
+
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the `ctvqa` app."""
+    """Add `ctvqa view` to the `ctvqa` app."""
+    app.command("view")(view)
+
+
+def view(
+    paths: list[Path] = typer.Argument(..., help="CT files (.nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd/.npy/.dcm) or DICOM folders."),
+    window: str = typer.Option("mediastinum", help="Initial window: lung, mediastinum, bone or full."),
+    screenshot: Path | None = typer.Option(None, help="Save a screenshot of the window to this PNG and exit (headless checks)."),
+) -> None:
+    """Open one or more CTs in napari (mm scale, CT window presets on keys L/M/B/F).
+
+    Every file is read before the window opens, so a bad file stops here with its reason.
+    """
+    from model.ct_io import CTReadError, read_ct
+    from model.windows import WINDOW_NAMES, window_limits
+
+    from napari_ctvqa._reader import get_reader, layer_data
+
+    if window.lower() not in WINDOW_NAMES:
+        fail(f"unknown window {window!r}; choose one of {', '.join(WINDOW_NAMES)}")
+    layers = []
+    for path in paths:
+        if not path.exists():
+            fail(f"{path}: no such file or directory")
+        if get_reader(str(path)) is None:
+            fail(f"{path}: not a CT file or DICOM folder this plugin reads")
+        try:
+            volume = read_ct(path)
+        except CTReadError as exc:
+            fail(str(exc))
+        data, kwargs, _ = layer_data(volume, path)
+        if not volume.meta.get("normalised"):
+            kwargs["contrast_limits"] = window_limits(window, data)
+        layers.append((data, kwargs))
+
+    import napari
+
+    from napari_ctvqa.widgets.window import WindowWidget
+
+    viewer = napari.Viewer(title="ctvqa view")
+    for data, kwargs in layers:
+        layer = viewer.add_image(data, **kwargs)
+        layer.contrast_limits_range = window_limits("full", data)  # the slider spans all HU, not the window
+    viewer.window.add_dock_widget(WindowWidget(viewer), name="CT window", area="right")
+    if screenshot is not None:
+        from qtpy.QtWidgets import QApplication
+
+        viewer.window.resize(1400, 900)
+        QApplication.processEvents()
+        viewer.reset_view()
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        viewer.screenshot(str(screenshot), canvas_only=False)
+        viewer.close()
+        typer.echo(f"saved {screenshot}")
+        return
+    napari.run()
