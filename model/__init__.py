@@ -14,6 +14,7 @@ _EXPORTS = {
     "read_ct": "model.ct_io",
     "WINDOW_PRESETS": "model.windows",
     "to_model_input": "model.preprocess",
+    "to_model_input_with_crop": "model.preprocess",
     "VLM": "model.vlm",
     "Answer": "model.vlm",
     "load_vlm": "model.vlm",

@@ -1,0 +1,175 @@
+"""LaMed, the Hugging Face way: a config holding every size and a causal-LM wrapper that splices
+the projected CT features into the language model's input embeddings.
+
+The wrapper takes any causal LM that `AutoModelForCausalLM.from_config` builds (Llama, Phi-3, ...),
+so the same code builds the published 4B model and the tiny models the tests use. Splicing follows
+M3D: the prompt is BOS + `<im_patch>` x N + " " + text and the N image features replace the
+embeddings at positions 1..N. It happens only on a step that starts from an empty KV cache, so
+`generate()` works unchanged.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers.configuration_utils import SubConfigSpec
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from model.vision import ViT3D, VisionEncoder, num_image_tokens
+
+
+class LamedConfig(PreTrainedConfig):
+    """Vision tower + projector sizes (M3D defaults) and the wrapped LM's config under `text_config`."""
+
+    model_type = "ctvqa_lamed"
+    sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
+
+    text_config: dict | PreTrainedConfig | None = None
+    image_size: list[int] | tuple[int, ...] = (32, 256, 256)
+    patch_size: list[int] | tuple[int, ...] = (4, 16, 16)
+    image_channel: int = 1
+    mm_hidden_size: int = 768
+    vision_num_layers: int = 12
+    vision_num_heads: int = 12
+    vision_mlp_dim: int = 3072
+    mm_projector_type: str = "spp"
+    proj_layer_type: str = "mlp"
+    proj_layer_num: int = 2
+    proj_pooling_size: int = 2
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        super().__post_init__(**kwargs)
+        self.image_size = [int(v) for v in self.image_size]
+        self.patch_size = [int(v) for v in self.patch_size]
+        if self.mm_projector_type != "spp" or self.proj_layer_type != "mlp":
+            raise ValueError(
+                f"only the spatial pooling projector with an MLP is supported, got mm_projector_type="
+                f"{self.mm_projector_type!r}, proj_layer_type={self.proj_layer_type!r}"
+            )
+        if self.image_channel != 1:
+            raise ValueError(f"CT input has one channel, config says image_channel={self.image_channel}")
+        num_image_tokens(self.image_size, self.patch_size, self.proj_pooling_size)  # validates the geometry
+
+    @property
+    def num_image_tokens(self) -> int:
+        """The number of `<im_patch>` placeholders a prompt needs for this model."""
+        return num_image_tokens(self.image_size, self.patch_size, self.proj_pooling_size)
+
+
+class LamedForCausalLM(PreTrainedModel, GenerationMixin):
+    """Vision encoder (`vision.vision_tower`, `vision.mm_projector`) + any HF causal LM (`language_model`)."""
+
+    config: LamedConfig
+    config_class = LamedConfig
+    base_model_prefix = "lamed"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _skip_keys_device_placement = ["past_key_values"]
+    _no_split_modules = ["TransformerBlock"]
+
+    def __init__(self, config: LamedConfig) -> None:
+        super().__init__(config)
+        self.vision = VisionEncoder(
+            hidden_size=config.mm_hidden_size,
+            num_layers=config.vision_num_layers,
+            num_heads=config.vision_num_heads,
+            mlp_dim=config.vision_mlp_dim,
+            out_dim=config.text_config.hidden_size,
+            image_size=config.image_size,
+            patch_size=config.patch_size,
+            pooling_size=config.proj_pooling_size,
+            proj_layer_num=config.proj_layer_num,
+        )
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, ViT3D):
+            std = self.config.initializer_range
+            with torch.no_grad():
+                module.cls_token.normal_(0.0, std)
+                module.patch_embedding.position_embeddings.normal_(0.0, std)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.vision.num_tokens
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,1,D,H,W) in [0,1] to (B, num_image_tokens, LM hidden), in the LM's dtype."""
+        weight = self.vision.vision_tower.patch_embedding.position_embeddings
+        features = self.vision(images.to(device=weight.device, dtype=weight.dtype))
+        return features.to(self.get_input_embeddings().weight.dtype)
+
+    def splice_image_features(self, inputs_embeds: torch.Tensor, image_features: torch.Tensor) -> torch.Tensor:
+        """Replace the embeddings at positions 1..N with the image features (position 0 stays BOS)."""
+        n = image_features.shape[1]
+        if inputs_embeds.shape[1] < n + 1:
+            raise ValueError(
+                f"the prompt has {inputs_embeds.shape[1]} tokens but needs BOS + {n} image tokens before the text"
+            )
+        if image_features.shape[0] == 1 and inputs_embeds.shape[0] > 1:
+            image_features = image_features.expand(inputs_embeds.shape[0], -1, -1)
+        elif image_features.shape[0] != inputs_embeds.shape[0]:
+            raise ValueError(
+                f"{image_features.shape[0]} image feature sets for a batch of {inputs_embeds.shape[0]} prompts"
+            )
+        image_features = image_features.to(device=inputs_embeds.device, dtype=inputs_embeds.dtype)
+        return torch.cat((inputs_embeds[:, :1], image_features, inputs_embeds[:, n + 1 :]), dim=1)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        images: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        past_key_values: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """`images` (B,1,D,H,W) or pre-encoded `image_features` (B,N,H) are spliced on a fresh-cache step only."""
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("pass input_ids or inputs_embeds")
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+            fresh = past_key_values is None or past_key_values.get_seq_length() == 0
+            if fresh and (images is not None or image_features is not None):
+                if image_features is None:
+                    image_features = self.encode_images(images)
+                inputs_embeds = self.splice_image_features(inputs_embeds, image_features)
+        return self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+
+
+AutoConfig.register(LamedConfig.model_type, LamedConfig, exist_ok=True)
+AutoModelForCausalLM.register(LamedConfig, LamedForCausalLM, exist_ok=True)

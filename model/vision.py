@@ -1,0 +1,207 @@
+"""M3D's 3D vision tower (ViT3D) and spatial pooling projector, with M3D's module names.
+
+The module and parameter names mirror the published M3D-LaMed state dicts (a MONAI ViT), so
+published weights load by a plain prefix mapping. Attention goes through PyTorch's
+`scaled_dot_product_attention` (fused kernels) instead of M3D's explicit softmax; the result is
+the same computation, faster and lighter on memory.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from math import prod
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def grid_shape(image_size: Sequence[int], patch_size: Sequence[int]) -> tuple[int, int, int]:
+    """Patch grid (d, h, w); a size that does not tile exactly would silently drop voxels, so refuse it."""
+    if len(image_size) != 3 or len(patch_size) != 3:
+        raise ValueError(f"image_size and patch_size need 3 values, got {image_size} and {patch_size}")
+    bad = [(i, p) for i, p in zip(image_size, patch_size) if i % p]
+    if bad:
+        raise ValueError(f"image_size {tuple(image_size)} is not a multiple of patch_size {tuple(patch_size)}")
+    return tuple(int(i) // int(p) for i, p in zip(image_size, patch_size))  # type: ignore[return-value]
+
+
+def num_image_tokens(image_size: Sequence[int], patch_size: Sequence[int], pooling_size: int) -> int:
+    """How many projected image features (= `<im_patch>` placeholders) a config produces."""
+    grid = grid_shape(image_size, patch_size)
+    if any(g % pooling_size for g in grid):
+        raise ValueError(f"patch grid {grid} is not divisible by proj_pooling_size {pooling_size}")
+    return prod(g // pooling_size for g in grid)
+
+
+class _PatchFlatten(nn.Module):
+    """einops `b c (d p1) (h p2) (w p3) -> b (d h w) (p1 p2 p3 c)` with plain reshapes (no einops dependency)."""
+
+    def __init__(self, patch_size: Sequence[int]) -> None:
+        super().__init__()
+        self.patch_size = tuple(int(p) for p in patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, d, h, w = x.shape
+        p1, p2, p3 = self.patch_size
+        x = x.reshape(b, c, d // p1, p1, h // p2, p2, w // p3, p3)
+        x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)  # b, d, h, w, p1, p2, p3, c
+        return x.reshape(b, (d // p1) * (h // p2) * (w // p3), p1 * p2 * p3 * c)
+
+
+class PatchEmbedding(nn.Module):
+    """Linear patch embedding plus a learnt position embedding (MONAI's "perceptron" variant)."""
+
+    def __init__(self, in_channels: int, image_size: Sequence[int], patch_size: Sequence[int], hidden_size: int) -> None:
+        super().__init__()
+        n_patches = prod(grid_shape(image_size, patch_size))
+        patch_dim = in_channels * prod(patch_size)
+        # index 1 holds the Linear so that names match M3D's `patch_embeddings.1.weight`
+        self.patch_embeddings = nn.Sequential(_PatchFlatten(patch_size), nn.Linear(patch_dim, hidden_size))
+        self.position_embeddings = nn.Parameter(torch.zeros(1, n_patches, hidden_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.patch_embeddings(x) + self.position_embeddings
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention; qkv laid out as M3D's `b h (qkv l d)` so its weights load unchanged."""
+
+    def __init__(self, hidden_size: int, num_heads: int) -> None:
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.qkv = nn.Linear(hidden_size, hidden_size * 3, bias=False)
+        self.out_proj = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden_size: int, mlp_dim: int) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(hidden_size, mlp_dim)
+        self.linear2 = nn.Linear(mlp_dim, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear2(F.gelu(self.linear1(x)))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+
+    def __init__(self, hidden_size: int, mlp_dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size)
+        self.attn = SelfAttention(hidden_size, num_heads)
+        self.norm2 = nn.LayerNorm(hidden_size)
+        self.mlp = MLP(hidden_size, mlp_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT3D(nn.Module):
+    """M3D's vision tower: returns the final-normed patch tokens (CLS dropped), (B, N, hidden)."""
+
+    def __init__(
+        self,
+        image_size: Sequence[int] = (32, 256, 256),
+        patch_size: Sequence[int] = (4, 16, 16),
+        hidden_size: int = 768,
+        num_layers: int = 12,
+        num_heads: int = 12,
+        mlp_dim: int = 3072,
+        in_channels: int = 1,
+    ) -> None:
+        super().__init__()
+        self.image_size = tuple(int(s) for s in image_size)
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.patch_embedding = PatchEmbedding(in_channels, image_size, patch_size, hidden_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
+        self.blocks = nn.ModuleList(TransformerBlock(hidden_size, mlp_dim, num_heads) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(hidden_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if tuple(images.shape[2:]) != self.image_size:
+            raise ValueError(f"vision tower expects images of size {self.image_size}, got {tuple(images.shape[2:])}")
+        x = self.patch_embedding(images)
+        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)[:, 1:]
+
+
+class SpatialPoolingProjector(nn.Module):
+    """Average-pool the patch grid (fewer LM tokens), then an MLP into the LM's embedding space."""
+
+    def __init__(
+        self,
+        image_size: Sequence[int],
+        patch_size: Sequence[int],
+        in_dim: int,
+        out_dim: int,
+        pooling_size: int = 2,
+        layer_num: int = 2,
+    ) -> None:
+        super().__init__()
+        self.grid = grid_shape(image_size, patch_size)
+        self.pooling_size = int(pooling_size)
+        num_image_tokens(image_size, patch_size, self.pooling_size)  # validates divisibility
+        modules: list[nn.Module] = [nn.Linear(in_dim, out_dim)]
+        for _ in range(1, layer_num):
+            modules += [nn.GELU(), nn.Linear(out_dim, out_dim)]
+        self.projector = nn.Sequential(*modules)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        # avg_pool3d over non-overlapping windows written as a reshape + mean: same numbers, and it
+        # also runs in bfloat16 on CPU (avg_pool3d does not); tokens are depth-major, channels last
+        b, _, dim = tokens.shape
+        (d, h, w), p = self.grid, self.pooling_size
+        pooled = tokens.reshape(b, d // p, p, h // p, p, w // p, p, dim).mean(dim=(2, 4, 6))
+        return self.projector(pooled.reshape(b, -1, dim))
+
+
+class VisionEncoder(nn.Module):
+    """Vision tower + projector: CT input (B,1,D,H,W) to LM-ready image features (B, tokens, out_dim)."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_layers: int,
+        num_heads: int,
+        mlp_dim: int,
+        out_dim: int,
+        image_size: Sequence[int] = (32, 256, 256),
+        patch_size: Sequence[int] = (4, 16, 16),
+        pooling_size: int = 2,
+        proj_layer_num: int = 2,
+    ) -> None:
+        super().__init__()
+        self.vision_tower = ViT3D(image_size, patch_size, hidden_size, num_layers, num_heads, mlp_dim)
+        self.mm_projector = SpatialPoolingProjector(
+            image_size, patch_size, hidden_size, out_dim, pooling_size, proj_layer_num
+        )
+        self.num_tokens = num_image_tokens(image_size, patch_size, pooling_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.mm_projector(self.vision_tower(images))
+
+
+def build_vision_encoder(
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int,
+    mlp_dim: int,
+    out_dim: int,
+    image_size: Sequence[int] = (32, 256, 256),
+    patch_size: Sequence[int] = (4, 16, 16),
+) -> nn.Module:
+    """The vision tower + projector alone (M3D pooling 2, 2-layer MLP), for benchmarks and experiments."""
+    return VisionEncoder(hidden_size, num_layers, num_heads, mlp_dim, out_dim, image_size, patch_size)

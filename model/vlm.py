@@ -1,0 +1,429 @@
+"""The user-facing model object: load a checkpoint, encode a CT once, answer and stream questions.
+
+A chat about one scan asks many questions of the same image, so the work that depends only on the
+image is done once per volume and kept (`prepare`): the preprocessing, the vision encoder, and the
+language model's KV cache of BOS + image tokens (the part of every prompt before the question).
+A question then costs only its own tokens. Closed questions are also scored by likelihood of each
+`"{letter}. {choice}"`, a cheaper and steadier read-out than parsing generated text.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model import boxes, prompts
+from model.preprocess import InputGeometry, to_model_input_with_crop
+
+SETTINGS_FILE = "ctvqa.json"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default"
+DEFAULT_SETTINGS: dict[str, Any] = {"prompt_style": "m3d", "window": None}
+_HASH_LIMIT_BYTES = 64 * 1024**2
+_SAMPLING_KEYS = {"do_sample", "temperature", "top_p", "top_k", "repetition_penalty", "num_beams", "min_new_tokens"}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One generated answer, with what the chat panel and evaluation need besides the text."""
+
+    text: str
+    choice: str | None = None
+    choice_scores: dict[str, float] | None = None
+    box: tuple[float, ...] | None = None  # voxel coords (z1, y1, x1, z2, y2, x2) of the original volume
+    box_normalized: tuple[float, ...] | None = None  # as the model wrote it, 0-1 over the model input
+    n_tokens: int = 0
+    latency_first_token_s: float | None = None
+    total_s: float = 0.0
+
+
+@dataclass
+class PreparedImage:
+    """Everything about one volume a question can reuse: the model input, its geometry (None for a
+    tensor given directly), the projected image features and, once built, the LM prefix cache."""
+
+    key: str
+    pixels: torch.Tensor  # (1, 1, D, H, W) in [0, 1]
+    features: torch.Tensor  # (1, N, H)
+    geometry: InputGeometry | None
+    prefix_cache: Any = field(default=None, repr=False)
+
+
+class _CancelCriteria:
+    """Stops `generate` at the next token once the event is set (napari's worker.quit cannot)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+        self.steps = 0  # tokens generated so far (the criteria run once per step)
+        self.first_token_at: float | None = None  # perf_counter() when the first token existed
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        self.steps += 1
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class VLM:
+    """A loaded model plus its tokenizer and settings (`ctvqa.json`); `model` is the torch module."""
+
+    def __init__(self, model: Any, tokenizer: Any, settings: dict[str, Any] | None = None,
+                 name: str | None = None, cache_size: int = 4) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.settings = {**DEFAULT_SETTINGS, **(settings or {})}
+        self.name = name or str(getattr(model, "name_or_path", "") or "model")
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, PreparedImage] = OrderedDict()
+        self._objects: dict[int, tuple[weakref.ref, str]] = {}
+        self._cancel = threading.Event()
+        self._criteria = _CancelCriteria(self._cancel)
+        self._lock = threading.RLock()  # guards the cache, which the GUI thread and a worker share
+        self._generating = threading.Lock()  # one generation at a time (the cancel event is shared)
+        self.image_token_id = self._token_id(prompts.IMAGE_TOKEN)
+        if tokenizer.bos_token_id is None:
+            raise ValueError("the tokenizer has no BOS token; LaMed prompts start with BOS (position 0)")
+
+    # ----- settings and prompts -------------------------------------------------------------
+    @property
+    def image_size(self) -> tuple[int, int, int]:
+        return tuple(int(v) for v in self.model.config.image_size)  # type: ignore[return-value]
+
+    @property
+    def num_image_tokens(self) -> int:
+        return int(self.model.config.num_image_tokens)
+
+    @property
+    def prompt_style(self) -> str:
+        return str(self.settings.get("prompt_style", "m3d"))
+
+    def _token_id(self, token: str) -> int:
+        token_id = self.tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or token_id == self.tokenizer.unk_token_id:
+            raise ValueError(f"the tokenizer has no {token!r} token (a LaMed tokenizer adds it)")
+        return int(token_id)
+
+    def build_prompt(self, question: str, choices: Sequence[str] | None = None,
+                     priors: Sequence[int] | None = None, prior_label: str | None = None) -> str:
+        """The text after the image tokens, in this model's prompt style (priors folded in for task 6)."""
+        if priors is not None and len(priors):
+            question = prompts.with_priors(question, prior_label or "the finding", priors)
+        return prompts.format_prompt(question, choices, style=self.prompt_style)
+
+    def prompt_ids(self, prompt: str) -> torch.Tensor:
+        """(1, L) ids of BOS + image placeholders + " " + prompt; checks the placeholders survived tokenizing."""
+        text = prompts.build_input_text(prompt, self.num_image_tokens)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = [self.tokenizer.bos_token_id, *ids]
+        n = self.num_image_tokens
+        if len(ids) < n + 2 or any(i != self.image_token_id for i in ids[1 : n + 1]):
+            raise ValueError(f"tokenizing the prompt did not give {n} {prompts.IMAGE_TOKEN} tokens after BOS")
+        return torch.tensor([ids], dtype=torch.long, device=self.device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    # ----- images --------------------------------------------------------------------------
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,1,D,H,W) or (1,D,H,W) model inputs to (B, N, H) projected image features (not cached)."""
+        if images.ndim == 4:
+            images = images[None]
+        if images.ndim != 5 or images.shape[1] != 1:
+            raise ValueError(f"images must be (B, 1, D, H, W), got {tuple(images.shape)}")
+        if tuple(images.shape[2:]) != self.image_size:
+            raise ValueError(f"this model takes {self.image_size} inputs, got {tuple(images.shape[2:])}")
+        with torch.inference_mode():
+            return self.model.encode_images(images)
+
+    def _key(self, volume: Any, window: Any) -> tuple[str, bool]:
+        """A cache key: the content hash of small tensors/arrays (model inputs); object identity for
+        CT volumes and large arrays, since hashing 300 MB per question would cost more than it saves."""
+        data = getattr(volume, "array", volume)
+        if isinstance(data, torch.Tensor):
+            data = data.detach().cpu().numpy()
+        if hasattr(data, "__array_interface__") and data.nbytes <= _HASH_LIMIT_BYTES:
+            digest = hashlib.blake2b(memoryview(np.ascontiguousarray(data)), digest_size=16).hexdigest()
+            normalised = bool((getattr(volume, "meta", None) or {}).get("normalised", False))
+            return f"data:{digest}:{data.shape}:{normalised}:{window}", False
+        return f"obj:{id(volume)}:{window}", True
+
+    def prepare(self, volume_or_tensor: Any, window: Any = None) -> PreparedImage:
+        """Preprocess and encode a volume once; later calls with the same volume return the cached result.
+
+        Accepts a CTVolume or HU array (preprocessed here), a ready model input tensor (1,D,H,W) or
+        (1,1,D,H,W) in [0, 1], or a PreparedImage (returned as is)."""
+        if isinstance(volume_or_tensor, PreparedImage):
+            return volume_or_tensor
+        window = window if window is not None else self.settings.get("window")
+        with self._lock:
+            key, by_identity = self._key(volume_or_tensor, window)
+            if by_identity:
+                known = self._objects.get(id(volume_or_tensor))
+                if known is None or known[0]() is not volume_or_tensor:
+                    self._cache.pop(key, None)
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        pixels, geometry = self._model_input(volume_or_tensor, window)
+        prepared = PreparedImage(key=key, pixels=pixels, features=self.encode(pixels), geometry=geometry)
+        with self._lock:
+            if by_identity:
+                try:
+                    self._objects[id(volume_or_tensor)] = (weakref.ref(volume_or_tensor), key)
+                except TypeError:  # identity cannot be tracked safely: do not cache
+                    return prepared
+            self._cache[key] = prepared
+            while len(self._cache) > self.cache_size:
+                evicted, _ = self._cache.popitem(last=False)
+                self._objects = {k: v for k, v in self._objects.items() if v[1] != evicted}
+        return prepared
+
+    def _model_input(self, volume: Any, window: Any) -> tuple[torch.Tensor, InputGeometry | None]:
+        if isinstance(volume, torch.Tensor) and volume.ndim in (4, 5) and volume.shape[-3:] == self.image_size:
+            pixels = volume.reshape(1, 1, *self.image_size).float()
+            if pixels.min() < 0 or pixels.max() > 1:
+                raise ValueError("a model input tensor must hold values in [0, 1]; pass the CT volume instead")
+            return pixels, None
+        tensor, geometry = to_model_input_with_crop(volume, size=self.image_size, window=window)
+        return tensor[None], geometry
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
+            self._objects.clear()
+
+    @property
+    def cached_keys(self) -> list[str]:
+        return list(self._cache)
+
+    def _prefix_cache(self, prepared: PreparedImage) -> Any:
+        """KV cache of BOS + image tokens, shared by every question about this volume."""
+        if prepared.prefix_cache is None:
+            n = self.num_image_tokens
+            ids = torch.tensor([[self.tokenizer.bos_token_id] + [self.image_token_id] * n], device=self.device)
+            with torch.inference_mode():
+                out = self.model(input_ids=ids, image_features=prepared.features, use_cache=True)
+            prepared.prefix_cache = out.past_key_values
+        return prepared.prefix_cache
+
+    def _prompt_cache(self, prepared: PreparedImage, ids: torch.Tensor) -> Any:
+        """A fresh KV cache holding all prompt tokens but the last (generate/scoring feed that one)."""
+        cache = copy.deepcopy(self._prefix_cache(prepared))
+        start = self.num_image_tokens + 1
+        if ids.shape[1] - 1 > start:
+            with torch.inference_mode():
+                self.model(input_ids=ids[:, start:-1], past_key_values=cache, use_cache=True)
+        return cache
+
+    # ----- generation ----------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Stop the running generation at its next token step."""
+        self._cancel.set()
+
+    @property
+    def tokens_generated(self) -> int:
+        """Tokens the running (or last) generation has produced so far."""
+        return self._criteria.steps
+
+    def _eos_ids(self) -> list[int]:
+        ids = {self.tokenizer.eos_token_id}
+        configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids.update(configured if isinstance(configured, list) else [configured])
+        return sorted(i for i in ids if i is not None)
+
+    def _generate_in_thread(self, prepared: PreparedImage, ids: torch.Tensor, max_new_tokens: int,
+                            sampling: dict[str, Any]) -> tuple[Any, threading.Thread, dict[str, Any]]:
+        from transformers import GenerationConfig, StoppingCriteriaList, TextIteratorStreamer
+
+        unknown = set(sampling) - _SAMPLING_KEYS
+        if unknown:
+            raise TypeError(f"unknown sampling option(s) {sorted(unknown)}; allowed: {sorted(_SAMPLING_KEYS)}")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        eos = self._eos_ids()
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=bool(sampling.pop("do_sample", False)),
+            eos_token_id=eos or None, pad_token_id=pad, **sampling,
+        )
+        if not config.do_sample:
+            config.temperature = config.top_p = config.top_k = None
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        cache = self._prompt_cache(prepared, ids)
+        result: dict[str, Any] = {}
+        self._criteria = _CancelCriteria(self._cancel)
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    result["ids"] = self.model.generate(
+                        input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
+                        generation_config=config, streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([self._criteria]),
+                    )
+            except BaseException as exc:  # surfaced in the consumer's thread
+                result["error"] = exc
+                streamer.end()
+
+        thread = threading.Thread(target=run, name="ctvqa-generate", daemon=True)
+        thread.start()
+        return streamer, thread, result
+
+    def stream(self, volume_or_tensor: Any, question: str, choices: Sequence[str] | None = None,
+               priors: Sequence[int] | None = None, max_new_tokens: int = 64, prior_label: str | None = None,
+               **sampling: Any) -> Iterator[str]:
+        """Yield the answer's text pieces as they are generated (closing the iterator cancels)."""
+        run = self._run(volume_or_tensor, question, choices, priors, max_new_tokens, prior_label, sampling)
+        for piece, _ in run:
+            if piece:
+                yield piece
+
+    def _run(self, volume_or_tensor: Any, question: str, choices: Sequence[str] | None, priors: Sequence[int] | None,
+             max_new_tokens: int, prior_label: str | None, sampling: dict[str, Any]) -> Iterator[tuple[str, dict]]:
+        self._cancel.clear()  # here, not later: a cancel during encoding/prefill still stops this answer
+        prepared = self.prepare(volume_or_tensor)
+        ids = self.prompt_ids(self.build_prompt(question, choices, priors, prior_label))
+        with self._generating:
+            streamer, thread, result = self._generate_in_thread(prepared, ids, max_new_tokens, dict(sampling))
+            try:
+                for piece in streamer:
+                    yield piece, result
+            finally:
+                if thread.is_alive():
+                    self._cancel.set()
+                thread.join()
+        if "error" in result:
+            raise RuntimeError(f"generation failed: {result['error']}") from result["error"]
+        yield "", {**result, "prepared": prepared, "prompt_ids": ids}
+
+    def answer(self, volume_or_tensor: Any, question: str, choices: Sequence[str] | None = None,
+               priors: Sequence[int] | None = None, max_new_tokens: int = 64, prior_label: str | None = None,
+               on_text: Callable[[str], None] | None = None, **sampling: Any) -> Answer:
+        """Generate an answer (greedy unless sampling options say otherwise); closed questions also get
+        per-choice likelihood scores and the best letter; a box in the text is mapped to voxels.
+        `on_text` receives the text pieces as they come (streaming and the full result in one call)."""
+        start = time.perf_counter()
+        final: dict[str, Any] = {}
+        for piece, state in self._run(volume_or_tensor, question, choices, priors, max_new_tokens, prior_label, sampling):
+            if piece and on_text is not None:
+                on_text(piece)
+            final = state
+        first_at = self._criteria.first_token_at
+        first = first_at - start if first_at is not None else None
+        prompt_len = final["prompt_ids"].shape[1]
+        new_ids = final["ids"][0, prompt_len:].tolist()
+        eos = set(self._eos_ids())
+        n_tokens = len([i for i in new_ids if i not in eos and i != self.tokenizer.pad_token_id])
+        text = self.tokenizer.decode(new_ids, skip_special_tokens=True).strip()
+        raw_text = self.tokenizer.decode(new_ids, skip_special_tokens=False)
+        box_normalized = boxes.parse_box(raw_text)
+        prepared: PreparedImage = final["prepared"]
+        box = None
+        if box_normalized is not None and prepared.geometry is not None:
+            box = boxes.to_voxels(box_normalized, prepared.geometry)
+        choice = scores = None
+        if prompts.listed_choices(choices):
+            scores = self.score_choices(prepared, final["prompt_ids"], choices)  # type: ignore[arg-type]
+            choice = max(scores, key=scores.__getitem__)
+        return Answer(
+            text=text, choice=choice, choice_scores=scores, box=box, box_normalized=box_normalized,
+            n_tokens=n_tokens, latency_first_token_s=first, total_s=time.perf_counter() - start,
+        )
+
+    def score_choices(self, prepared: PreparedImage, prompt_ids: torch.Tensor, choices: Sequence[str]) -> dict[str, float]:
+        """Softmax over choices of the mean log-likelihood of `"{letter}. {choice}"` after the prompt,
+        from one batched forward on a copy of the prompt's KV cache."""
+        offered = prompts.listed_choices(choices)
+        targets = [self.tokenizer(prompts.format_target(text, letter), add_special_tokens=False)["input_ids"]
+                   for letter, text in offered]
+        width = max(len(t) for t in targets)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        last = int(prompt_ids[0, -1])
+        batch = torch.tensor([[last, *t, *[pad] * (width - len(t))] for t in targets], device=self.device)
+        mask = torch.tensor([[1] * (len(t) + 1) + [0] * (width - len(t)) for t in targets], device=self.device)
+        with torch.inference_mode():
+            cache = self._prompt_cache(prepared, prompt_ids)
+            cache.batch_repeat_interleave(len(targets))
+            attention = torch.cat([torch.ones(len(targets), prompt_ids.shape[1] - 1, dtype=mask.dtype,
+                                              device=self.device), mask], dim=1)
+            logits = self.model(input_ids=batch, attention_mask=attention, past_key_values=cache).logits
+            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, batch[:, 1:, None])[..., 0]
+            valid = mask[:, 1:].float()
+            mean = (logp * valid).sum(1) / valid.sum(1)
+            probs = torch.softmax(mean, dim=0)
+        return {letter: float(p) for (letter, _), p in zip(offered, probs)}
+
+
+# ----- loading ------------------------------------------------------------------------------
+def read_settings(folder: Path) -> dict[str, Any]:
+    path = folder / SETTINGS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    style = settings.get("prompt_style", "m3d")
+    if style not in prompts.PROMPT_STYLES:
+        raise ValueError(f"{path}: prompt_style {style!r} is not one of {prompts.PROMPT_STYLES}")
+    return settings
+
+
+def write_settings(folder: str | Path, **settings: Any) -> Path:
+    """Store per-model settings (prompt style, window, notes) beside the weights."""
+    path = Path(folder) / SETTINGS_FILE
+    current = read_settings(Path(folder))
+    current.update(settings)
+    path.write_text(json.dumps(current, indent=2) + "\n")
+    return path
+
+
+def load_tokenizer(folder: Path) -> Any:
+    """The tokenizer saved in the folder; local files only, never remote code."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as exc:
+        if (folder / "tokenizer.json").is_file():
+            return PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
+        raise ValueError(f"{folder}: no usable tokenizer files ({exc})") from None
+
+
+def load_vlm(path: str | Path | None = None, dtype: torch.dtype | str | None = None, device: str = "cpu") -> VLM:
+    """Load one of our save_pretrained folders, a published M3D-LaMed / M3D-RAD folder, or (None) the
+    model shipped in `model/default/`."""
+    from model.checkpoints import CheckpointError, is_published_lamed, load_published
+    from model.lamed import LamedForCausalLM
+
+    folder = Path(path) if path is not None else DEFAULT_MODEL_DIR
+    if path is None and not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"the embedded default model is not built yet ({folder} has no config.json); "
+            "pass a model folder (--model PATH or CTVQA_MODEL)"
+        )
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder {folder} does not exist")
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    try:
+        if is_published_lamed(folder):
+            model = load_published(folder, dtype=dtype, device=device)
+        else:
+            model = LamedForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True).to(device)
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{folder}: cannot load the model ({exc})") from None
+    return VLM(model, load_tokenizer(folder), read_settings(folder), name=str(folder))
