@@ -1,8 +1,274 @@
-"""`ctvqa` commands of this area (placeholder until the area lands)."""
+"""`ctvqa` commands around the annotation database: `db init|upgrade`, `import 3drad|ctrate|m3d-vqa`,
+`ratings import|export`, `assign`, `progress`, `agreement`, `export`.
+
+Every command takes `--db` (else `$CTVQA_DB`, else the per-user SQLite file) and calls the same
+Store/importer functions the widgets use. A fresh database gets its schema on first use; an
+outdated one is only migrated by `db upgrade`.
+"""
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
+
+from napari_ctvqa.cli._common import fail, progress_bar
+
+if TYPE_CHECKING:
+    from annotation.store import Store
+
+DbOption = Annotated[str | None, typer.Option(
+    "--db", help="Database URL or SQLite file (default: $CTVQA_DB, else the per-user SQLite file).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+db_app = typer.Typer(help="Create or migrate the annotation database.", no_args_is_help=True)
+import_app = typer.Typer(help="Import QA pairs and CT metadata (3D-RAD, CT-RATE, M3D-VQA).",
+                         no_args_is_help=True)
+ratings_app = typer.Typer(help="Ratings in and out as CSV (spreadsheets, other tools).",
+                          no_args_is_help=True)
+
+_USER_ERRORS: tuple[type[Exception], ...] = (ValueError, KeyError, FileNotFoundError)
+
+
+def _open(db: str | None, migrate: bool = False) -> Store:
+    """The Store at `db`: `migrate` runs the migrations (db init/upgrade); otherwise an empty
+    database gets the schema and an outdated one is refused with a message."""
+    from annotation.store import Store
+
+    try:
+        return Store.create(db) if migrate else Store(db)
+    except Exception as exc:  # noqa: BLE001 (any connection/migration failure is one clear line)
+        fail(f"cannot open database {db or '(default)'}: {str(exc).splitlines()[0]}")
+
+
+def _run(action: Any) -> Any:  # noqa: ANN401
+    """Turn the library's user errors (bad rows, unknown names) into one-line CLI failures."""
+    try:
+        return action()
+    except _USER_ERRORS as exc:
+        fail(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
+
+
+def _print(data: Any, as_json: bool, text: str) -> None:  # noqa: ANN401
+    typer.echo(json.dumps(data, indent=2, default=str) if as_json else text)
+
+
+def _summary_text(summary: Any) -> str:  # noqa: ANN401
+    per_task = ", ".join(f"{k} {v}" for k, v in sorted(summary.per_task.items()))
+    return (f"{summary.source}: {summary.files} file(s), {summary.rows} rows, {summary.added} new QA "
+            f"pairs, {summary.scans_added} new scans in {summary.seconds:.1f} s"
+            + (f" ({per_task})" if per_task else ""))
+
+
+# ---------------------------------------------------------------------- db
+@db_app.command("init")
+def db_init(db: DbOption = None) -> None:
+    """Create the database schema (or bring an existing one to the newest version)."""
+    store = _open(db, migrate=True)
+    typer.echo(f"database ready: {store.url}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: DbOption = None, as_json: JsonOption = False) -> None:
+    """Apply pending schema migrations."""
+    from annotation.db import current_revision
+
+    from annotation.db import resolve_url, run_migrations
+
+    url = resolve_url(db, create_dir=True)
+    try:
+        before = current_revision(url)
+        run_migrations(url)
+        after = current_revision(url)
+    except Exception as exc:  # noqa: BLE001 (connection or migration failure: one clear line)
+        fail(f"cannot upgrade {url}: {str(exc).splitlines()[0]}")
+    _print({"url": url, "from": before, "to": after}, as_json, f"{url}: {before or 'empty'} -> {after}")
+
+
+# ---------------------------------------------------------------------- imports
+@import_app.command("3drad")
+def import_3drad_cmd(
+    directory: Annotated[Path, typer.Argument(help="A 3D-RAD split: folder of TaskN_Name/*.csv.",
+                                              exists=True, file_okay=False)],
+    volumes: Annotated[Path | None, typer.Option(help="Folder with the CT volumes (sets scan paths).")] = None,
+    db: DbOption = None, as_json: JsonOption = False,
+) -> None:
+    """Import a 3D-RAD split; re-importing adds nothing."""
+    from annotation.importers.threedrad import import_3drad
+
+    store = _open(db)
+    with progress_bar("3D-RAD files (check, then write)") as update:
+        summary = _run(lambda: import_3drad(store.db, directory, volumes, progress=update))
+    _print(asdict(summary), as_json, _summary_text(summary))
+
+
+@import_app.command("ctrate")
+def import_ctrate_cmd(
+    reports: Annotated[Path, typer.Option(help="CT-RATE reports CSV.", exists=True, dir_okay=False)],
+    labels: Annotated[Path, typer.Option(help="CT-RATE multi-abnormality labels CSV.", exists=True, dir_okay=False)],
+    metadata: Annotated[Path | None, typer.Option(help="CT-RATE metadata CSV (spacing, study date).",
+                                                  exists=True, dir_okay=False)] = None,
+    volumes: Annotated[Path | None, typer.Option(help="Folder with the CT volumes (sets scan paths).")] = None,
+    db: DbOption = None, as_json: JsonOption = False,
+) -> None:
+    """Register CT-RATE scans, labels and reports, and generate QA pairs for all six tasks."""
+    from annotation.importers.ctrate import import_ctrate
+
+    store = _open(db)
+    with progress_bar("CT-RATE scans") as update:
+        summary = _run(lambda: import_ctrate(store.db, reports, labels, metadata, volumes, progress=update))
+    _print(asdict(summary), as_json, _summary_text(summary))
+
+
+@import_app.command("m3d-vqa")
+def import_m3d_cmd(
+    csv_file: Annotated[Path, typer.Argument(help="M3D-VQA CSV (Image Path, Text, Question Type, ...).",
+                                             exists=True, dir_okay=False)],
+    data_root: Annotated[Path | None, typer.Option(help="Folder the Image Path column is relative to.")] = None,
+    db: DbOption = None, as_json: JsonOption = False,
+) -> None:
+    """Import an M3D-VQA multiple-choice CSV."""
+    from annotation.importers.m3d_vqa import import_m3d_vqa
+
+    store = _open(db)
+    with progress_bar("M3D-VQA rows") as update:
+        summary = _run(lambda: import_m3d_vqa(store.db, csv_file, data_root, progress=update))
+    _print(asdict(summary), as_json, _summary_text(summary))
+
+
+# ---------------------------------------------------------------------- ratings
+@ratings_app.command("import")
+def ratings_import_cmd(
+    csv_file: Annotated[Path, typer.Argument(help="Ratings CSV (VolumeName,Question,Annotator,...).",
+                                             exists=True, dir_okay=False)],
+    db: DbOption = None, as_json: JsonOption = False,
+) -> None:
+    """Import ratings made elsewhere; a bad row refuses the whole file."""
+    from annotation.importers.ratings_csv import import_ratings_csv
+
+    store = _open(db)
+    result = _run(lambda: import_ratings_csv(store, csv_file))
+    _print(result, as_json, f"{csv_file}: {result['rows']} ratings ({result['inserted']} new, "
+                            f"{result['updated']} updated, {result['unchanged']} unchanged)")
+
+
+@ratings_app.command("export")
+def ratings_export_cmd(
+    csv_file: Annotated[Path, typer.Argument(help="CSV file to write.", dir_okay=False)],
+    db: DbOption = None, as_json: JsonOption = False,
+) -> None:
+    """Write every finished rating as a ratings CSV."""
+    from annotation.importers.ratings_csv import export_ratings_csv
+
+    store = _open(db)
+    n = _run(lambda: export_ratings_csv(store, csv_file))
+    _print({"path": str(csv_file), "rows": n}, as_json, f"wrote {n} ratings to {csv_file}")
+
+
+# ---------------------------------------------------------------------- queues & curation
+def assign_cmd(
+    annotators: Annotated[str, typer.Option(help="Comma-separated annotator names, e.g. a,b,c.")],
+    per_annotator: Annotated[int, typer.Option(help="Pairs per annotator (shared ones included).")],
+    overlap: Annotated[int, typer.Option(help="Pairs rated by every annotator (for agreement).")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed of the draw.")] = 0,
+    tasks: Annotated[str | None, typer.Option(help="Comma-separated task keys to draw from (default all).")] = None,
+    db: DbOption = None, as_json: JsonOption = False,
+) -> None:
+    """Build rating queues: new pairs per annotator, `--overlap` of them shared, evenly across tasks."""
+    store = _open(db)
+    names = [a.strip() for a in annotators.split(",") if a.strip()]
+    task_list = [t.strip() for t in tasks.split(",")] if tasks else None
+    plan = _run(lambda: store.assign(names, per_annotator, overlap, seed=seed, tasks=task_list))
+    text = (f"{plan['batch']}: {len(names)} annotator(s) x {per_annotator} pairs, {len(plan['shared'])} "
+            f"shared; per task {plan['per_task']}")
+    _print(plan, as_json, text)
+
+
+def progress_cmd(db: DbOption = None, as_json: JsonOption = False) -> None:
+    """Per annotator: assigned, rated, skipped, flagged and time spent."""
+    from rich.console import Console
+    from rich.table import Table
+
+    stats = _open(db).annotator_stats()
+    if as_json:
+        _print([asdict(s) for s in stats], True, "")
+        return
+    table = Table("annotator", "kind", "assigned", "rated", "skipped", "flagged", "minutes")
+    for s in stats:
+        table.add_row(s.name, s.kind, str(s.assigned), str(s.rated), str(s.skipped), str(s.flagged),
+                      f"{s.seconds / 60:.1f}")
+    Console().print(table)
+
+
+def agreement_cmd(
+    top_k: Annotated[int, typer.Option(help="K of Top-K overlap and NDCG@K.")] = 100,
+    db: DbOption = None, as_json: JsonOption = False,
+) -> None:
+    """Rater-vs-rater agreement: Top-K overlap, NDCG@K, Spearman, Kendall, MAE, Cohen's kappa."""
+    store = _open(db)
+    pairwise, per_rater = _run(lambda: store.agreement(top_k=top_k))
+    if as_json:
+        _print({"pairwise": json.loads(pairwise.to_json(orient="records")),
+                "per_rater": json.loads(per_rater.to_json(orient="records"))}, True, "")
+        return
+    if pairwise.empty:
+        typer.echo("no pair of raters has rated the same QA pairs yet")
+        return
+    from rich.console import Console
+
+    console = Console()
+    console.print(_rich_table(pairwise, ["rater_a", "rater_b"], "pairwise agreement"))
+    console.print(_rich_table(per_rater, ["rater"], "per rater (mean over the other raters)"))
+    typer.echo("per-dimension MAE and NDCG in both directions: --json")
+
+
+# The figures 3D-RAD reports, with headers short enough for an 80-column terminal.
+_AGREEMENT_COLUMNS = {"n_common": "n", "top_k_overlap": "top-k", "ndcg_at_k": "NDCG", "spearman_rho": "rho",
+                      "kendall_tau": "tau", "mae": "MAE", "kappa_consistent": "kappa"}
+
+
+def _rich_table(frame: Any, keys: list[str], title: str) -> Any:  # noqa: ANN401
+    from rich.table import Table
+
+    table = Table(*keys, *_AGREEMENT_COLUMNS.values(), title=title)
+    for _, row in frame.iterrows():
+        cells = [str(row[k]) for k in keys]
+        cells += [f"{row[c]:g}" if c == "n_common" else f"{row[c]:.3f}" if isinstance(row[c], float)
+                  else str(row[c]) for c in _AGREEMENT_COLUMNS]
+        table.add_row(*cells)
+    return table
+
+
+def export_cmd(
+    fmt: Annotated[str, typer.Option("--format", help="One of 3drad, m3d-vqa, jsonl, hf.")],
+    out: Annotated[Path, typer.Option(help="New or empty output folder.")],
+    min_mean: Annotated[float, typer.Option(help="Keep pairs whose mean score is at least this.")] = 3.0,
+    min_dim: Annotated[float, typer.Option(help="... and whose every dimension is at least this.")] = 3.0,
+    require_consistent: Annotated[bool, typer.Option(help="... and judged consistent with the report.")] = False,
+    cap_per_question: Annotated[int, typer.Option(help="At most this many pairs per question text (0: no cap).")] = 10,
+    val_frac: Annotated[float, typer.Option(help="Share of patients in the validation split.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed of the patient split.")] = 0,
+    db: DbOption = None, as_json: JsonOption = False,
+) -> None:
+    """Export the curated pairs (3D-RAD filter) with a patient-level train/validation split."""
+    from annotation.curation import FilterRule
+
+    store = _open(db)
+    rule = _run(lambda: FilterRule(min_mean, min_dim, require_consistent, cap_per_question or None))
+    with progress_bar(f"export {fmt}") as update:
+        manifest = _run(lambda: store.export(fmt, out, rule, val_frac=val_frac, seed=seed, progress=update))
+    splits = ", ".join(f"{k} {v['rows']}" for k, v in manifest["splits"].items())
+    _print(manifest, as_json, f"exported {manifest['total']} pairs to {out} ({splits})")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the `ctvqa` app."""
+    app.add_typer(db_app, name="db")
+    app.add_typer(import_app, name="import")
+    app.add_typer(ratings_app, name="ratings")
+    app.command("assign")(assign_cmd)
+    app.command("progress")(progress_cmd)
+    app.command("agreement")(agreement_cmd)
+    app.command("export")(export_cmd)

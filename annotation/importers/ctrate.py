@@ -1,0 +1,181 @@
+"""Import CT-RATE tables: scans/patients/timepoints from volume names, the 18 abnormality labels,
+reports, non-personal metadata (spacing, study date), and QA pairs for all six tasks:
+tasks 4-6 from the labels with the exact 3D-RAD templates (`closed_qa_for_scan`, source
+"template"), tasks 1-3 from the report findings (`open_qa_from_findings`, source "generated").
+
+All files are checked before anything is written, and everything is written in one transaction.
+Sex, age and the other DICOM-derived columns of the metadata are deliberately not read.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from annotation.db import Database
+from annotation.importers import BadInputError
+from annotation.importers.bulk import (
+    ensure_scans,
+    existing_path,
+    insert_ignoring_conflicts,
+    insert_qa_rows,
+    qa_row,
+)
+from annotation.importers.open_qa_from_report import open_qa_from_findings
+from annotation.importers.threedrad import parse_priors
+from annotation.qa_templates import CT_RATE_LABELS, TASKS, VolumeName, closed_qa_for_scan, task_by_number
+from annotation.records import ImportSummary
+from annotation.schema import Label, Report
+
+REPORT_COLUMNS: dict[str, str] = {
+    "ClinicalInformation_EN": "clinical_information", "Technique_EN": "technique",
+    "Findings_EN": "findings", "Impressions_EN": "impressions",
+}
+_BATCH = 2_000  # scans per QA generation batch (bounded memory, progress updates)
+
+
+def _records(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in required if c not in (reader.fieldnames or ())]
+        if missing:
+            raise BadInputError(path, 1, f"missing column(s) {missing}")
+        seen: dict[str, int] = {}
+        for record in reader:
+            line = reader.line_num
+            if None in record or any(record[c] is None for c in required):
+                raise BadInputError(path, line, "wrong number of fields")
+            name = record["VolumeName"].strip()
+            try:
+                VolumeName.parse(name)
+            except ValueError as exc:
+                raise BadInputError(path, line, str(exc)) from None
+            if name in seen:
+                raise BadInputError(path, line, f"{name} already listed on line {seen[name]}")
+            seen[name] = line
+            yield line, record
+
+
+def read_labels(path: Path) -> dict[str, dict[str, int]]:
+    labels = {}
+    for line, record in _records(path, ("VolumeName", *CT_RATE_LABELS)):
+        values = {}
+        for label in CT_RATE_LABELS:
+            raw = record[label].strip()
+            if raw not in ("0", "1", "0.0", "1.0"):
+                raise BadInputError(path, line, f"label {label!r} must be 0 or 1, got {raw!r}")
+            values[label] = int(float(raw))
+        labels[record["VolumeName"].strip()] = values
+    return labels
+
+
+def read_reports(path: Path) -> dict[str, dict[str, str | None]]:
+    def section(text: str) -> str | None:
+        text = text.strip()
+        return None if text in ("", "Not given.") else text
+
+    return {r["VolumeName"].strip(): {col: section(r[src]) for src, col in REPORT_COLUMNS.items()}
+            for _, r in _records(path, ("VolumeName", *REPORT_COLUMNS))}
+
+
+def read_metadata(path: Path) -> dict[str, dict[str, Any]]:
+    """Spacing as (z, y, x) mm and the study date as YYYY-MM-DD; nothing personal."""
+    out = {}
+    for line, r in _records(path, ("VolumeName", "XYSpacing", "ZSpacing")):
+        try:
+            xy = json.loads(r["XYSpacing"]) if r["XYSpacing"].strip() else None
+            z = float(r["ZSpacing"]) if r["ZSpacing"].strip() else None
+            if xy is not None and (len(xy) != 2 or not all(float(v) > 0 for v in xy)):
+                raise ValueError
+        except (ValueError, TypeError):
+            raise BadInputError(path, line, f"XYSpacing/ZSpacing not understood: "
+                                            f"{r['XYSpacing']!r}/{r['ZSpacing']!r}") from None
+        fields: dict[str, Any] = {}
+        if xy is not None and z is not None:
+            fields["spacing"] = [z, float(xy[0]), float(xy[1])]
+        date = (r.get("StudyDate") or "").strip()
+        if date:
+            if not (len(date) == 8 and date.isdigit()):
+                raise BadInputError(path, line, f"StudyDate must be YYYYMMDD, got {date!r}")
+            fields["study_date"] = f"{date[:4]}-{date[4:6]}-{date[6:]}"
+        out[r["VolumeName"].strip()] = fields
+    return out
+
+
+def earlier_labels(labels: dict[str, dict[str, int]]) -> dict[str, list[dict[str, int]]]:
+    """For each scan, the labels of its patient's earlier timepoints (scan a first), taking the
+    same reconstruction number where the earlier timepoint has it, else its first one."""
+    by_patient: dict[tuple[str, str], dict[str, dict[int, str]]] = defaultdict(lambda: defaultdict(dict))
+    for name in labels:
+        v = VolumeName.parse(name)
+        by_patient[(v.split, v.patient)][v.letter][v.reconstruction] = name
+    priors = {}
+    for name in labels:
+        v = VolumeName.parse(name)
+        timepoints = by_patient[(v.split, v.patient)]
+        seq = []
+        for letter in sorted(t for t in timepoints if t < v.letter):
+            recons = timepoints[letter]
+            seq.append(labels[recons.get(v.reconstruction, recons[min(recons)])])
+        priors[name] = seq
+    return priors
+
+
+def import_ctrate(db: Database, reports: str | Path, labels: str | Path, metadata: str | Path | None = None,
+                  volumes: str | Path | None = None,
+                  progress: Callable[[int, int | None], None] | None = None) -> ImportSummary:
+    start = time.perf_counter()
+    label_map = read_labels(Path(labels))
+    report_map = read_reports(Path(reports))
+    meta_map = read_metadata(Path(metadata)) if metadata is not None else {}
+    names = sorted(set(label_map) | set(report_map))
+    vol_dir = Path(volumes) if volumes is not None else None
+    extra = {n: {**meta_map.get(n, {}), **({"path": p} if (p := existing_path(n, vol_dir)) else {})}
+             for n in names}
+    priors = earlier_labels(label_map)
+
+    def work(session) -> tuple[int, int, Counter, int]:  # noqa: ANN001
+        scan_ids, scans_added = ensure_scans(session, names, extra)
+        insert_ignoring_conflicts(session, Label.__table__, [
+            {"scan_id": scan_ids[n], "name": label, "value": value}
+            for n, values in label_map.items() for label, value in values.items()], ["scan_id", "name"])
+        insert_ignoring_conflicts(session, Report.__table__, [
+            {"scan_id": scan_ids[n], **sections} for n, sections in report_map.items()], ["scan_id"])
+        added, per_task, n_rows = 0, Counter(), 0
+        for first in range(0, len(names), _BATCH):
+            rows = []
+            for name in names[first:first + _BATCH]:
+                rows += _qa_rows(name, scan_ids[name], label_map.get(name), priors.get(name, []),
+                                 (report_map.get(name) or {}).get("findings"))
+            n_rows += len(rows)
+            new = insert_qa_rows(session, rows)
+            added += len(new)
+            per_task.update(r["task"] for r in new)
+            if progress:
+                progress(min(first + _BATCH, len(names)), len(names))
+        return added, scans_added, per_task, n_rows
+
+    added, scans_added, per_task, n_rows = db.write(work)
+    return ImportSummary("ctrate", 3 if metadata is not None else 2, n_rows, added, scans_added,
+                         time.perf_counter() - start, dict(per_task))
+
+
+def _qa_rows(name: str, scan_id: int, labels: dict[str, int] | None, priors: list[dict[str, int]],
+             findings: str | None) -> list[dict[str, Any]]:
+    rows = []
+    if labels is not None:
+        for row in closed_qa_for_scan(name, labels, priors):
+            task = task_by_number(row.task)
+            rows.append(qa_row(scan_id, task.key, row.question, row.answer, task_number=row.task,
+                               subtask=str(row.subtask), choices=row.choices, answer_choice=row.answer_choice,
+                               priors=parse_priors(row.question) if task.number == 6 else None,
+                               source="template", provenance={"generator": "closed_qa_for_scan"}))
+    for qa in open_qa_from_findings(findings):
+        rows.append(qa_row(scan_id, qa.task, qa.question, qa.answer, task_number=TASKS[qa.task].number,
+                           subtask=str(qa.subtask), source="generated",
+                           provenance={"generator": "open_qa_from_findings", "sentence": qa.sentence}))
+    return rows

@@ -1,0 +1,108 @@
+"""Ratings in and out as CSV, for annotators who work in a spreadsheet or another tool.
+
+Columns: `VolumeName,Question,Annotator,VisualVerifiability,SpecificityClarity,
+AnswerAppropriateness,QAAlignment,LinguisticQuality,Consistent[,Note]`. A pair is found by its
+scan and question text. The whole file is checked first and written in one transaction, so a bad
+row (reported with its line number) leaves every rating as it was.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from annotation.importers import BadInputError
+from annotation.rubric import SCORE_KEYS, _as_flag, validate_scores
+from annotation.schema import QAPair, Rater, Rating, Scan
+
+if TYPE_CHECKING:
+    from annotation.store import Store
+
+SCORE_COLUMNS: dict[str, str] = dict(zip(
+    ("VisualVerifiability", "SpecificityClarity", "AnswerAppropriateness", "QAAlignment",
+     "LinguisticQuality"), SCORE_KEYS))
+REQUIRED_COLUMNS: tuple[str, ...] = ("VolumeName", "Question", "Annotator", *SCORE_COLUMNS, "Consistent")
+CSV_COLUMNS: tuple[str, ...] = (*REQUIRED_COLUMNS, "Note")
+
+
+def read_ratings_csv(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line, parsed row) for every row; raises BadInputError at the first bad row."""
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or ())]
+        if missing:
+            raise BadInputError(path, 1, f"missing column(s) {missing}; expected {list(CSV_COLUMNS)}")
+        rows, seen = [], {}
+        for record in reader:
+            line = reader.line_num
+            if None in record or any(record[c] is None for c in REQUIRED_COLUMNS):
+                raise BadInputError(path, line, "wrong number of fields")
+            annotator = record["Annotator"].strip()
+            if not annotator or not record["VolumeName"].strip() or not record["Question"].strip():
+                raise BadInputError(path, line, "VolumeName, Question and Annotator must not be empty")
+            try:
+                scores = validate_scores({key: record[col] for col, key in SCORE_COLUMNS.items()})
+            except ValueError as exc:
+                raise BadInputError(path, line, str(exc)) from None
+            consistent = _as_flag(record["Consistent"])
+            if consistent is None:
+                raise BadInputError(path, line, f"Consistent must be 0/1 or true/false, got {record['Consistent']!r}")
+            key = (record["VolumeName"].strip(), record["Question"], annotator)
+            if key in seen:
+                raise BadInputError(path, line, f"repeats the rating of line {seen[key]} "
+                                                "(same volume, question and annotator)")
+            seen[key] = line
+            rows.append((line, {"volume_name": key[0], "question": key[1], "annotator": annotator,
+                                "scores": scores, "consistent": consistent,
+                                "note": (record.get("Note") or "").strip()}))
+    return rows
+
+
+def import_ratings_csv(store: Store, path: str | Path) -> dict[str, int]:
+    """Import a ratings CSV into `store`; returns counts of inserted/updated/unchanged ratings."""
+    from annotation.store import write_rating
+
+    path = Path(path)
+    rows = read_ratings_csv(path)
+
+    def work(session) -> dict[str, int]:  # noqa: ANN001
+        counts = {"rows": len(rows), "inserted": 0, "updated": 0, "unchanged": 0}
+        for line, row in rows:
+            qa_id = session.scalar(select(QAPair.id).join(Scan, Scan.id == QAPair.scan_id)
+                                   .where(Scan.volume_name == row["volume_name"],
+                                          QAPair.question == row["question"]).order_by(QAPair.id).limit(1))
+            if qa_id is None:
+                raise BadInputError(path, line, f"no QA pair of scan {row['volume_name']!r} has the "
+                                                f"question {row['question']!r}")
+            values = {**row["scores"], "consistent": row["consistent"], "note": row["note"],
+                      "status": "rated", "reason": None}
+            before = session.scalars(select(Rating).join(Rater, Rater.id == Rating.rater_id)
+                                     .where(Rater.name == row["annotator"], Rating.qa_id == qa_id)).one_or_none()
+            old = None if before is None else {k: getattr(before, k) for k in values}
+            write_rating(session, row["annotator"], qa_id, values)
+            counts["inserted" if old is None else "unchanged" if old == values else "updated"] += 1
+        return counts
+
+    return store.db.write(work)
+
+
+def export_ratings_csv(store: Store, path: str | Path) -> int:
+    """Write every finished ("rated") rating; returns the number of rows written."""
+    query = (select(Scan.volume_name, QAPair.question, Rater.name, *[getattr(Rating, k) for k in SCORE_KEYS],
+                    Rating.consistent, Rating.note)
+             .join(QAPair, QAPair.id == Rating.qa_id).join(Scan, Scan.id == QAPair.scan_id)
+             .join(Rater, Rater.id == Rating.rater_id).where(Rating.status == "rated")
+             .order_by(Scan.volume_name, QAPair.id, Rater.name))
+    with store.db.reading() as session:
+        rows = session.execute(query).tuples().all()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        for volume, question, rater, *rest in rows:
+            *scores, consistent, note = rest
+            writer.writerow([volume, question, rater, *scores, int(bool(consistent)), note or ""])
+    return len(rows)

@@ -1,0 +1,134 @@
+"""Import a 3D-RAD split (a folder of `TaskN_Name/*.csv`) into `qa_pairs`.
+
+Task identity comes from the folder name, because the folder numbers differ from the paper's
+(see docs/architecture.md); a row whose `Task` disagrees with its folder is refused. Task 6's
+prior label sequence is parsed out of the question text into `priors`.
+"""
+from __future__ import annotations
+
+import csv
+import re
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from annotation.db import Database
+from annotation.importers import BadInputError
+from annotation.importers.bulk import ensure_scans, existing_path, insert_qa_rows, qa_row
+from annotation.qa_templates import CSV_COLUMNS, QARow, Task, VolumeName, task_by_folder
+from annotation.records import ImportSummary
+
+ProgressFn = Callable[[int, int | None], None]
+_PRIORS = re.compile(r"\[\s*([01](?:\s*,\s*[01])*)\s*\]")
+
+
+@dataclass(frozen=True)
+class ParsedFile:
+    """A validated CSV: its task, and its rows with their line numbers."""
+
+    path: Path
+    relative: str
+    task: Task
+    rows: list[tuple[int, QARow, list[int] | None]]
+
+
+def parse_priors(question: str) -> list[int] | None:
+    """The prior-scan label sequence a task-6 question embeds, e.g. `[0, 0, 1]`."""
+    match = _PRIORS.search(question)
+    return [int(v) for v in match.group(1).split(",")] if match else None
+
+
+def parse_file(path: Path, root: Path) -> ParsedFile:
+    """Read and check one CSV completely; raises BadInputError naming file and line."""
+    try:
+        task = task_by_folder(path.parent.name)
+    except KeyError as exc:
+        raise BadInputError(path, None, exc.args[0]) from None
+    rows = []
+    checked_names: set[str] = set()
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        if tuple(reader.fieldnames or ()) != CSV_COLUMNS:
+            raise BadInputError(path, 1, f"header {reader.fieldnames} differs from {list(CSV_COLUMNS)}")
+        for record in reader:
+            line = reader.line_num
+            try:
+                row = QARow.from_csv_dict(record)
+                if row.volume_name not in checked_names:
+                    VolumeName.parse(row.volume_name)
+                    checked_names.add(row.volume_name)
+            except ValueError as exc:
+                raise BadInputError(path, line, str(exc)) from None
+            if row.task != task.number:
+                raise BadInputError(path, line, f"Task is {row.task} but folder {task.folder} holds "
+                                                f"task {task.number} ({task.key})")
+            if row.question_type != task.question_type:
+                raise BadInputError(path, line, f"QuestionType {row.question_type!r} in {task.folder} "
+                                                f"(expected {task.question_type!r})")
+            if not task.open and row.answer_choice == "-":
+                raise BadInputError(path, line, "closed question without an AnswerChoice (A-D)")
+            priors = None
+            if task.key == "longitudinal_temporal_diagnosis":
+                priors = parse_priors(row.question)
+                if priors is None:
+                    raise BadInputError(path, line, "task 6 question has no prior sequence like [0, 1]")
+            if not row.question.strip() or not row.answer.strip():
+                raise BadInputError(path, line, "empty Question or Answer")
+            rows.append((line, row, priors))
+    return ParsedFile(path, path.relative_to(root).as_posix(), task, rows)
+
+
+def write_file(db: Database, parsed: ParsedFile, volumes: Path | None,
+               source: str = "imported") -> tuple[int, int]:
+    """One file in one transaction; returns (pairs added, scans added)."""
+    names = {row.volume_name for _, row, _ in parsed.rows}
+    extra = {n: {"path": p} for n in names if (p := existing_path(n, volumes))}
+
+    def work(session) -> tuple[int, int]:  # noqa: ANN001
+        scan_ids, scans_added = ensure_scans(session, names, extra)
+        seen: Counter = Counter()
+        rows = []
+        for line, row, priors in parsed.rows:
+            closed = not parsed.task.open
+            identity = (row.volume_name, row.subtask, row.question, row.answer, row.choices,
+                        row.answer_choice)
+            rows.append(qa_row(
+                scan_ids[row.volume_name], parsed.task.key, row.question, row.answer,
+                task_number=parsed.task.number, subtask=str(row.subtask),
+                choices=row.choices if closed else None,
+                answer_choice=row.answer_choice if closed else None, priors=priors, source=source,
+                provenance={"file": parsed.relative, "line": line}, occurrence=seen[identity]))
+            seen[identity] += 1
+        return len(insert_qa_rows(session, rows)), scans_added
+
+    return db.write(work)
+
+
+def import_3drad(db: Database, directory: str | Path, volumes: str | Path | None = None,
+                 progress: ProgressFn | None = None) -> ImportSummary:
+    """Import every CSV of a 3D-RAD split. All files are checked before the first is written, so
+    a bad row anywhere leaves the database unchanged; then each file is one transaction."""
+    start = time.perf_counter()
+    root = Path(directory)
+    files = sorted(root.glob("*/*.csv"))
+    if not files:
+        raise BadInputError(root, None, "no 3D-RAD CSVs found (expected TaskN_Name/*.csv inside)")
+    steps = 2 * len(files)  # progress counts checking, then writing, each file
+    parsed = []
+    for i, path in enumerate(files):
+        parsed.append(parse_file(path, root))
+        if progress:
+            progress(i + 1, steps)
+    volumes_dir = Path(volumes) if volumes is not None else None
+    added = scans = 0
+    per_task: Counter = Counter()
+    for i, pf in enumerate(parsed):
+        n, s = write_file(db, pf, volumes_dir)
+        added, scans = added + n, scans + s
+        per_task[pf.task.key] += n
+        if progress:
+            progress(len(files) + i + 1, steps)
+    return ImportSummary("3drad", len(parsed), sum(len(p.rows) for p in parsed), added, scans,
+                         time.perf_counter() - start, dict(per_task))
