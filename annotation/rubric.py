@@ -224,7 +224,7 @@ def rated_scores(ratings: pd.DataFrame) -> pd.DataFrame:
             raise ValueError(f"{where(i)}: {key} ({LABELS[key]}) must be a whole number "
                              f"{MIN_SCORE}-{MAX_SCORE}, got {value(key, i)!r}")
         frame[key] = values.astype(np.int64)
-    flags = frame["consistent"].map(_as_flag)
+    flags = frame["consistent"].map(as_flag)
     if flags.isna().any():
         i = int(np.flatnonzero(flags.isna().to_numpy())[0])
         raise ValueError(f"{where(i)}: consistent must be 0/1 or true/false, got {value('consistent', i)!r}")
@@ -236,7 +236,8 @@ def rated_scores(ratings: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _as_flag(value: object) -> bool | None:
+def as_flag(value: object) -> bool | None:
+    """Read a consistency flag the way spreadsheets write it (1/0, true/false); None if neither."""
     if isinstance(value, str):
         return {"1": True, "0": False, "true": True, "false": False}.get(value.strip().lower())
     try:

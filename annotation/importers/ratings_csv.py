@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from annotation.importers import BadInputError
-from annotation.rubric import SCORE_KEYS, _as_flag, validate_scores
+from annotation.rubric import SCORE_KEYS, as_flag, validate_scores
 from annotation.schema import QAPair, Rater, Rating, Scan
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ def read_ratings_csv(path: Path) -> list[tuple[int, dict[str, Any]]]:
                 scores = validate_scores({key: record[col] for col, key in SCORE_COLUMNS.items()})
             except ValueError as exc:
                 raise BadInputError(path, line, str(exc)) from None
-            consistent = _as_flag(record["Consistent"])
+            consistent = as_flag(record["Consistent"])
             if consistent is None:
                 raise BadInputError(path, line, f"Consistent must be 0/1 or true/false, got {record['Consistent']!r}")
             key = (record["VolumeName"].strip(), record["Question"], annotator)
