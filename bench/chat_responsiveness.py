@@ -1,0 +1,151 @@
+"""Does napari stay responsive while the chat panel's model generates? Thread vs process, one run.
+
+micro-sam saw napari stutter when torch ran in a thread of the napari process (GIL and CPU thread
+pools shared with the GUI). This benchmark opens napari with a CT-sized volume and the chat panel,
+asks a question (the scan is encoded first, untimed), then asks a follow-up while a 10 ms QTimer
+scrolls through the slices (every 10th tick by default, as a radiologist paging through) and records the gaps between its ticks.
+It does this with the model in a thread and in a spawned process (`VLMWorker(mode)`), and with no
+generation at all as the baseline. Target: longest gap < 100 ms. Prints one table.
+
+    xvfb-run -a .venv/bin/python bench/chat_responsiveness.py [--tokens 120] [--rounds 3] [--scroll-every 10] [--hidden 512 --layers 8]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def build_model(folder: Path, hidden: int, layers: int) -> None:
+    """A random LaMed model at the real input size (32x256x256) with a small llama LM."""
+    from model.lamed import LamedConfig, LamedForCausalLM
+    from model.vlm import write_settings
+    from tests.model.conftest import build_tokenizer, tiny_text_config
+    import torch
+
+    tokenizer = build_tokenizer()
+    text = {**tiny_text_config(tokenizer), "hidden_size": hidden, "intermediate_size": hidden * 3,
+            "num_hidden_layers": layers, "num_attention_heads": 8, "num_key_value_heads": 8,
+            "max_position_embeddings": 1024}
+    config = LamedConfig(text_config=text, vision_num_layers=2)
+    torch.manual_seed(0)
+    LamedForCausalLM(config).eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    write_settings(folder, prompt_style="m3d", description="random benchmark model")
+
+
+def wait(app, condition, timeout: float = 300.0) -> None:
+    start = time.perf_counter()
+    while not condition():
+        if time.perf_counter() - start > timeout:
+            raise TimeoutError("the chat panel did not finish in time")
+        app.processEvents()
+        time.sleep(0.002)
+
+
+def open_panel(viewer, model_dir: Path, mode: str, tokens: int, store):
+    """A chat panel whose model runs in `mode`, with the scan already encoded (first question)."""
+    from qtpy.QtWidgets import QApplication
+
+    from napari_ctvqa.vlm_worker import VLMWorker
+    from napari_ctvqa.widgets.chat import ChatWidget
+
+    app = QApplication.instance()
+    widget = ChatWidget(viewer, store=store, worker=VLMWorker(mode), model_path=str(model_dir))
+    widget.max_new_tokens = tokens
+    wait(app, lambda: widget.model_ready or bool(widget.message.text()))
+    if not widget.model_ready:
+        raise RuntimeError(widget.message.text())
+    first = widget.ask("What abnormality is seen in this CT scan?")
+    wait(app, lambda: first.state.status in ("done", "failed", "cancelled"))
+    return widget
+
+
+def measure(viewer, layer, widget, label: str, scroll_every: int) -> dict:
+    """Gaps between 10 ms ticks while a follow-up answer streams (widget None: idle for 3 s)."""
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    gaps: list[float] = []
+    last = [time.perf_counter()]
+    n_slices = layer.data.shape[0]
+
+    def tick() -> None:
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+        if scroll_every and len(gaps) % scroll_every == 0:  # page through slices like a reader
+            viewer.dims.set_current_step(0, (len(gaps) // scroll_every) % n_slices)
+
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(tick)
+    start = time.perf_counter()
+    view = widget.ask("Describe the findings in the lungs and the mediastinum.") if widget else None
+    last[0] = time.perf_counter()
+    timer.start()
+    if view is not None:
+        wait(app, lambda: view.state.status in ("done", "failed", "cancelled"))
+    else:
+        wait(app, lambda: time.perf_counter() - start > 3.0)
+    timer.stop()
+    ms = sorted(1000 * g for g in gaps)
+    return {"mode": label, "seconds": time.perf_counter() - start, "ticks": len(ms),
+            "max_ms": ms[-1], "p95_ms": ms[int(0.95 * (len(ms) - 1))], "median_ms": statistics.median(ms)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=120, help="new tokens per answer")
+    parser.add_argument("--hidden", type=int, default=512, help="LM hidden size")
+    parser.add_argument("--layers", type=int, default=8, help="LM layers")
+    parser.add_argument("--scroll-every", type=int, default=10,
+                        help="step the slice every N ticks (0: no scrolling, the model's effect alone)")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements per mode")
+    parser.add_argument("--modes", default="thread,process", help="comma-separated: thread, process")
+    args = parser.parse_args()
+
+    import napari
+    import numpy as np
+    from annotation.store import Store
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp) / "model"
+        build_model(model_dir, args.hidden, args.layers)
+        store = Store.create(f"sqlite:///{tmp}/bench.sqlite")
+        viewer = napari.Viewer(show=True)
+        rng = np.random.default_rng(0)
+        volume = rng.normal(-600, 300, size=(64, 256, 256)).astype(np.float32)
+        layer = viewer.add_image(volume, name="bench_ct", scale=(5.0, 1.4, 1.4))
+        panels = {mode.strip(): open_panel(viewer, model_dir, mode.strip(), args.tokens, store)
+                  for mode in args.modes.split(",")}
+        rows = []
+        for round_ in range(1, args.rounds + 1):  # interleaved, so load bursts hit every mode alike
+            rows.append(measure(viewer, layer, None, f"idle #{round_}", args.scroll_every))
+            rows += [measure(viewer, layer, panel, f"{mode} #{round_}", args.scroll_every)
+                     for mode, panel in panels.items()]
+        for panel in panels.values():
+            panel.close()
+        viewer.close()
+        store.close()
+
+    scrolling = f"a slice step every {args.scroll_every} ticks" if args.scroll_every else "no scrolling"
+    print(f"\nGUI timer gaps (10 ms timer, {scrolling}) while a {args.hidden}x{args.layers} "
+          f"LM answers; target longest gap < 100 ms")
+    print(f"{'run':<14}{'time s':>8}{'ticks':>7}{'median ms':>11}{'p95 ms':>9}{'max ms':>9}")
+    for r in rows:
+        print(f"{r['mode']:<14}{r['seconds']:>8.2f}{r['ticks']:>7}{r['median_ms']:>11.1f}{r['p95_ms']:>9.1f}{r['max_ms']:>9.1f}")
+    print("\nworst of all rounds (max ms): " + ", ".join(
+        f"{kind} {max(r['max_ms'] for r in rows if r['mode'].startswith(kind)):.0f}"
+        for kind in ["idle", *(m.strip() for m in args.modes.split(","))]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""The model side of the chat panel: a request loop that owns one VLM and the scans it has seen.
+
+It is Qt-free and talks only through two queues and a cancel event, so the same loop runs in a
+spawned process (what the panel uses: torch then never competes with napari's GUI thread for the
+GIL or for CPU threads) or in a thread (what the responsiveness benchmark compares it with).
+
+Requests (tuples, first item the kind):
+  ("load", path_or_None)
+  ("ask", request_id, scan_key, volume_or_None, question, choices, max_new_tokens)
+  ("model_input", scan_key, volume_or_None)
+  ("quit",)
+Replies:
+  ("loaded", info) | ("load_failed", message)
+  ("status", request_id, text)          e.g. "encoding..." before a scan's first question
+  ("piece", request_id, text)           streamed answer text
+  ("done", request_id, answer_dict)     the final Answer as a dict (plus "cancelled": bool)
+  ("failed", request_id, message)
+  ("model_input", scan_key, uint8 array (D, H, W), scale, offset)  (InputGeometry, in CT voxels) | ("failed", None, message)
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+#: Scheduling priority of the model process: lower than napari's, so the GUI wins the CPU.
+PROCESS_NICENESS = 10
+#: How many scans the worker keeps (the VLM caches their encodings); a chat rarely switches
+#: between more, and each holds its CT array.
+MAX_SCANS = 4
+
+
+@dataclass
+class VolumePayload:
+    """What the worker needs of a CT layer: the HU array and the reader's metadata."""
+
+    array: np.ndarray
+    spacing: tuple[float, float, float]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def error_message(exc: BaseException) -> str:
+    """One readable line for the panel; the traceback goes to the debug log for developers."""
+    log.debug("chat model request failed", exc_info=exc)
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+class ChatServer:
+    """Holds the model and prepared scans; `handle` answers one request through `send`."""
+
+    def __init__(self, send: Any, cancel_event: Any) -> None:
+        self.send = send
+        self.cancel_event = cancel_event
+        self.vlm: Any = None
+        self.scans: dict[str, Any] = {}  # scan key -> model.CTVolume, oldest first
+
+    def handle(self, request: tuple) -> bool:
+        """Serve one request; False means stop the loop."""
+        kind = request[0]
+        if kind == "quit":
+            return False
+        if kind == "load":
+            self._load(request[1])
+        elif kind == "ask":
+            self._ask(*request[1:])
+        elif kind == "model_input":
+            self._model_input(request[1], request[2])
+        else:
+            self.send(("failed", None, f"unknown request {kind!r}"))
+        return True
+
+    def _load(self, path: str | None) -> None:
+        from model.vlm import load_vlm
+
+        try:
+            self.vlm = load_vlm(path)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a panel message
+            self.vlm = None
+            self.send(("load_failed", error_message(exc)))
+            return
+        self.scans.clear()
+        self.send(("loaded", {"path": path, "settings": dict(getattr(self.vlm, "settings", {}) or {})}))
+
+    def _volume(self, key: str, payload: VolumePayload | None) -> Any:
+        """The CTVolume of a scan: rebuilt from the payload when one comes, else the kept one.
+
+        The same object is reused for every question, so the VLM's per-volume cache (model input,
+        image features, prompt prefix) is hit from the second question on."""
+        if payload is not None:
+            from model.ct_io import CTVolume, canonical_affine
+
+            spacing = tuple(float(s) for s in payload.spacing)
+            self.scans.pop(key, None)
+            self.scans[key] = CTVolume(np.asarray(payload.array, dtype=np.float32), spacing,
+                                       canonical_affine(spacing), dict(payload.meta))
+            while len(self.scans) > MAX_SCANS:
+                self.scans.pop(next(iter(self.scans)))
+        if key not in self.scans:
+            raise KeyError(f"the model process has no volume for scan {key!r}; ask again to send it")
+        return self.scans[key]
+
+    def _ask(self, request_id: int, key: str, payload: VolumePayload | None, question: str,
+             choices: list[str] | None, max_new_tokens: int) -> None:
+        self.cancel_event.clear()
+        try:
+            if self.vlm is None:
+                raise RuntimeError("no model is loaded; choose a model first")
+            if payload is not None or key not in self.scans:
+                self.send(("status", request_id, "encoding..."))
+            prepared = self.vlm.prepare(self._volume(key, payload))
+            answer = self._generate(request_id, prepared, question, choices, max_new_tokens)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a panel message
+            self.send(("failed", request_id, error_message(exc)))
+            return
+        self.send(("done", request_id, answer))
+
+    def _generate(self, request_id: int, prepared: Any, question: str, choices: list[str] | None,
+                  max_new_tokens: int) -> dict[str, Any]:
+        """`VLM.answer`, streaming its pieces as replies and honouring Cancel between token steps."""
+        done = threading.Event()
+        watcher = threading.Thread(target=self._watch_cancel, args=(done,), daemon=True)
+        watcher.start()
+        try:
+            answer = self.vlm.answer(prepared, question, choices=choices, max_new_tokens=max_new_tokens,
+                                     on_text=lambda piece: self.send(("piece", request_id, piece)))
+        finally:
+            done.set()
+            watcher.join()
+        return {**dataclasses.asdict(answer), "cancelled": self.cancel_event.is_set()}
+
+    def _watch_cancel(self, done: threading.Event) -> None:
+        """Forward the panel's Cancel to the VLM at once (and again until the answer ends, so a
+        cancel that arrives while the scan is still being encoded is not lost)."""
+        while not done.is_set():
+            if self.cancel_event.wait(0.01):
+                self.vlm.cancel()
+                done.wait(0.01)
+
+    def _model_input(self, key: str, payload: VolumePayload | None) -> None:
+        try:
+            if self.vlm is None:
+                raise RuntimeError("no model is loaded; choose a model first")
+            prepared = self.vlm.prepare(self._volume(key, payload))
+            if prepared.geometry is None:
+                raise ValueError("this scan was given as a ready model input; there is nothing to overlay")
+            image = (prepared.pixels[0, 0].numpy() * 255.0 + 0.5).astype(np.uint8)
+            self.send(("model_input", key, image, tuple(prepared.geometry.scale), tuple(prepared.geometry.offset)))
+        except Exception as exc:  # noqa: BLE001
+            self.send(("failed", None, error_message(exc)))
+
+
+def serve(requests: Any, replies: Any, cancel_event: Any) -> None:
+    """The loop: one request at a time until "quit" (or the queue's owner goes away)."""
+    server = ChatServer(replies.put, cancel_event)
+    while True:
+        try:
+            request = requests.get()
+        except (EOFError, OSError):
+            return
+        if not server.handle(request):
+            return
+
+
+def serve_in_process(requests: Any, replies: Any, cancel_event: Any) -> None:
+    """Entry point of the spawned model process: yield the CPU to napari, then serve.
+
+    A lower priority and one core left free keep the viewer smooth while the model generates
+    (bench/chat_responsiveness.py); generation is then a little slower on a busy machine.
+    """
+    import torch
+
+    os.nice(PROCESS_NICENESS)
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+    serve(requests, replies, cancel_event)
