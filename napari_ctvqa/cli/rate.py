@@ -1,0 +1,75 @@
+"""`ctvqa rate`: open napari on one annotator's rating queue (the rating widget, docked)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from napari_ctvqa.cli._common import fail
+
+
+def register(app: typer.Typer) -> None:
+    """Add `ctvqa rate` to the `ctvqa` app."""
+    app.command("rate")(rate)
+
+
+def rate(
+    annotator: str = typer.Option(..., "--annotator", "-a", help="Your annotator name (as assigned with `ctvqa assign`)."),
+    db: str | None = typer.Option(None, "--db", help="Database URL (default: $CTVQA_DB, else the per-user SQLite file)."),
+    status: bool = typer.Option(False, "--status", help="Print the queue's progress instead of opening napari."),
+    as_json: bool = typer.Option(False, "--json", help="With --status: print the progress as JSON."),
+    screenshot: Path | None = typer.Option(None, help="Save a screenshot of the window to this PNG and exit (headless checks)."),
+) -> None:
+    """Rate your queue of QA pairs in napari: five 0-5 scores and a consistency flag per pair.
+
+    Keys (rating panel focused): 0-5 score, Tab/Up/Down move, C consistency, Enter submit, Backspace/Left back, Right forward, N note, S skip, F flag, PageUp/PageDown slice.
+    """  # noqa: E501 (one line: the help text would break where the source line breaks)
+    from annotation.store import Store
+
+    name = annotator.strip()
+    if not name:
+        fail("--annotator must not be empty")
+    try:
+        store = Store(db)
+        progress = store.progress(name)
+    except Exception as exc:  # a wrong URL or an uninitialised database: one line, not a traceback
+        fail(f"cannot open the rating queue in {db or 'the default database'}: {exc}. "
+             "Create it with `ctvqa db init` and fill it with `ctvqa import ...` and `ctvqa assign ...`.")
+    if status:
+        figures = {"annotator": name, "done": progress.done, "total": progress.total,
+                   "skipped": progress.skipped, "flagged": progress.flagged, "seconds": progress.seconds,
+                   "per_task": {t: {"done": d, "total": n} for t, (d, n) in progress.per_task.items()}}
+        if as_json:
+            typer.echo(json.dumps(figures))
+        else:
+            typer.echo(f"{name}: {progress.done}/{progress.total} done ({progress.skipped} skipped, "
+                       f"{progress.flagged} flagged), {progress.seconds / 60:.1f} min")
+            for task, (done, total) in sorted(progress.per_task.items()):
+                typer.echo(f"  {task}: {done}/{total}")
+        return
+    if progress.total == 0:
+        fail(f"no pairs are assigned to {name!r}; a curator assigns them with "
+             f"`ctvqa assign --annotators {name} --per-annotator N --overlap K`")
+
+    import napari
+
+    from napari_ctvqa.widgets.rating import RatingWidget
+
+    viewer = napari.Viewer(title=f"ctvqa rate: {name}")
+    widget = RatingWidget(viewer, store=store, annotator=name)
+    viewer.window.add_dock_widget(widget, name="Rate QA pairs", area="right")
+    if screenshot is not None:
+        from qtpy.QtWidgets import QApplication
+
+        viewer.window.resize(1500, 950)
+        QApplication.processEvents()
+        viewer.reset_view()
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        viewer.screenshot(str(screenshot), canvas_only=False)
+        widget.close()
+        viewer.close()
+        typer.echo(f"saved {screenshot}")
+        return
+    widget.setFocus()
+    napari.run()

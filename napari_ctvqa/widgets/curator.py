@@ -1,0 +1,382 @@
+"""The curator panel: how well raters agree, who has done how much, what the filter keeps, export.
+
+It is the GUI face of `ctvqa agreement` and `ctvqa export`: the same Store calls
+(`agreement`, `annotator_stats`, `curation_preview`, `export`), shown as tables. Agreement and the
+filter preview are quick queries on the GUI thread; the export writes files and runs on a worker
+thread with a progress bar, so napari stays responsive.
+"""
+from __future__ import annotations
+
+import html
+import math
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from annotation.rubric import DIMENSIONS
+from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+if TYPE_CHECKING:
+    import napari
+    import pandas as pd
+    from annotation.curation import FilterRule, FilterSummary
+    from annotation.store import Store
+
+SHORT = {key: short for key, _, short in DIMENSIONS}
+# Readable, narrow headers for the agreement tables (column keys are annotation.agreement's).
+HEADERS = {
+    "rater_a": "Rater A", "rater_b": "Rater B", "rater": "Rater", "n_others": "Others",
+    "n_common": "Common", "k_used": "k", "top_k_overlap": "Top-k", "ndcg_at_k": "NDCG@k",
+    "ndcg_at_k_ba": "NDCG@k B→A", "spearman_rho": "Spearman", "kendall_tau": "Kendall", "mae": "MAE",
+    "kappa_consistent": "κ consist.", "consistent_agreement": "Consist. agree",
+    **{f"mae_{key}": f"MAE {short}" for key, _, short in DIMENSIONS},
+}
+TIPS = {
+    "top_k_overlap": "share of the top-k pairs (by mean score) both raters put in their top k",
+    "ndcg_at_k": "NDCG@k of rater B's scores in rater A's order",
+    "spearman_rho": "Spearman rank correlation of the mean scores",
+    "kendall_tau": "Kendall rank correlation of the mean scores",
+    "mae": "mean absolute difference of the mean scores",
+    "kappa_consistent": "Cohen's kappa on the consistency flag",
+    **{f"mae_{key}": f"mean absolute difference in {label}" for key, label, _ in DIMENSIONS},
+}
+
+
+def short_reason(reason: str) -> str:
+    """'dimension < 3: answer_appropriateness' -> 'AA < 3' so a task's reasons fit one line."""
+    match = re.fullmatch(r"dimension (< [\d.]+): (\w+)", reason)
+    return f"{SHORT[match.group(2)]} {match.group(1)}" if match and match.group(2) in SHORT else reason
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:.2f}"
+    return str(value)
+
+
+def fill_table(table: QTableWidget, frame: pd.DataFrame) -> None:
+    """Show a DataFrame read-only, numbers right-aligned with two decimals, NaN as a dash."""
+    table.clear()
+    table.setRowCount(len(frame))
+    table.setColumnCount(len(frame.columns))
+    for j, column in enumerate(frame.columns):
+        header = QTableWidgetItem(HEADERS.get(column, column))
+        header.setToolTip(TIPS.get(column, column))
+        table.setHorizontalHeaderItem(j, header)
+    for i, row in enumerate(frame.itertuples(index=False)):
+        for j, value in enumerate(row):
+            item = QTableWidgetItem(_cell(value.item() if hasattr(value, "item") else value))
+            if isinstance(value, str):
+                item.setToolTip(value)  # a long cell is elided; hovering shows all of it
+            else:
+                item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            table.setItem(i, j, item)
+    table.resizeColumnsToContents()
+    table.resizeRowsToContents()
+
+
+def _table() -> QTableWidget:
+    table = QTableWidget()
+    table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+    table.verticalHeader().setVisible(False)
+    table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+    table.horizontalHeader().setStretchLastSection(True)
+    table.setWordWrap(True)
+    return table
+
+
+def _caption(text: str) -> QLabel:
+    label = QLabel(text)
+    label.setWordWrap(True)
+    label.setStyleSheet("color: gray; font-size: 11px;")
+    return label
+
+
+class _ProgressRelay(QObject):
+    """Carries the export's progress callback from the worker thread to the GUI thread."""
+
+    progressed = Signal(int, int)
+
+
+class CuratorWidget(QWidget):
+    """Agreement, annotator progress, filter preview and export over one store.
+
+    `store` defaults to the database named in the panel's field (`$CTVQA_DB` or the default).
+    `exported` fires with the manifest when an export finishes, `failed` with the message.
+    """
+
+    exported = Signal(dict)
+    failed = Signal(str)
+
+    def __init__(self, viewer: napari.viewer.Viewer, store: Store | None = None) -> None:
+        super().__init__()
+        self.viewer = viewer
+        self.store = store
+        self._worker = None
+        self._relay = _ProgressRelay()
+        self._relay.progressed.connect(self._on_progress)
+        self._build()
+        if store is not None:
+            self.refresh()
+
+    # ----------------------------------------------------------------- layout
+    def _build(self) -> None:
+        from annotation.exports import EXPORT_FORMATS
+        from annotation.store import default_db_url
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(6, 6, 6, 6)
+        self.setMinimumWidth(520)  # tables of numbers: narrower only hides columns behind a scroll bar
+        db_row = QHBoxLayout()
+        self.db_edit = QLineEdit(self.store.url if self.store is not None else default_db_url())
+        self.db_edit.setToolTip("database URL (sqlite:///file or postgresql+psycopg://...)")
+        self.refresh_button = QPushButton("Open / refresh")
+        self.refresh_button.clicked.connect(self._on_refresh_clicked)
+        db_row.addWidget(QLabel("Database:"))
+        db_row.addWidget(self.db_edit, 1)
+        db_row.addWidget(self.refresh_button)
+        layout.addLayout(db_row)
+        self.message = QLabel()
+        self.message.setWordWrap(True)
+        layout.addWidget(self.message)
+
+        self.tabs = QTabWidget()
+        layout.addWidget(self.tabs, 1)
+        self.tabs.addTab(self._build_agreement(), "Agreement")
+        self.tabs.addTab(self._build_annotators(), "Annotators")
+        self.tabs.addTab(self._build_filter(EXPORT_FORMATS), "Filter && export")
+
+    def _build_agreement(self) -> QWidget:
+        page = QWidget()
+        layout = QVBoxLayout(page)
+        top = QHBoxLayout()
+        self.top_k = QSpinBox()
+        self.top_k.setRange(1, 100000)
+        self.top_k.setValue(100)
+        self.top_k.setToolTip("k of Top-k overlap and NDCG@k (3D-RAD used 100)")
+        self.top_k.valueChanged.connect(self.refresh_agreement)
+        top.addWidget(QLabel("Top-k:"))
+        top.addWidget(self.top_k)
+        top.addStretch(1)
+        layout.addLayout(top)
+        layout.addWidget(_caption("Per rater: mean agreement with every other rater, best first by Spearman"))
+        self.per_rater_table = _table()
+        layout.addWidget(self.per_rater_table, 1)
+        layout.addWidget(_caption("Per pair of raters, over the QA pairs both rated (hover a header for its meaning)"))
+        self.pairwise_table = _table()
+        layout.addWidget(self.pairwise_table, 2)
+        return page
+
+    def _build_annotators(self) -> QWidget:
+        page = QWidget()
+        layout = QVBoxLayout(page)
+        layout.addWidget(_caption("Progress and time spent per annotator (time counts every visit to a pair)"))
+        self.annotators_table = _table()
+        layout.addWidget(self.annotators_table, 1)
+        return page
+
+    def _build_filter(self, formats: tuple[str, ...]) -> QWidget:
+        page = QWidget()
+        layout = QVBoxLayout(page)
+        layout.addWidget(_caption("Filter (3D-RAD's rule by default): the preview follows every change"))
+        form = QFormLayout()
+        self.min_mean = QDoubleSpinBox()
+        self.min_dim = QDoubleSpinBox()
+        for spin in (self.min_mean, self.min_dim):
+            spin.setRange(0.0, 5.0)
+            spin.setSingleStep(0.5)
+            spin.setValue(3.0)
+            spin.valueChanged.connect(self.refresh_preview)
+        self.require_consistent = QCheckBox("only pairs judged consistent with the report")
+        self.require_consistent.toggled.connect(self.refresh_preview)
+        self.cap = QSpinBox()
+        self.cap.setRange(0, 100000)
+        self.cap.setValue(10)
+        self.cap.setSpecialValueText("no cap")
+        self.cap.setToolTip("at most this many pairs per identical question text (3D-RAD: 10)")
+        self.cap.valueChanged.connect(self.refresh_preview)
+        form.addRow("Min mean score", self.min_mean)
+        form.addRow("Min every dimension", self.min_dim)
+        form.addRow("Consistency", self.require_consistent)
+        form.addRow("Cap per question", self.cap)
+        layout.addLayout(form)
+        self.preview_label = QLabel()
+        self.preview_label.setWordWrap(True)
+        layout.addWidget(self.preview_label)
+        self.preview_table = _table()
+        layout.addWidget(self.preview_table, 1)
+        layout.addWidget(_caption("Dimensions: " + " · ".join(f"{short} {label}" for _, label, short in DIMENSIONS)))
+
+        layout.addWidget(_caption("Export the pairs that pass, split by patient"))
+        export_form = QFormLayout()
+        self.format = QComboBox()
+        self.format.addItems(list(formats))
+        folder_row = QHBoxLayout()
+        self.out_dir = QLineEdit()
+        self.out_dir.setPlaceholderText("a new or empty folder")
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse)
+        folder_row.addWidget(self.out_dir, 1)
+        folder_row.addWidget(browse)
+        self.val_frac = QDoubleSpinBox()
+        self.val_frac.setRange(0.0, 0.9)
+        self.val_frac.setSingleStep(0.05)
+        self.val_frac.setValue(0.1)
+        self.val_frac.setToolTip("share of patients in the validation split (whole patients, never split)")
+        self.seed = QSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+        export_form.addRow("Format", self.format)
+        export_form.addRow("Folder", folder_row)
+        export_form.addRow("Validation share", self.val_frac)
+        export_form.addRow("Seed", self.seed)
+        layout.addLayout(export_form)
+        self.export_button = QPushButton("Export the pairs that pass")
+        self.export_button.clicked.connect(self.start_export)
+        self.export_progress = QProgressBar()
+        self.export_progress.setFormat("")
+        layout.addWidget(self.export_button)
+        layout.addWidget(self.export_progress)
+        return page
+
+    # ------------------------------------------------------------------ data
+    def _on_refresh_clicked(self) -> None:
+        from annotation.store import Store
+
+        url = self.db_edit.text().strip()
+        if self.store is None or url != self.store.url:
+            try:
+                self.store = Store(url or None)
+            except Exception as exc:  # a malformed URL: show it, keep the panel usable
+                self._say(f"Cannot open {url}: {exc}", error=True)
+                return
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Reload everything from the store (agreement, annotators, filter preview)."""
+        if self.store is None:
+            return
+        try:
+            self.refresh_annotators()
+            self.refresh_agreement()
+            self.refresh_preview()
+        except Exception as exc:  # e.g. a database without the schema: say so instead of a traceback
+            self._say(f"Cannot read {self.store.url}: {exc}", error=True)
+            return
+        self._say("")
+
+    def refresh_agreement(self) -> None:
+        if self.store is None:
+            return
+        pairwise, per_rater = self.store.agreement(top_k=self.top_k.value())
+        fill_table(self.per_rater_table, per_rater)
+        fill_table(self.pairwise_table, pairwise)
+
+    def refresh_annotators(self) -> None:
+        import pandas as pd
+
+        rows = [{"Annotator": s.name, "Kind": s.kind, "Assigned": s.assigned, "Rated": s.rated,
+                 "Skipped": s.skipped, "Flagged": s.flagged,
+                 "Done %": 100.0 * (s.rated + s.skipped + s.flagged) / s.assigned if s.assigned else float("nan"),
+                 "Minutes": s.seconds / 60.0,
+                 "s / pair": s.seconds / max(s.rated + s.skipped + s.flagged, 1)}
+                for s in self.store.annotator_stats()]
+        fill_table(self.annotators_table, pd.DataFrame(rows))
+
+    def rule(self) -> FilterRule:
+        from annotation.curation import FilterRule
+
+        return FilterRule(min_mean=self.min_mean.value(), min_dim=self.min_dim.value(),
+                          require_consistent=self.require_consistent.isChecked(),
+                          cap_per_question=self.cap.value() or None)
+
+    def refresh_preview(self) -> None:
+        """How many pairs the current rule keeps, per task, and why the others fail."""
+        if self.store is None:
+            return
+        summary = self.store.curation_preview(self.rule())
+        self._show_summary(summary)
+
+    def _show_summary(self, summary: FilterSummary) -> None:
+        import pandas as pd
+
+        share = f" ({100 * summary.passed / summary.total:.0f}%)" if summary.total else ""
+        accuracy = ("–" if summary.factual_accuracy_rate is None
+                    else f"{100 * summary.factual_accuracy_rate:.1f}%")
+        self.preview_label.setText(
+            f"<b>{summary.passed} of {summary.total} pairs pass</b>{share}. "
+            f"Factual accuracy (rated pairs judged consistent): {accuracy}. "
+            f"<br><span style='color:gray'>{html.escape(self.rule().describe()['text'])}</span>")
+        rows = [{"Task": task, "Pass": info["passed"], "Fail": info["failed"],
+                 "Why the others fail": " · ".join(f"{short_reason(r)}: {n}" for r, n in info["reasons"].items())}
+                for task, info in summary.per_task.items()]
+        fill_table(self.preview_table, pd.DataFrame(rows, columns=["Task", "Pass", "Fail", "Why the others fail"]))
+
+    # ---------------------------------------------------------------- export
+    def _browse(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Export into folder")
+        if folder:
+            self.out_dir.setText(folder)
+
+    def start_export(self) -> None:
+        """Write the passing pairs in the chosen format on a worker thread (bar shows progress)."""
+        from napari.qt.threading import create_worker
+
+        if self.store is None:
+            self._say("Open a database first.", error=True)
+            return
+        if not self.out_dir.text().strip():
+            self._say("Choose an export folder first.", error=True)
+            return
+        out_dir = Path(self.out_dir.text().strip()).expanduser()
+        self.export_button.setEnabled(False)
+        self.export_progress.setFormat("%v / %m pairs written")
+        self.export_progress.setValue(0)
+        self._say(f"Exporting to {out_dir} …")
+        # `_connect` with an "errored" handler: the error becomes a message, not a re-raise.
+        self._worker = create_worker(
+            self.store.export, self.format.currentText(), out_dir, rule=self.rule(),
+            val_frac=self.val_frac.value(), seed=self.seed.value(), progress=self._relay.progressed.emit,
+            _connect={"returned": self._on_exported, "errored": self._on_export_error},
+        )
+
+    def _on_progress(self, done: int, total: int) -> None:
+        self.export_progress.setMaximum(max(total, 1))
+        self.export_progress.setValue(done)
+
+    def _on_exported(self, manifest: dict) -> None:
+        self.export_button.setEnabled(True)
+        splits = ", ".join(f"{name} {info['rows']} pairs / {info['patients']} "
+                           f"patient{'' if info['patients'] == 1 else 's'}"
+                           for name, info in manifest["splits"].items())
+        self._say(f"Exported {manifest['total']} pairs as {manifest['format']} "
+                  f"({splits}) to {self.out_dir.text().strip()}.")
+        self.exported.emit(manifest)
+
+    def _on_export_error(self, exc: Exception) -> None:
+        self.export_button.setEnabled(True)
+        self._say(f"Export failed: {exc}", error=True)
+        self.failed.emit(str(exc))
+
+    def _say(self, text: str, error: bool = False) -> None:
+        self.message.setStyleSheet("color: #ff6b6b; font-weight: bold;" if error else "")
+        self.message.setText(html.escape(text))
+        self.message.setVisible(bool(text))
