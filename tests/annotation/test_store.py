@@ -32,6 +32,14 @@ def test_scans_patients_labels_and_paths(store: Store, tmp_path) -> None:
         store.add_scan("x.nii.gz", colour="red")
 
 
+def test_set_report_stores_and_replaces_the_reference_text(store: Store) -> None:
+    scan = store.add_scan("train_8_a_1.nii.gz")
+    first = store.set_report(scan.id, findings="A 12 mm nodule.", impressions="Nodule.")
+    assert (first.findings, first.impressions, first.technique) == ("A 12 mm nodule.", "Nodule.", None)
+    store.set_report(scan.id, findings="No nodule.")
+    assert store.report(scan.id).findings == "No nodule." and store.report(scan.id).impressions is None
+
+
 def test_qa_pairs_round_trip_and_are_idempotent(store: Store) -> None:
     scan = store.add_scan("test_1_b_1.nii.gz")
     qa_id = store.add_qa_pair(scan.id, "longitudinal_temporal_diagnosis", "How did X evolve? [0, 1]",

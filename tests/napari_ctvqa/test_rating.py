@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from annotation.rubric import RUBRIC, SCORE_KEYS
-from annotation.schema import Report
 from annotation.store import Store
 from model.ct_io import CTVolume, canonical_affine, write_ct
 from qtpy.QtCore import Qt
@@ -41,10 +40,7 @@ def build_store(tmp_path: Path) -> Store:
         path = write_ct(volume, tmp_path / name)
         scan_ids.append(store.add_scan(name, path).id)
 
-    def add_report(session) -> None:
-        session.add(Report(scan_id=scan_ids[0], findings=REPORT_FINDINGS, impressions="Lung nodule."))
-
-    store.db.write(add_report)
+    store.set_report(scan_ids[0], findings=REPORT_FINDINGS, impressions="Lung nodule.")
     for vol, task, question, answer, choices, letter in PAIRS:
         store.add_qa_pair(scan_ids[vol], task, question, answer, choices=choices, answer_choice=letter,
                           source="template")
