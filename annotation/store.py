@@ -470,7 +470,11 @@ class Store:
         qa = self.qa_frame()
         filtered = apply_filter(self.ratings_frame(), qa, rule)
         kept = set(filtered.loc[filtered["passed"].astype(bool), "qa_id"].astype(int))
-        rows = [_export_row(ExportRow, r) for r in qa[qa["qa_id"].isin(kept)].itertuples(index=False)]
+        chosen = qa[qa["qa_id"].isin(kept)]
+        # pandas string columns hold NaN for SQL NULL (a scan without path or patient), which is
+        # truthy: turn every missing value into None first (plain objects also iterate faster).
+        chosen = chosen.astype(object).where(chosen.notna(), None)
+        rows = [_export_row(ExportRow, r) for r in chosen.itertuples(index=False)]
         extra: dict[str, Any] = {"database": repr(self), "filter": rule.describe()}
         if fmt == "3drad":  # the 3D-RAD layout has a folder per 3D-RAD task and nothing else
             other = sum(r.task_number == 0 for r in rows)
@@ -733,15 +737,13 @@ def _model_record(mv: ModelVersion, session: Session) -> ModelVersionRecord:
 def _export_row(export_row_cls: type, r: Any) -> Any:  # noqa: ANN401
     """An annotation.exports.ExportRow in 3D-RAD's spelling (Open/Close, "-" for no choice);
     task_number 0 marks pairs of no 3D-RAD task (chat, M3D-VQA)."""
-    import pandas as pd
-
     closed = r.question_type == "closed"
     choices = (r.choice_a, r.choice_b, r.choice_c, r.choice_d) if closed else ("-",) * 4
     subtask = int(r.subtask) if r.subtask and str(r.subtask).isdigit() else 0
     return export_row_cls(
         qa_id=int(r.qa_id), patient=r.patient or Path(r.volume_name).name.split(".")[0],
         volume_name=r.volume_name, image_path=r.path or "", task=r.task,
-        task_number=0 if r.task_number is pd.NA else int(r.task_number),
+        task_number=0 if r.task_number is None else int(r.task_number),
         subtask=subtask, question=r.question, answer=r.answer,
         question_type="Close" if closed else "Open", answer_choice=r.answer_choice if closed else "-",
         choices=tuple(c or "-" for c in choices), priors=tuple(r.priors) if r.priors else None)

@@ -1,33 +1,50 @@
-"""How fast does the 3D-RAD importer write QA pairs, against a naive one-ORM-object-per-row import?
+"""How fast are the store's bulk paths: 3D-RAD import, rater agreement and curated export?
 
-Builds a 3D-RAD-layout split of `--copies` x the real test split (33,910 rows each; copy k renames
+Import: builds a 3D-RAD-layout split of `--copies` x the real test split (33,910 rows each; copy k renames
 every volume to split `rep<k>`, so each copy is new content), imports it with `import_3drad`
 (Core bulk inserts, one transaction per file) into a fresh SQLite file, and in the same run times
 the naive baseline on the first `--naive-rows` rows of the same files: per row an ORM query for
 the scan (created when missing) and one `QAPair` object added and flushed, one commit per file.
 Targets: bulk >= 10x the naive rows/s, and <= 30 s for 170,000 pairs (5 copies).
 
-    .venv/bin/python bench/store.py [--copies 5] [--naive-rows 5000] [--db URL]
+Agreement (same database): `Store.assign` gives `--raters` annotators the same `--agreement-pairs`
+pairs (stratified over tasks, as 3D-RAD's 600-pair sample), each rates them through
+`Store.save_rating` (noisy copies of a hidden quality), and `Store.agreement()` is timed, database
+read included. Target < 1 s for 600 pairs x 4 raters.
+
+Export (same database): a curator rates every pair (one bulk insert, set-up only), then
+`Store.export` writes all of them (filter without the per-question cap, so all pass) in each
+format, database read and filter included; a plain pandas `to_csv` of the same QA table is the
+floor it is compared with. Target < 10 s for 170,000 pairs.
+
+    .venv/bin/python bench/store.py [--copies 5] [--naive-rows 5000] [--agreement-pairs 600]
+                                    [--raters 4] [--formats 3drad,m3d-vqa,jsonl,hf] [--db URL]
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from sqlalchemy import select
 
-from annotation.importers.bulk import content_key, scan_fields
+from annotation.curation import FilterRule
+from annotation.exports import EXPORT_FORMATS
+from annotation.importers.bulk import content_key, insert_ignoring_conflicts, scan_fields
 from annotation.importers.threedrad import import_3drad, parse_file
-from annotation.schema import Patient, QAPair, Scan
+from annotation.rubric import MAX_SCORE, MIN_SCORE, SCORE_KEYS
+from annotation.schema import Patient, QAPair, Rating, Scan, utcnow
 from annotation.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 SPLIT = REPO.parent / "shared" / "data" / "3d-rad" / "test"
 TARGET_SPEEDUP, TARGET_SECONDS, TARGET_ROWS = 10.0, 30.0, 170_000
+TARGET_AGREEMENT_S, TARGET_EXPORT_S = 1.0, 10.0
 
 
 def replicate(split: Path, out: Path, copies: int) -> int:
@@ -86,12 +103,97 @@ def naive_import(store: Store, split: Path, limit: int) -> int:
     return done
 
 
+def _verdict(ok: bool) -> str:
+    return "OK" if ok else "MISSED"
+
+
+def timed_import(module: str) -> None:
+    """Import a heavy library outside the timed region and say what it cost (paid once per process)."""
+    t = time.perf_counter()
+    importlib.import_module(module)
+    print(f"import {module:<11}: {time.perf_counter() - t:6.2f} s (once per process, not in the figures below)")
+
+
+def bench_agreement(store: Store, n_pairs: int, n_raters: int, seed: int = 0) -> None:
+    """Rate `n_pairs` shared pairs by `n_raters` annotators, then time `Store.agreement()`."""
+    timed_import("annotation.agreement")
+    names = [f"rater{i + 1}" for i in range(n_raters)]
+    plan = store.assign(names, per_annotator=n_pairs, overlap=n_pairs, seed=seed, batch="bench-agreement")
+    rng = np.random.default_rng(seed)
+    quality = rng.integers(MIN_SCORE + 1, MAX_SCORE + 1, size=(len(plan["shared"]), 1))
+    t = time.perf_counter()
+    for name in names:
+        noisy = np.clip(quality + rng.integers(-1, 2, size=(len(plan["shared"]), len(SCORE_KEYS))),
+                        MIN_SCORE, MAX_SCORE)
+        for qa_id, scores in zip(plan["shared"], noisy.tolist()):
+            store.save_rating(name, qa_id, scores, consistent=bool(rng.random() < 0.95))
+    n_saved = len(plan["shared"]) * n_raters
+    save_s = time.perf_counter() - t
+    print(f"save_rating       : {n_saved:>9,} ratings in {save_s:6.2f} s = {save_s / n_saved * 1e3:.1f} ms each")
+    t, c = time.perf_counter(), time.process_time()
+    pairwise, _ = store.agreement()
+    agreement_s, agreement_cpu = time.perf_counter() - t, time.process_time() - c
+    print(f"agreement         : {len(plan['shared'])} pairs x {n_raters} raters ({len(pairwise)} rater pairs, "
+          f"mean Spearman {pairwise['spearman_rho'].mean():.2f}) in {agreement_s:.3f} s (CPU {agreement_cpu:.3f} s) "
+          f"(target < {TARGET_AGREEMENT_S:.0f} s): {_verdict(agreement_s < TARGET_AGREEMENT_S)}")
+
+
+def rate_everything(store: Store, seed: int = 0) -> int:
+    """Give every pair a passing rating by one curator in a single bulk insert (set-up only)."""
+    rater_id = store.ensure_rater("bench-curator")
+    with store.db.reading() as session:
+        qa_ids = session.scalars(select(QAPair.id)).all()
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(3, MAX_SCORE + 1, size=(len(qa_ids), len(SCORE_KEYS))).tolist()
+    now = utcnow()
+    rows = [{"qa_id": q, "rater_id": rater_id, **dict(zip(SCORE_KEYS, s)), "consistent": True, "note": "",
+             "status": "rated", "reason": None, "seconds_spent": 0.0, "created_at": now, "updated_at": now}
+            for q, s in zip(qa_ids, scores)]
+    store.db.write(lambda session: insert_ignoring_conflicts(session, Rating.__table__, rows, ["qa_id", "rater_id"]))
+    return len(rows)
+
+
+def bench_export(store: Store, out: Path, formats: list[str]) -> None:
+    """Time `Store.export` of every pair in each format against a plain pandas CSV of the QA table."""
+    if "hf" in formats:
+        timed_import("datasets")
+    t = time.perf_counter()
+    n_rated = rate_everything(store)
+    print(f"set-up            : {n_rated:>9,} curator ratings bulk-inserted in {time.perf_counter() - t:6.2f} s")
+    t, c = time.perf_counter(), time.process_time()
+    qa = store.qa_frame()
+    qa.to_csv(out / "baseline.csv", index=False)
+    baseline_s, baseline_cpu = time.perf_counter() - t, time.process_time() - c
+    print(f"baseline          : {len(qa):>9,} rows read (qa_frame) + pandas to_csv in {baseline_s:6.2f} s "
+          f"(CPU {baseline_cpu:.2f} s)")
+    rule = FilterRule(cap_per_question=None)
+    t = time.perf_counter()
+    preview = store.curation_preview(rule)
+    print(f"curation preview  : {preview.passed:>9,} of {preview.total:,} pass in {time.perf_counter() - t:6.2f} s")
+    for fmt in formats:
+        t, c = time.perf_counter(), time.process_time()
+        manifest = store.export(fmt, out / fmt, rule, val_frac=0.1, seed=0)
+        export_s, export_cpu = time.perf_counter() - t, time.process_time() - c
+        print(f"export {fmt:<10} : {manifest['total']:>9,} rows in {export_s:6.2f} s (CPU {export_cpu:.2f} s; "
+              f"{export_s / baseline_s:.1f}x the baseline; {TARGET_ROWS:,} would take "
+              f"{export_s * TARGET_ROWS / manifest['total']:.1f} s, target < {TARGET_EXPORT_S:.0f} s): "
+              f"{_verdict(export_s * TARGET_ROWS / manifest['total'] < TARGET_EXPORT_S)}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--copies", type=int, default=5)
     parser.add_argument("--naive-rows", type=int, default=5000)
+    parser.add_argument("--agreement-pairs", type=int, default=600)
+    parser.add_argument("--raters", type=int, default=4)
+    parser.add_argument("--formats", default=",".join(EXPORT_FORMATS),
+                        help="comma-separated export formats to time (empty: skip the export part)")
     parser.add_argument("--db", help="database URL for the bulk import (default: a temporary SQLite file)")
     args = parser.parse_args()
+    formats = [f for f in args.formats.split(",") if f]
+    unknown = sorted(set(formats) - set(EXPORT_FORMATS))
+    if unknown:
+        parser.error(f"unknown export format(s) {unknown}; expected some of {list(EXPORT_FORMATS)}")
     if not SPLIT.is_dir():
         print(f"3D-RAD test split not found at {SPLIT}", file=sys.stderr)
         return 2
@@ -129,6 +231,10 @@ def main() -> int:
         print(f"{TARGET_ROWS:,} pairs would take {per_target:.1f} s (target <= {TARGET_SECONDS:.0f} s): "
               f"{'OK' if per_target <= TARGET_SECONDS else 'MISSED'}")
         naive_store.close()
+
+        bench_agreement(store, args.agreement_pairs, args.raters)
+        if formats:
+            bench_export(store, tmp_path, formats)
         store.close()
     return 0
 
