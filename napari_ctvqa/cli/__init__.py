@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import typer
 
-from napari_ctvqa.cli import demo, finetune, store, synth, viewer, vlm
+from napari_ctvqa.cli import demo, finetune, rate, store, synth, viewer, vlm
 
 app = typer.Typer(
     name="ctvqa",
@@ -16,7 +16,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for _module in (viewer, synth, store, vlm, finetune, demo):
+for _module in (viewer, synth, store, vlm, rate, finetune, demo):
     _module.register(app)
 
 
