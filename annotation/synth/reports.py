@@ -58,7 +58,7 @@ _COMPARISON = {
     "stable": ("It is stable compared with the previous examination.", "No significant change from the prior study."),
 }
 _IMPRESSION = {
-    "nodule": "{lobe} nodule ({axial})", "pleural_effusion": "{location} effusion ({thickness})",
+    "nodule": "{lobe} nodule ({axial})", "pleural_effusion": "Pleural effusion in the {location} ({thickness})",
     "cardiomegaly": "Cardiomegaly", "pericardial_effusion": "Pericardial effusion ({thickness})",
     "consolidation": "Consolidation in the {lobe}", "lung_opacity": "Ground glass opacity in the {lobe}",
     "atelectasis": "Atelectasis in the {lobe}", "emphysema": "Emphysema",

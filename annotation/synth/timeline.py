@@ -168,7 +168,7 @@ def _place_emphysema(an, rng):
 
 def _place_effusion(an, rng):
     side = str(rng.choice(["right", "left", "bilateral"], p=[0.4, 0.35, 0.25]))
-    where = {"right": "right pleural space", "left": "left pleural space", "bilateral": "both pleural spaces"}[side]
+    where = {"right": "right pleural space", "left": "left pleural space", "bilateral": "pleural spaces on both sides"}[side]
     return Lesion("", "", side, where, None, np.zeros(3), float(rng.uniform(15, 45)),
                   {"top": float(max(an.dome) + rng.uniform(70, 120))})
 
