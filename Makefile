@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo clean-venv
+.PHONY: setup test demo default-model clean-venv
 
 setup: $(STAMP)
 
@@ -18,6 +18,12 @@ test: setup
 
 demo: setup
 	bash scripts/demo.sh
+
+# Regenerate the shipped default model (model/default) from seed 0: about 30 min on 2 cores.
+DEFAULT_COHORT := .bench-tmp/default-cohort-seed0
+default-model: setup
+	$(VENV)/bin/ctvqa synth --out $(DEFAULT_COHORT) --patients 180 --seed 0 --size 64,192,192
+	$(PY) -m model.train_default --out model/default --seed 0 --cohort $(DEFAULT_COHORT)
 
 clean-venv:
 	rm -rf $(VENV)
