@@ -402,8 +402,8 @@ def load_tokenizer(folder: Path) -> Any:
 
 
 def load_vlm(path: str | Path | None = None, dtype: torch.dtype | str | None = None, device: str = "cpu") -> VLM:
-    """Load one of our save_pretrained folders, a published M3D-LaMed / M3D-RAD folder, or (None) the
-    model shipped in `model/default/`."""
+    """Load one of our save_pretrained folders, a LoRA adapter folder written by `ctvqa finetune`, a
+    published M3D-LaMed / M3D-RAD folder, or (None) the model shipped in `model/default/`."""
     from model.checkpoints import CheckpointError, is_published_lamed, load_published
     from model.lamed import LamedForCausalLM
 
@@ -417,6 +417,10 @@ def load_vlm(path: str | Path | None = None, dtype: torch.dtype | str | None = N
         raise FileNotFoundError(f"model folder {folder} does not exist")
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
+    from model.finetune import ADAPTER_CONFIG, load_finetuned
+
+    if (folder / ADAPTER_CONFIG).is_file():  # a LoRA finetune: its base plus the adapter
+        return load_finetuned(folder, dtype, device)
     try:
         if is_published_lamed(folder):
             model = load_published(folder, dtype=dtype, device=device)

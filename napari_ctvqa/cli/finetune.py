@@ -1,8 +1,116 @@
-"""`ctvqa` commands of this area (placeholder until the area lands)."""
+"""`ctvqa finetune`: curated QA pairs -> LoRA finetune -> evaluated, registered model version.
+
+A thin shell over `annotation.training_set.run_finetune`, the function the napari FinetuneWidget
+calls too. Ctrl-C stops at the next step with a checkpoint; `--resume --out DIR` continues.
+"""
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from napari_ctvqa.cli._common import fail, progress_bar
+from napari_ctvqa.cli.store import DbOption, JsonOption
+
+
+def finetune_cmd(
+    out: Annotated[Path, typer.Option(help="Run folder: data, checkpoint, adapter, evaluation (new or empty, "
+                                           "or the folder of a run to --resume).")],
+    base: Annotated[str | None, typer.Option(help="Base model: a registered version name, a model or adapter "
+                                                  "folder, or a published M3D-LaMed folder (default: the "
+                                                  "embedded model).")] = None,
+    from_db: Annotated[bool, typer.Option("--from-db", help="Train on the curated pairs of the database "
+                                                           "(the default when --data is not given).")] = False,
+    data: Annotated[Path | None, typer.Option(help="Train on an exported folder instead (jsonl, or 3drad "
+                                                   "with train/ and valid/).")] = None,
+    volumes: Annotated[Path | None, typer.Option(help="With --data: where to find images by file name.")] = None,
+    db: DbOption = None,
+    min_mean: Annotated[float, typer.Option(help="Filter: keep pairs whose mean score is at least this.")] = 3.0,
+    min_dim: Annotated[float, typer.Option(help="Filter: ... and whose every dimension is at least this.")] = 3.0,
+    require_consistent: Annotated[bool, typer.Option(help="Filter: ... and judged consistent.")] = False,
+    cap_per_question: Annotated[int, typer.Option(help="Filter: at most this many pairs per question text "
+                                                       "(0: no cap).")] = 10,
+    tasks: Annotated[str | None, typer.Option(help="Comma-separated task keys to train on (default: all).")] = None,
+    val_frac: Annotated[float, typer.Option(help="Share of patients held out for evaluation.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed of the patient split and of training.")] = 0,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
+    lora_alpha: Annotated[int, typer.Option(help="LoRA alpha.")] = 32,
+    lora_dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.05,
+    epochs: Annotated[int, typer.Option(help="Passes over the training set.")] = 3,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (3% warm-up, cosine decay).")] = 5e-5,
+    batch_size: Annotated[int, typer.Option(help="QA pairs per step and process.")] = 4,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps (overrides --epochs).")] = None,
+    save_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 50,
+    processes: Annotated[int, typer.Option(help="Data-parallel processes (torchrun; gloo on CPU).")] = 1,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint "
+                                              "(its own settings are used).")] = False,
+    merge: Annotated[bool, typer.Option(help="Also write base + adapter as one standalone model folder "
+                                             "and register that.")] = False,
+    name: Annotated[str | None, typer.Option(help="Name of the new model version "
+                                                  "(default: ft-BASE-TIME-rRUN).")] = None,
+    eval_limit: Annotated[int | None, typer.Option(help="At most this many held-out questions per task.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """LoRA-finetune a model on the curated QA pairs, evaluate it against its base on held-out
+    patients and register it as a new model version (it then appears in the chat panel)."""
+    from annotation.curation import FilterRule
+    from annotation.store import Store
+    from annotation.training_set import run_finetune
+    from model.finetune import FinetuneConfig, FinetuneError
+
+    if from_db and data is not None:
+        fail("choose one source: --from-db or --data DIR")
+    if resume and db is None:  # the run's own database, unless told otherwise
+        from annotation.training_set import read_run_record
+
+        try:
+            db = read_run_record(out.expanduser().resolve())["database"]
+        except FinetuneError as exc:
+            fail(str(exc))
+    try:
+        store = Store.create(db)
+    except Exception as exc:  # noqa: BLE001 (any connection/migration failure is one clear line)
+        fail(f"cannot open database {db or '(default)'}: {exc}")
+    try:
+        config = FinetuneConfig(lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lr=lr,
+                                epochs=epochs, batch_size=batch_size, max_steps=max_steps, seed=seed,
+                                save_every=save_every)
+        rule = FilterRule(min_mean, min_dim, require_consistent, cap_per_question or None)
+        with progress_bar("finetune") as update:
+            outcome = run_finetune(
+                store, out, base=base, rule=rule, tasks=tasks.split(",") if tasks else None, data_dir=data,
+                volumes_dir=volumes, config=config, val_frac=val_frac, split_seed=seed, resume=resume,
+                merge=merge, name=name, processes=processes, eval_limit=eval_limit,
+                progress=lambda p: update(p.step, p.total_steps), handle_sigint=True,
+                log=lambda text: typer.echo(text, err=True))
+    except (FinetuneError, ValueError, KeyError, FileNotFoundError) as exc:
+        fail(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training (evaluation, loading)
+        fail(f"interrupted; continue with: ctvqa finetune --out {out} --resume", code=130)
+    finally:
+        store.close()
+    summary = {"run_id": outcome.run_id, "status": outcome.status, "version": outcome.version,
+               "model_path": outcome.model_path, "steps": outcome.train.step,
+               "total_steps": outcome.train.total_steps,
+               "first_loss": outcome.train.losses[0] if outcome.train.losses else None,
+               "final_loss": outcome.train.losses[-1] if outcome.train.losses else None,
+               "delta": (outcome.metrics or {}).get("delta")}
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+    elif outcome.status == "done":
+        typer.echo(f"model version {outcome.version} at {outcome.model_path} "
+                   f"(loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f} in {outcome.train.step} steps)")
+        for task, delta in (summary["delta"] or {}).items():
+            figures = ", ".join(f"{m} {v:+.1f}" for m, v in delta.items() if "_" not in m or m == "bertscore_f1")
+            typer.echo(f"  {task}: {figures}")
+    if outcome.status != "done":
+        typer.echo(f"cancelled at step {outcome.train.step}/{outcome.train.total_steps}; "
+                   f"continue with: ctvqa finetune --out {out} --resume", err=True)
+        raise typer.Exit(130)
+
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the `ctvqa` app."""
+    """Add `ctvqa finetune` to the app."""
+    app.command("finetune")(finetune_cmd)

@@ -1,0 +1,43 @@
+"""Finetune panel: a tiny run from a real store shows progress off the GUI thread, Cancel stops it
+with a checkpoint, Resume finishes it, and the new version joins the base model list."""
+from __future__ import annotations
+
+from napari_ctvqa.widgets.finetune import FinetuneWidget
+from tests.model.test_finetune_store import rated_store
+
+
+def test_progress_cancel_resume_and_completion(make_napari_viewer, qtbot, tiny_vlm_dir, tmp_path):
+    store, _ = rated_store(tmp_path, n_patients=4)
+    widget = FinetuneWidget(make_napari_viewer(), store=store)
+    qtbot.addWidget(widget)
+    assert "8 of 8 QA pairs pass" not in widget.preview_label.text()  # patient 0's open pair fails
+    assert "7 of 8 QA pairs pass" in widget.preview_label.text()
+    widget.set_base(str(tiny_vlm_dir))
+    widget.out_dir.setText(str(tmp_path / "run"))
+    widget.val_frac.setValue(0.0)
+    widget.cap.setValue(0)
+    widget.lr.setValue(5e-3)
+    widget.batch_size.setValue(2)
+    widget.max_steps.setValue(40)
+
+    steps = []
+    widget._relay.progressed.connect(lambda p: steps.append(p.step))
+    widget._relay.progressed.connect(lambda p: widget.cancel_button.click() if p.step == 1 else None)
+    with qtbot.waitSignal(widget.finished, timeout=120_000) as first:
+        widget.start()
+        assert not widget.start_button.isEnabled() and widget.cancel_button.isEnabled()
+    cancelled = first.args[0]
+    assert cancelled.status == "cancelled" and 1 <= cancelled.train.step < 40
+    assert "Resume" in widget.result.text() and widget.resume_button.isEnabled()
+
+    with qtbot.waitSignal(widget.finished, timeout=120_000) as second:
+        widget.resume_button.click()
+    done = second.args[0]
+    assert (done.status, done.train.step) == ("done", 40)
+    assert steps[-1] == 40 and "Done" in widget.status.text()
+    assert widget.progress.value() == 40
+    assert done.version in widget.result.text()
+    assert widget.base_box.findData(done.version) >= 0  # the new version can be the next base
+    assert store.finetune_run(done.run_id).status == "done"
+    widget.close()
+    store.close()
