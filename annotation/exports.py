@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -26,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from annotation.qa_templates import QARow, VolumeName, task_by_number, write_3drad_csvs
-from model.prompts import PROMPT_STYLES, format_prompt, format_target
+from model.prompts import PROMPT_STYLES, format_prompt, format_target, priors_in_question
 
 EXPORT_FORMATS: tuple[str, ...] = ("3drad", "m3d-vqa", "jsonl", "hf")
 SPLITS: tuple[str, str] = ("train", "valid")
@@ -46,7 +45,6 @@ JSONL_FIELDS: tuple[str, ...] = (
     "qa_id", "image", "volume_name", "task", "subtask", "question_type", "question", "choices",
     "answer", "answer_choice", "priors", "prompt", "target",
 )
-_PRIORS_IN_QUESTION = re.compile(r"\[\s*([01](?:\s*,\s*[01])*)\s*\]")
 _PROGRESS_CHUNK = 20_000
 
 
@@ -74,8 +72,8 @@ class ExportRow:
         task = task_by_number(row.task)
         priors = None
         if task.key == "longitudinal_temporal_diagnosis":
-            match = _PRIORS_IN_QUESTION.search(row.question)
-            priors = tuple(int(v) for v in match.group(1).split(",")) if match else None
+            found = priors_in_question(row.question)
+            priors = tuple(found) if found is not None else None
         return cls(qa_id, patient_key(row.volume_name), row.volume_name, image_path, task.key, row.task,
                    row.subtask, row.question, row.answer, row.question_type, row.answer_choice,
                    tuple(row.choices), priors)

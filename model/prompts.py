@@ -7,6 +7,7 @@ expects is a per-model setting stored with it (`ctvqa.json`, key `prompt_style`)
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 IMAGE_TOKEN = "<im_patch>"
@@ -72,6 +73,15 @@ def with_priors(question: str, label: str, priors: Sequence[int]) -> str:
         "(Note: 0 indicates absence, and 1 indicates presence.) "
         f"CT reflects pattern of prior sequences. {question.strip()}"
     )
+
+
+_PRIORS_IN_QUESTION = re.compile(r"\[\s*([01](?:\s*,\s*[01])*)\s*\]")
+
+
+def priors_in_question(question: str) -> list[int] | None:
+    """The prior-scan label sequence a task-6 question embeds (e.g. `[0, 0, 1]`), or None."""
+    match = _PRIORS_IN_QUESTION.search(question)
+    return [int(v) for v in match.group(1).split(",")] if match else None
 
 
 def build_input_text(question_prompt: str, num_image_tokens: int = NUM_IMAGE_TOKENS) -> str:

@@ -31,7 +31,6 @@ import json
 import math
 import platform
 import random
-import re
 import sys
 import time
 from collections import Counter
@@ -539,9 +538,6 @@ def train(model: Any, tokenizer: Any, train_data: Dataset, valid_data: Dataset, 
 
 
 # ----- evaluation, saving, model card -----------------------------------------------------------
-_PRIORS = re.compile(r"\[\s*([01](?:\s*,\s*[01])*)\s*\]")
-
-
 def task6_consistency(vlm: Any, cohort_dir: Path, limit: int | None) -> dict[str, Any]:
     """How many task-6 answers follow the 3D-RAD rule given the model's own presence call: a
     prior 1 allows only A/B (refractory/resolved), all-0 priors only C/D (new/none)."""
@@ -552,10 +548,10 @@ def task6_consistency(vlm: Any, cohort_dir: Path, limit: int | None) -> dict[str
                           ["longitudinal_temporal_diagnosis"], limit)
     consistent, images = 0, {}
     for item in items:
-        match = _PRIORS.search(item.question)
-        if match is None:
+        priors = prompts.priors_in_question(item.question)
+        if priors is None:
             raise ValueError(f"{item.source}: no prior sequence like [0, 1] in the question")
-        allowed = "AB" if "1" in match.group(1) else "CD"
+        allowed = "AB" if 1 in priors else "CD"
         if item.volume_name not in images:
             images = {item.volume_name: vlm.prepare(read_ct(cohort_dir / "volumes" / item.volume_name))}
         answer = vlm.answer(images[item.volume_name], item.question, choices=item.choices, max_new_tokens=1)

@@ -26,7 +26,7 @@ from annotation.importers.bulk import (
     qa_row,
 )
 from annotation.importers.open_qa_from_report import open_qa_from_findings
-from annotation.importers.threedrad import parse_priors
+from model.prompts import priors_in_question
 from annotation.qa_templates import CT_RATE_LABELS, TASKS, VolumeName, closed_qa_for_scan, task_by_number
 from annotation.records import ImportSummary
 from annotation.schema import Label, Report
@@ -172,7 +172,7 @@ def _qa_rows(name: str, scan_id: int, labels: dict[str, int] | None, priors: lis
             task = task_by_number(row.task)
             rows.append(qa_row(scan_id, task.key, row.question, row.answer, task_number=row.task,
                                subtask=str(row.subtask), choices=row.choices, answer_choice=row.answer_choice,
-                               priors=parse_priors(row.question) if task.number == 6 else None,
+                               priors=priors_in_question(row.question) if task.number == 6 else None,
                                source="template", provenance={"generator": "closed_qa_for_scan"}))
     for qa in open_qa_from_findings(findings):
         rows.append(qa_row(scan_id, qa.task, qa.question, qa.answer, task_number=TASKS[qa.task].number,

@@ -7,7 +7,6 @@ prior label sequence is parsed out of the question text into `priors`.
 from __future__ import annotations
 
 import csv
-import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -18,10 +17,10 @@ from annotation.db import Database
 from annotation.importers import BadInputError
 from annotation.importers.bulk import ensure_scans, existing_path, insert_qa_rows, qa_row
 from annotation.qa_templates import CSV_COLUMNS, QARow, Task, VolumeName, task_by_folder
+from model.prompts import priors_in_question
 from annotation.records import ImportSummary
 
 ProgressFn = Callable[[int, int | None], None]
-_PRIORS = re.compile(r"\[\s*([01](?:\s*,\s*[01])*)\s*\]")
 
 
 @dataclass(frozen=True)
@@ -32,12 +31,6 @@ class ParsedFile:
     relative: str
     task: Task
     rows: list[tuple[int, QARow, list[int] | None]]
-
-
-def parse_priors(question: str) -> list[int] | None:
-    """The prior-scan label sequence a task-6 question embeds, e.g. `[0, 0, 1]`."""
-    match = _PRIORS.search(question)
-    return [int(v) for v in match.group(1).split(",")] if match else None
 
 
 def parse_file(path: Path, root: Path) -> ParsedFile:
@@ -71,7 +64,7 @@ def parse_file(path: Path, root: Path) -> ParsedFile:
                 raise BadInputError(path, line, "closed question without an AnswerChoice (A-D)")
             priors = None
             if task.key == "longitudinal_temporal_diagnosis":
-                priors = parse_priors(row.question)
+                priors = priors_in_question(row.question)
                 if priors is None:
                     raise BadInputError(path, line, "task 6 question has no prior sequence like [0, 1]")
             if not row.question.strip() or not row.answer.strip():

@@ -23,7 +23,6 @@ import dataclasses
 import logging
 import os
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 

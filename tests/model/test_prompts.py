@@ -67,3 +67,10 @@ def test_with_priors_reproduces_3drad_task6(shared_data: Path) -> None:
 def test_with_priors_rejects_non_binary() -> None:
     with pytest.raises(ValueError, match="0 or 1"):
         prompts.with_priors("Q?", "consolidation", [0, 2])
+
+
+def test_priors_in_question_reads_the_task6_sequence_back() -> None:
+    question = prompts.with_priors("What is the current status?", "Consolidation", [0, 1, 1])
+    assert prompts.priors_in_question(question) == [0, 1, 1]
+    assert prompts.priors_in_question("Scans showed it as: [1]. (Note: ...)") == [1]
+    assert prompts.priors_in_question("Is there a nodule?") is None
