@@ -84,6 +84,18 @@ def priors_in_question(question: str) -> list[int] | None:
     return [int(v) for v in match.group(1).split(",")] if match else None
 
 
+def parse_prior_list(text: str) -> list[int]:
+    """What a user types for the prior scans ("0, 1, 1", "0,1,1" or "[0 1 1]") as 0/1 values
+    (0/1 only; a wrong item is named in the error)."""
+    items = [t for t in text.replace("[", " ").replace("]", " ").replace(",", " ").split() if t]
+    if not items:
+        raise ValueError("the prior sequence is empty: give the label of each earlier scan, e.g. 0, 1, 1")
+    bad = [t for t in items if t not in ("0", "1")]
+    if bad:
+        raise ValueError(f"the prior sequence may hold only 0/1 values, got {bad[0]!r}")
+    return [int(t) for t in items]
+
+
 def build_input_text(question_prompt: str, num_image_tokens: int = NUM_IMAGE_TOKENS) -> str:
     """The full model input (before BOS): image placeholders, one space, then the prompt."""
     return IMAGE_TOKEN * num_image_tokens + " " + question_prompt

@@ -27,12 +27,9 @@ def split_choices(values: list[str] | None) -> list[str] | None:
 
 def parse_priors(value: str | None) -> list[int] | None:
     """`--priors 0,1,1` (earlier scans, oldest first) to a list of 0/1."""
-    if not value:
-        return None
-    parts = [p.strip() for p in value.split(",") if p.strip()]
-    if not parts or any(p not in ("0", "1") for p in parts):
-        raise ValueError(f"--priors takes comma-separated 0/1 values like 0,1,1; got {value!r}")
-    return [int(p) for p in parts]
+    from model.prompts import parse_prior_list
+
+    return parse_prior_list(value) if value else None
 
 
 def _register_ask(app: typer.Typer) -> None:

@@ -17,6 +17,7 @@ from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QLineEdit, QWidget
 from annotation.qa_templates import (
     CT_RATE_LABELS, EXISTENCE_CHOICES, TEMPORAL_CHOICES, TEMPORAL_LABELS, question_templates,
 )
+from model.prompts import parse_prior_list as parse_priors
 
 FREE = "free"
 #: Task keys in the paper's order, with the names radiologists see in the menu.
@@ -43,17 +44,6 @@ class TemplateQuestion:
     question: str
     choices: tuple[str, ...] | None
     task: str
-
-
-def parse_priors(text: str) -> list[int]:
-    """"0, 1, 1" or "[0 1 1]" -> [0, 1, 1]; anything but 0/1 is refused with the offending item."""
-    items = [t for t in text.replace("[", " ").replace("]", " ").replace(",", " ").split() if t]
-    if not items:
-        raise ValueError("the prior sequence is empty: type the label of each earlier scan, e.g. 0, 1, 1")
-    bad = [t for t in items if t not in ("0", "1")]
-    if bad:
-        raise ValueError(f"the prior sequence may hold only 0 and 1, got {bad[0]!r}")
-    return [int(t) for t in items]
 
 
 def labels_of(task: str) -> tuple[str, ...]:
