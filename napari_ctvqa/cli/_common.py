@@ -3,9 +3,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
+
+if TYPE_CHECKING:
+    import napari
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -30,3 +34,15 @@ def progress_bar(description: str, total: int | None = None) -> Iterator:
             prog.update(task, completed=done, total=total_ if total_ is not None else prog.tasks[0].total)
 
         yield update
+
+
+def screenshot_window(viewer: napari.Viewer, path: Path, size: tuple[int, int]) -> None:
+    """Save the whole window at `size` (for headless checks and docs)."""
+    from qtpy.QtWidgets import QApplication
+
+    viewer.window.resize(*size)
+    QApplication.processEvents()
+    viewer.reset_view()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    viewer.screenshot(str(path), canvas_only=False)
+    typer.echo(f"saved {path}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from napari_ctvqa.cli._common import fail
+from napari_ctvqa.cli._common import fail, screenshot_window
 
 
 def register(app: typer.Typer) -> None:
@@ -60,16 +60,9 @@ def rate(
     widget = RatingWidget(viewer, store=store, annotator=name)
     viewer.window.add_dock_widget(widget, name="Rate QA pairs", area="right")
     if screenshot is not None:
-        from qtpy.QtWidgets import QApplication
-
-        viewer.window.resize(1500, 950)
-        QApplication.processEvents()
-        viewer.reset_view()
-        screenshot.parent.mkdir(parents=True, exist_ok=True)
-        viewer.screenshot(str(screenshot), canvas_only=False)
+        screenshot_window(viewer, screenshot, (1500, 950))
         widget.close()
         viewer.close()
-        typer.echo(f"saved {screenshot}")
         return
     widget.setFocus()
     napari.run()

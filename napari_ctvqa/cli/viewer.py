@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from napari_ctvqa.cli._common import fail
+from napari_ctvqa.cli._common import fail, screenshot_window
 
 
 def register(app: typer.Typer) -> None:
@@ -54,14 +54,7 @@ def view(
         layer.contrast_limits_range = window_limits("full", data)  # the slider spans all HU, not the window
     viewer.window.add_dock_widget(WindowWidget(viewer), name="CT window", area="right")
     if screenshot is not None:
-        from qtpy.QtWidgets import QApplication
-
-        viewer.window.resize(1400, 900)
-        QApplication.processEvents()
-        viewer.reset_view()
-        screenshot.parent.mkdir(parents=True, exist_ok=True)
-        viewer.screenshot(str(screenshot), canvas_only=False)
+        screenshot_window(viewer, screenshot, (1400, 900))
         viewer.close()
-        typer.echo(f"saved {screenshot}")
         return
     napari.run()
