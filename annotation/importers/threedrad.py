@@ -74,13 +74,20 @@ def parse_file(path: Path, root: Path) -> ParsedFile:
 
 
 def write_file(db: Database, parsed: ParsedFile, volumes: Path | None,
-               source: str = "imported") -> tuple[int, int]:
-    """One file in one transaction; returns (pairs added, scans added)."""
-    names = {row.volume_name for _, row, _ in parsed.rows}
+               source: str = "imported", known: dict[str, int] | None = None) -> tuple[int, int]:
+    """One file in one transaction; returns (pairs added, scans added). `known` maps the volume
+    names earlier files of the same import registered to their scan ids (committed already), so
+    the 18 task-4 files do not look up the same scans 18 times; it gains this file's scans."""
+    known = {} if known is None else known
+    names = {row.volume_name for _, row, _ in parsed.rows} - known.keys()
     extra = {n: {"path": p} for n in names if (p := existing_path(n, volumes))}
+    registered: dict[str, int] = {}
 
     def work(session) -> tuple[int, int]:  # noqa: ANN001
-        scan_ids, scans_added = ensure_scans(session, names, extra)
+        new_ids, scans_added = ensure_scans(session, names, extra)
+        registered.clear()
+        registered.update(new_ids)
+        scan_ids = {**known, **new_ids}
         seen: Counter = Counter()
         rows = []
         for line, row, priors in parsed.rows:
@@ -96,7 +103,9 @@ def write_file(db: Database, parsed: ParsedFile, volumes: Path | None,
             seen[identity] += 1
         return len(insert_qa_rows(session, rows)), scans_added
 
-    return db.write(work)
+    result = db.write(work)
+    known.update(registered)
+    return result
 
 
 def import_3drad(db: Database, directory: str | Path, volumes: str | Path | None = None,
@@ -117,8 +126,9 @@ def import_3drad(db: Database, directory: str | Path, volumes: str | Path | None
     volumes_dir = Path(volumes) if volumes is not None else None
     added = scans = 0
     per_task: Counter = Counter()
+    known: dict[str, int] = {}
     for i, pf in enumerate(parsed):
-        n, s = write_file(db, pf, volumes_dir)
+        n, s = write_file(db, pf, volumes_dir, known=known)
         added, scans = added + n, scans + s
         per_task[pf.task.key] += n
         if progress:
