@@ -435,6 +435,20 @@ class _Clock:
               f"elapsed {elapsed / 60:.1f} min, about {left / 60:.1f} min left", flush=True)
 
 
+def _set_lr(optimiser: torch.optim.Optimizer, factor: float) -> None:
+    """Scale every parameter group's own base rate (the label heads run at a multiple of it)."""
+    for group in optimiser.param_groups:
+        group["lr"] = group["base_lr"] * factor
+
+
+def _update(optimiser: torch.optim.Optimizer, loss: torch.Tensor, parameters: list) -> None:
+    """One clipped optimiser step on `loss`, the same in both stages."""
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+    optimiser.step()
+
+
 def train_alignment(model: Any, head: LabelHead, data: Dataset, recipe: Recipe) -> dict[str, Any]:
     """Stage 1: vision tower + projector learn the 18 findings from the image: per label through
     the head on the projected features, per patch through a linear head on the tower's tokens."""
@@ -451,17 +465,13 @@ def train_alignment(model: Any, head: LabelHead, data: Dataset, recipe: Recipe) 
         if clock.over():
             break
         done = step
-        for group in optimiser.param_groups:
-            group["lr"] = group["base_lr"] * _lr_factor(step - 1, recipe.stage1_steps, recipe.warmup_steps)
+        _set_lr(optimiser, _lr_factor(step - 1, recipe.stage1_steps, recipe.warmup_steps))
         volumes = rng.sample(range(len(data.names)), min(recipe.stage1_images, len(data.names)))
         tokens = model.vision.vision_tower(_augment(data.pixels[volumes].float(), generator))
         label_loss = F.binary_cross_entropy_with_logits(head(model.vision.mm_projector(tokens)), data.labels[volumes])
         patch_loss = F.binary_cross_entropy_with_logits(patch_head(tokens), data.patch_labels[volumes])
         loss = label_loss + recipe.patch_weight * patch_loss
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimiser.step()
+        _update(optimiser, loss, parameters)
         if step % 10 == 0 or step == recipe.stage1_steps:
             log.append({"step": step, "aux": round(label_loss.item(), 4), "patch": round(patch_loss.item(), 4)})
             clock.show(step, aux=label_loss.item(), patch=patch_loss.item())
@@ -494,8 +504,7 @@ def train_instruction(model: Any, head: LabelHead, tokenizer: Any, train_data: D
             print(f"[train] {record['stopped_early']}", flush=True)
             step -= 1
             break
-        for group in optimiser.param_groups:
-            group["lr"] = group["base_lr"] * _lr_factor(step - 1, recipe.stage2_steps, recipe.warmup_steps)
+        _set_lr(optimiser, _lr_factor(step - 1, recipe.stage2_steps, recipe.warmup_steps))
         volumes = sampler.volumes(recipe.stage2_images)
         examples = [e for v in volumes for e in sampler.questions(v, recipe.questions_per_image, tasks)]
         owners = [k for k in range(len(volumes)) for _ in range(recipe.questions_per_image)]
@@ -503,10 +512,7 @@ def train_instruction(model: Any, head: LabelHead, tokenizer: Any, train_data: D
         text_loss = lm_loss(model, tokenizer, features, examples, owners)
         aux_loss = F.binary_cross_entropy_with_logits(head(features), train_data.labels[volumes])
         loss = text_loss + recipe.aux_weight * aux_loss
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimiser.step()
+        _update(optimiser, loss, parameters)
         if step % 10 == 0 or step == recipe.stage2_steps:
             record["log"].append({"step": step, "loss": round(text_loss.item(), 4), "aux": round(aux_loss.item(), 4)})
             clock.show(step, loss=text_loss.item(), aux=aux_loss.item())
