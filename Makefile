@@ -19,7 +19,7 @@ test: setup
 demo: setup
 	bash scripts/demo.sh
 
-# Regenerate the shipped default model (model/default) from seed 0: about 30 min on 2 cores.
+# Regenerate the shipped default model (model/default) from seed 0: about 25 min on 2 cores (cohort, training, evaluation).
 DEFAULT_COHORT := .bench-tmp/default-cohort-seed0
 default-model: setup
 	$(VENV)/bin/ctvqa synth --out $(DEFAULT_COHORT) --patients 180 --seed 0 --size 64,192,192

@@ -49,12 +49,17 @@ REPO = Path(__file__).resolve().parents[1]
 RAD_TEST_DIR = REPO.parent / "shared" / "data" / "3d-rad" / "test"
 CAPTION_QUESTION = "What are the main findings of this chest CT?"
 CACHE_NAME = "model_inputs_{split}_{d}x{h}x{w}.pt"
+FINDINGS = ("Medical material", "Arterial wall calcification", "Cardiomegaly", "Pericardial effusion",
+            "Coronary artery wall calcification", "Hiatal hernia", "Lymphadenopathy", "Emphysema", "Atelectasis",
+            "Lung nodule", "Lung opacity", "Pulmonary fibrotic sequela", "Pleural effusion",
+            "Mosaic attenuation pattern", "Peribronchial thickening", "Consolidation", "Bronchiectasis",
+            "Interlobular septal thickening")  # CT-RATE's 18 labels, as in labels.csv
 CLOSED_TASK_LETTERS = {"existence_detection": "AB", "static_temporal_diagnosis": "ABCD",
                        "longitudinal_temporal_diagnosis": "ABCD"}
 # Stage-2 task mix per step: closed tasks (the acceptance targets) a little more often.
 TASK_WEIGHTS = {"image_observation": 1.0, "anomaly_detection": 1.0, "medical_computation": 1.0,
                 "existence_detection": 1.6, "static_temporal_diagnosis": 1.4,
-                "longitudinal_temporal_diagnosis": 1.2, "caption": 0.3}
+                "longitudinal_temporal_diagnosis": 2.0, "caption": 0.3}
 
 
 @dataclass
@@ -75,19 +80,23 @@ class Recipe:
     lm_heads: int = 4
     lm_intermediate: int = 512
     vocab_size: int = 4000
-    stage1_steps: int = 220
-    stage2_steps: int = 600
+    stage1_steps: int = 2000
+    stage2_steps: int = 3000
     stage1_images: int = 8
-    stage2_images: int = 4
-    questions_per_image: int = 8
+    stage2_images: int = 16  # many images per step: how the LM learns that answers depend on the image
+    focus_steps: int = 400  # stage 2 starts on balanced existence questions so the LM must read the image
+    seen_questions: int = 1  # afterwards, per image, so that reading is not unlearnt among the other tasks
+    seen_auc: float = 0.9  # ... about the findings the stage-1 tower sees this well (held-out label AUC)
+    questions_per_image: int = 3
     lr: float = 1e-3
     warmup_steps: int = 30
     aux_weight: float = 1.0
     head_lr_scale: float = 1.0  # tried 10 (with head_norm): the heads then fit fast, held-out labels did not improve
     head_norm: bool = False
+    input_norm: bool = True  # train the tower on standardised inputs, folded into its weights after stage 1
     patch_weight: float = 5.0  # per-patch targets are sparse: their mean BCE is small
-    validate_every: int = 60
-    validation_questions: int = 64
+    validate_every: int = 200
+    validation_questions: int = 160
     eval_limit: int | None = 150
     stage1_minutes: float = 18.0  # wall-clock caps: a slow machine stops early with the best so far
     stage2_minutes: float = 32.0
@@ -113,6 +122,7 @@ class Example:
     prompt_ids: list[int]  # the ids after BOS + image tokens (" " + prompt)
     target_ids: list[int]  # answer ids + EOS
     choices: tuple[str, ...] = ()  # closed questions: the offered choice texts, A first
+    finding: str | None = None  # the CT-RATE label a closed question asks about
 
 
 @dataclass
@@ -206,14 +216,14 @@ def _read_csv_rows(path: Path) -> dict[str, dict[str, str]]:
 
 
 def encode_example(tokenizer: Any, volume: int, task: str, question: str, answer: str,
-                   letter: str | None, choices: Sequence[str] | None) -> Example:
+                   letter: str | None, choices: Sequence[str] | None, finding: str | None = None) -> Example:
     """Token ids exactly as `VLM.prompt_ids` and `VLM.score_choices` build them at inference."""
     prompt = prompts.format_prompt(question, choices if letter else None)
     prompt_ids = tokenizer(" " + prompt, add_special_tokens=False)["input_ids"]
     target = prompts.format_target(answer, letter)
     target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     offered = tuple(text for _, text in prompts.listed_choices(choices)) if letter else ()
-    return Example(volume, task, letter or "open", prompt_ids, target_ids, offered)
+    return Example(volume, task, letter or "open", prompt_ids, target_ids, offered, finding)
 
 
 def build_dataset(cohort_dir: Path, split: str, tokenizer: Any, recipe: Recipe) -> Dataset:
@@ -241,9 +251,17 @@ def build_dataset(cohort_dir: Path, split: str, tokenizer: Any, recipe: Recipe) 
     for task, items in questions.items():
         for item in items:
             example = encode_example(tokenizer, index[item.volume_name], task, item.question, item.answer,
-                                     item.answer_choice, item.choices)
+                                     item.answer_choice, item.choices, finding_asked(item.question, label_names))
             data.by_volume[example.volume].setdefault(task, []).append(example)
     return data
+
+
+def finding_asked(question: str, label_names: Sequence[str]) -> str | None:
+    """The label a 3D-RAD closed question names (longest match, so "pericardial effusion" is not
+    read as "effusion"), or None."""
+    text = question.lower()
+    named = [name for name in label_names if name.lower() in text]
+    return max(named, key=len) if named else None
 
 
 class Sampler:
@@ -260,12 +278,22 @@ class Sampler:
     def volumes(self, n: int) -> list[int]:
         return self.rng.sample(range(len(self.data.names)), min(n, len(self.data.names)))
 
-    def questions(self, volume: int, n: int, tasks: Sequence[str]) -> list[Example]:
+    def questions(self, volume: int, n: int, tasks: Sequence[str], balanced: bool = False,
+                  findings: Sequence[str] = ()) -> list[Example]:
+        """`balanced`: every answer class of the volume's pool equally likely, so that the answer
+        cannot be guessed from the question and only the image lowers the loss; `findings`: only
+        questions about these labels (where there are any)."""
         available = [t for t in tasks if self.data.by_volume[volume].get(t)]
         chosen = []
         for task in self.rng.choices(available, weights=[TASK_WEIGHTS[t] for t in available], k=n):
             pool = self.data.by_volume[volume][task]
-            chosen.append(self.rng.choices(pool, weights=[self.weight[(e.task, e.answer_class)] for e in pool])[0])
+            pool = [e for e in pool if e.finding in findings] or pool if findings else pool
+            if balanced:
+                classes = sorted({e.answer_class for e in pool})
+                wanted = self.rng.choice(classes)
+                chosen.append(self.rng.choice([e for e in pool if e.answer_class == wanted]))
+            else:
+                chosen.append(self.rng.choices(pool, weights=[self.weight[(e.task, e.answer_class)] for e in pool])[0])
         return chosen
 
 
@@ -359,11 +387,13 @@ def tower_outputs(model: Any, pixels: torch.Tensor, batch: int = 16) -> torch.Te
 
 
 @torch.no_grad()
-def choice_accuracy(model: Any, tokenizer: Any, tokens: torch.Tensor, examples: Sequence[Example]) -> float:
-    """Closed-question accuracy by mean answer log-likelihood (the rule of `VLM.score_choices`),
-    from cached tower tokens: the cheap check that keeps the best checkpoint during training."""
+def choice_accuracy(model: Any, tokenizer: Any, tokens: torch.Tensor, examples: Sequence[Example]) -> dict[str, float]:
+    """Closed-question accuracy per task and overall ("all") by mean answer log-likelihood (the rule
+    of `VLM.score_choices`), from cached tower tokens: the cheap check that keeps the best
+    checkpoint during training."""
     model.eval()
-    correct = 0
+    correct: Counter = Counter()
+    asked: Counter = Counter()
     for e in examples:
         features = model.vision.mm_projector(tokens[e.volume : e.volume + 1])
         letters = prompts.CHOICE_LETTERS[: len(e.choices)]
@@ -372,9 +402,12 @@ def choice_accuracy(model: Any, tokenizer: Any, tokens: torch.Tensor, examples: 
         logits, wanted, rows = answer_logits(model, tokenizer, features, [e] * len(targets), [0] * len(targets), targets)
         logp = torch.log_softmax(logits, -1).gather(-1, wanted[:, None])[:, 0]
         mean = torch.zeros(len(targets)).index_add_(0, rows, logp) / torch.bincount(rows, minlength=len(targets))
-        correct += letters[int(mean.argmax())] == e.answer_class
+        hit = letters[int(mean.argmax())] == e.answer_class
+        for key in (e.task, "all"):
+            correct[key] += hit
+            asked[key] += 1
     model.train()
-    return 100.0 * correct / max(1, len(examples))
+    return {key: round(100.0 * correct[key] / asked[key], 2) for key in asked}
 
 
 def validation_examples(data: Dataset, n: int, seed: int) -> list[Example]:
@@ -403,6 +436,47 @@ def _optimiser(model_parameters: list, head_parameters: list, recipe: Recipe) ->
     groups = [{"params": model_parameters, "base_lr": recipe.lr},
               {"params": head_parameters, "base_lr": recipe.lr * recipe.head_lr_scale}]
     return torch.optim.AdamW(groups, lr=recipe.lr, weight_decay=0.01)
+
+
+class InputStandardiser:
+    """Per-voxel centring and one global scale of the model input, for training the tower only.
+
+    Phantoms differ from each other by a few percent of the [0, 1] range, so a tower fed raw
+    inputs mostly sees the common anatomy; subtracting the training set's mean volume leaves the
+    findings. The step is linear and the patch embedding is linear with a per-patch position term,
+    so `fold_into` moves it into the weights exactly and the saved model takes ordinary inputs."""
+
+    def __init__(self, pixels: torch.Tensor) -> None:
+        self.mean = pixels.float().mean(0, keepdim=True)
+        self.scale = float((pixels.float() - self.mean).std())
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        return (pixels.float() - self.mean) / self.scale
+
+    @torch.no_grad()
+    def fold_into(self, tower: nn.Module) -> None:
+        """W(x - m)/s + b + pos = (W/s)x + b + (pos - (W/s)m): same outputs on raw inputs."""
+        embedding = tower.patch_embedding
+        flatten, linear = embedding.patch_embeddings[0], embedding.patch_embeddings[1]
+        linear.weight.div_(self.scale)
+        embedding.position_embeddings.sub_(flatten(self.mean) @ linear.weight.T)
+
+
+def _identity(pixels: torch.Tensor) -> torch.Tensor:
+    return pixels.float()
+
+
+@torch.no_grad()
+def label_auc(model: Any, head: "LabelHead", data: Dataset, prepare: Any = _identity) -> dict[str, float]:
+    """Held-out ROC AUC of the label head per finding (findings present in some but not all
+    volumes): what the vision tower learned to see, reported in the model card."""
+    from sklearn.metrics import roc_auc_score
+
+    model.vision.eval()
+    scores = torch.cat([head(model.vision(prepare(data.pixels[k : k + 16]))) for k in range(0, len(data.pixels), 16)])
+    model.vision.train()
+    return {name: round(float(roc_auc_score(data.labels[:, i], scores[:, i])), 3)
+            for i, name in enumerate(data.label_names) if 0 < int(data.labels[:, i].sum()) < len(data.labels)}
 
 
 def _augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -449,9 +523,11 @@ def _update(optimiser: torch.optim.Optimizer, loss: torch.Tensor, parameters: li
     optimiser.step()
 
 
-def train_alignment(model: Any, head: LabelHead, data: Dataset, recipe: Recipe) -> dict[str, Any]:
+def train_alignment(model: Any, head: LabelHead, data: Dataset, valid_data: Dataset, recipe: Recipe) -> dict[str, Any]:
     """Stage 1: vision tower + projector learn the 18 findings from the image: per label through
-    the head on the projected features, per patch through a linear head on the tower's tokens."""
+    the head on the projected features, per patch through a linear head on the tower's tokens.
+    With `input_norm` the tower trains on standardised inputs, folded into its weights at the end."""
+    prepare = InputStandardiser(data.pixels) if recipe.input_norm else _identity
     patch_head = nn.Linear(model.config.mm_hidden_size, len(data.label_names))
     heads = [*head.parameters(), *patch_head.parameters()]
     parameters = [*model.vision.parameters(), *heads]
@@ -467,7 +543,7 @@ def train_alignment(model: Any, head: LabelHead, data: Dataset, recipe: Recipe) 
         done = step
         _set_lr(optimiser, _lr_factor(step - 1, recipe.stage1_steps, recipe.warmup_steps))
         volumes = rng.sample(range(len(data.names)), min(recipe.stage1_images, len(data.names)))
-        tokens = model.vision.vision_tower(_augment(data.pixels[volumes].float(), generator))
+        tokens = model.vision.vision_tower(prepare(_augment(data.pixels[volumes].float(), generator)))
         label_loss = F.binary_cross_entropy_with_logits(head(model.vision.mm_projector(tokens)), data.labels[volumes])
         patch_loss = F.binary_cross_entropy_with_logits(patch_head(tokens), data.patch_labels[volumes])
         loss = label_loss + recipe.patch_weight * patch_loss
@@ -475,12 +551,16 @@ def train_alignment(model: Any, head: LabelHead, data: Dataset, recipe: Recipe) 
         if step % 10 == 0 or step == recipe.stage1_steps:
             log.append({"step": step, "aux": round(label_loss.item(), 4), "patch": round(patch_loss.item(), 4)})
             clock.show(step, aux=label_loss.item(), patch=patch_loss.item())
-    return {"steps_done": done, "log": log,
-            "seconds": round(time.perf_counter() - clock.start)}
+    seconds = round(time.perf_counter() - clock.start)
+    auc = label_auc(model, head, valid_data, prepare)
+    if isinstance(prepare, InputStandardiser):
+        prepare.fold_into(model.vision.vision_tower)
+    print(f"[check] held-out label AUC after stage 1: {auc}", flush=True)
+    return {"steps_done": done, "log": log, "seconds": seconds, "valid_label_auc": auc}
 
 
 def train_instruction(model: Any, head: LabelHead, tokenizer: Any, train_data: Dataset, valid_data: Dataset,
-                      recipe: Recipe) -> dict[str, Any]:
+                      recipe: Recipe, seen: Sequence[str] = ()) -> dict[str, Any]:
     """Stage 2: projector + language model on all six tasks (+ captions), vision tower frozen and
     its tokens cached; keeps the weights that score best on closed validation questions."""
     train_tokens = tower_outputs(model, train_data.pixels)
@@ -506,7 +586,11 @@ def train_instruction(model: Any, head: LabelHead, tokenizer: Any, train_data: D
             break
         _set_lr(optimiser, _lr_factor(step - 1, recipe.stage2_steps, recipe.warmup_steps))
         volumes = sampler.volumes(recipe.stage2_images)
-        examples = [e for v in volumes for e in sampler.questions(v, recipe.questions_per_image, tasks)]
+        # first only, then one per image: existence of what the tower sees, answers balanced
+        anchored = recipe.questions_per_image if step <= recipe.focus_steps else recipe.seen_questions
+        examples = [e for v in volumes for e in (
+            sampler.questions(v, anchored, ("existence_detection",), balanced=True, findings=seen)
+            + sampler.questions(v, recipe.questions_per_image - anchored, tasks))]
         owners = [k for k in range(len(volumes)) for _ in range(recipe.questions_per_image)]
         features = model.vision.mm_projector(train_tokens[volumes])
         text_loss = lm_loss(model, tokenizer, features, examples, owners)
@@ -517,11 +601,12 @@ def train_instruction(model: Any, head: LabelHead, tokenizer: Any, train_data: D
             record["log"].append({"step": step, "loss": round(text_loss.item(), 4), "aux": round(aux_loss.item(), 4)})
             clock.show(step, loss=text_loss.item(), aux=aux_loss.item())
         if step % recipe.validate_every == 0 or step == recipe.stage2_steps:
-            accuracy = choice_accuracy(model, tokenizer, valid_tokens, checks)
-            record["validation"].append({"step": step, "closed_accuracy": round(accuracy, 2)})
-            print(f"[check] step {step}: closed validation accuracy {accuracy:.1f}% ({len(checks)} questions, "
+            scores = choice_accuracy(model, tokenizer, valid_tokens, checks)
+            accuracy = scores["all"]
+            record["validation"].append({"step": step, "closed_accuracy": scores})
+            print(f"[check] step {step}: closed validation accuracy {scores} ({len(checks)} questions, "
                   "class-balanced)", flush=True)
-            if accuracy >= best[0]:
+            if accuracy >= best[0] and step > recipe.focus_steps:  # a focus-phase model knows one task
                 best = (accuracy, {k: v.detach().clone() for k, v in model.state_dict().items()}, step)
     if best[1] is not None:
         model.load_state_dict(best[1])
@@ -534,12 +619,14 @@ def train(model: Any, tokenizer: Any, train_data: Dataset, valid_data: Dataset, 
     """Both stages; returns the training record (losses, validation checks, kept checkpoint)."""
     torch.manual_seed(recipe.seed)
     head = LabelHead(model.config.text_config.hidden_size, len(train_data.label_names), recipe.head_norm)
-    alignment = train_alignment(model, head, train_data, recipe)
-    instruction = train_instruction(model, head, tokenizer, train_data, valid_data, recipe)
+    alignment = train_alignment(model, head, train_data, valid_data, recipe)
+    seen = [name for name, auc in alignment["valid_label_auc"].items() if auc >= recipe.seen_auc]
+    print(f"[train] stage 2 starts on existence questions about what the tower sees: {seen}", flush=True)
+    instruction = train_instruction(model, head, tokenizer, train_data, valid_data, recipe, seen)
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()
-    return {"alignment": alignment, "instruction": instruction,
+    return {"alignment": alignment, "instruction": instruction, "seen_findings": seen,
             "train_seconds": alignment["seconds"] + instruction["seconds"]}
 
 
@@ -564,6 +651,37 @@ def task6_consistency(vlm: Any, cohort_dir: Path, limit: int | None) -> dict[str
         consistent += answer.choice in allowed
     return {"n": len(items), "consistent": consistent,
             "percent": round(100.0 * consistent / max(1, len(items)), 2)}
+
+
+def existence_by_finding(vlm: Any, cohort_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every held-out existence question, per finding: present cases found, absent cases called
+    absent, and their mean (balanced accuracy: 50 = not using the image). The first-150 slice
+    of `ctvqa evaluate` covers a handful of scans where most findings are absent; this is the
+    figure that says which findings the model reads."""
+    from model.ct_io import read_ct
+    from model.evaluate import read_qa_folder
+
+    items = read_qa_folder(cohort_dir / "qa" / "valid", ["existence_detection"])["existence_detection"]
+    counts: dict[str, Counter] = {}
+    image: dict[str, Any] = {}
+    for item in items:
+        finding = finding_asked(item.question, FINDINGS)
+        if finding is None:
+            continue
+        if item.volume_name not in image:
+            image = {item.volume_name: vlm.prepare(read_ct(cohort_dir / "volumes" / item.volume_name))}
+        answer = vlm.answer(image[item.volume_name], item.question, choices=item.choices, max_new_tokens=1)
+        side = "present" if item.answer_choice == "A" else "absent"
+        tally = counts.setdefault(finding, Counter())
+        tally[side] += 1
+        tally[f"{side}_right"] += answer.choice == item.answer_choice
+    table = {}
+    for finding, tally in sorted(counts.items()):
+        rates = [100.0 * tally[f"{side}_right"] / tally[side] for side in ("present", "absent") if tally[side]]
+        table[finding] = {"present": f"{tally['present_right']}/{tally['present']}",
+                          "absent": f"{tally['absent_right']}/{tally['absent']}",
+                          "balanced_accuracy": round(sum(rates) / len(rates), 1)}
+    return table
 
 
 def majority_baseline(cohort_dir: Path, limit: int | None) -> dict[str, float]:
@@ -594,6 +712,7 @@ def evaluate_default(folder: Path, cohort_dir: Path, limit: int | None) -> dict[
                           progress=show, model_name="ctvqa default (model/default)")
     report["task6_rule_consistency"] = task6_consistency(vlm, cohort_dir, limit)
     report["majority_answer_baseline"] = majority_baseline(cohort_dir, limit)
+    report["existence_by_finding"] = existence_by_finding(vlm, cohort_dir)
     report["eval_seconds"] = round(time.perf_counter() - start)
     return report
 
@@ -650,12 +769,16 @@ def model_card(recipe: Recipe, record: dict[str, Any], report: dict[str, Any] | 
         f"training volumes, {cohort.get('valid_volumes', '?')} held-out volumes of other patients), phantoms "
         f"{'x'.join(map(str, recipe.synth_size))} voxels preprocessed to the model input once (tensor cache).",
         f"- Stage 1 (alignment): vision tower + projector learn the 18 labels from the image through an auxiliary "
-        f"label head on the pooled projected features (dropped at save), {recipe.stage1_steps} steps x "
-        f"{recipe.stage1_images} volumes, small shifts and contrast changes. Stage 2 (instruction tuning): vision "
-        f"tower frozen (its tokens cached), projector + language model (from scratch) on all six 3D-RAD tasks plus "
-        f"report impressions, {recipe.stage2_steps} steps x {recipe.stage2_images} volumes x "
-        f"{recipe.questions_per_image} questions, label head kept as a second loss; answers sampled by "
-        "1/sqrt(frequency) within a task so rare answers are seen.",
+        f"label head on the pooled projected features and a per-patch head on the tower's tokens (both dropped at "
+        f"save), {recipe.stage1_steps} steps x {recipe.stage1_images} volumes, small shifts and contrast changes"
+        + (", inputs centred on the training set's mean volume and scaled (folded into the patch embedding at save, "
+           "so the model takes ordinary inputs)" if recipe.input_norm else "") + ". Stage 2 (instruction tuning): "
+        f"vision tower frozen (its tokens cached), projector + language model (from scratch) on all six 3D-RAD tasks "
+        f"plus report impressions, {recipe.stage2_steps} steps x {recipe.stage2_images} volumes x "
+        f"{recipe.questions_per_image} questions, label head kept as a second loss; the first {recipe.focus_steps} "
+        f"steps ask only existence questions about the findings the tower sees (held-out AUC >= {recipe.seen_auc}: "
+        f"{', '.join(record.get('seen_findings', [])) or 'none'}), as many present as absent per scan (only the image "
+        f"lowers that loss), and {recipe.seen_questions} such question per image after that; the other questions' answers are sampled by 1/sqrt(frequency) within a task so rare answers are seen.",
         f"- AdamW lr {recipe.lr}, warm-up {recipe.warmup_steps} steps, cosine to 10%. Steps run: "
         f"{stage1['steps_done']} + {stage2['steps_done']}; checkpoint kept: stage-2 step {stage2['best_step']} "
         f"(best closed validation accuracy {stage2['best_closed_accuracy']}% on class-balanced held-out questions).",
@@ -667,6 +790,15 @@ def model_card(recipe: Recipe, record: dict[str, Any], report: dict[str, Any] | 
         "configuration by the slow test in tests/model/test_default_model.py; the full run was not repeated).",
         "",
     ]
+    auc = stage1.get("valid_label_auc")
+    if auc:
+        seen = [k for k, v in auc.items() if v >= 0.9]
+        lines += ["## What the vision tower sees", "",
+                  "Held-out ROC AUC of the stage-1 label head per finding (0.5 = chance): "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in sorted(auc.items(), key=lambda kv: -kv[1])) + ".",
+                  f"Findings it reliably sees (AUC >= 0.9): {', '.join(seen) or 'none'}. Small findings (nodules, "
+                  "calcifications, bronchiectasis) are a few voxels at this input size: expect the answer-frequency "
+                  "prior for them.", ""]
     if report is not None:
         lines += ["## Held-out scores (valid patients of the synthetic cohort)", "",
                   f"`ctvqa evaluate` figures, at most {report.get('limit_per_task')} questions per task, {report['n']} in all.",
@@ -688,24 +820,36 @@ def model_card(recipe: Recipe, record: dict[str, Any], report: dict[str, Any] | 
         blind = [k for k, v in baseline.items() if k in report["tasks"] and report["tasks"][k]["accuracy"] <= v + 1.0]
         if blind:
             lines += ["", f"**Honest reading:** on {', '.join(blind)} this model does not beat always giving the most "
-                      "common answer, i.e. it does not use the image for these answers. A target marked met there "
-                      "comes from the answer imbalance and the question text (task 6 states the prior sequence, and "
-                      "the model follows the 3D-RAD rule on it), not from seeing the finding."]
+                      "common answer on these questions (a handful of scans, most findings absent): those figures "
+                      "come mostly from the answer imbalance and, for task 6, from the prior sequence in the question. "
+                      "What the model reads from the image is in the next table."]
+        by_finding = report.get("existence_by_finding")
+        if by_finding:
+            lines += ["", "Every held-out existence question, per finding (balanced accuracy: 50 = the image is not used):",
+                      "", "| finding | present cases found | absent cases called absent | balanced accuracy |",
+                      "| --- | --- | --- | --- |"]
+            lines += [f"| {k} | {v['present']} | {v['absent']} | {v['balanced_accuracy']:.1f} |"
+                      for k, v in sorted(by_finding.items(), key=lambda kv: -kv[1]["balanced_accuracy"])]
         lines.append("")
     lines += [
-        "## What was tried for the image side (and what to do next)",
-        "- The information is in the input: a linear probe on 8x16x16 average-pooled model inputs separates pleural "
-        "effusion (99%), cardiomegaly (96%) and medical material (99%) on held-out volumes.",
-        "- Stage 1 with a per-label head and a per-patch head (lesion boxes from ground_truth.json mapped onto the "
-        "patch grid), 220 steps of 8 volumes (about 4 epochs of 415 volumes): the label loss stayed at the level of "
-        "the label frequencies, and the trained model gives identical choice scores for a phantom with a large "
-        "pleural effusion and one without. A ViT trained from scratch needs far more epochs than two shared cores gave.",
-        "- A batch-normalised head with 10x learning rate (`--head-norm --head-lr-scale 10`) overfits 8 volumes in 50 "
-        "steps (the plain head cannot); on the cohort, 1000 stage-1 steps brought the training label loss from about "
-        "0.35 to 0.23, yet the retrained model still scored a phantom with and without an effusion identically. A 3x "
-        "higher learning rate gave a held-out label loss of 0.345 against 0.326 for the label frequencies after 100 steps.",
-        "- Next: many more stage-1 epochs (hours of CPU, or minutes of GPU), a convolutional patch stem, or starting "
-        "from a pretrained 3D encoder; then retrain stage 2 so the language model learns to read the image tokens.",
+        "## What was tried for the image side",
+        "- The information is in the input: a logistic probe on 4x8x8 average-pooled inputs reaches held-out AUC "
+        "1.00 (medical material, cardiomegaly), 0.97-0.99 (pleural and pericardial effusion, hiatal hernia), "
+        "about 0.5 for small findings.",
+        "- Earlier runs (220 stage-1 steps on raw [0, 1] inputs): the tower's output varied between volumes by 3% "
+        "of its size (the phantoms share their anatomy), the label loss stayed at the label frequencies and the "
+        "language model answered from answer frequencies alone (\"No\" to every existence question).",
+        "- What made the image count: inputs centred on the training set's mean volume (the findings are what is "
+        "left), ten times more stage-1 steps (a stage-1 step takes about 0.15 s on 2 cores), many images per "
+        "stage-2 step (16 images x 3 questions instead of 4 x 8) and balanced existence questions about the "
+        "findings the tower sees, alone at the start of stage 2 and one per image afterwards. With 4 images per "
+        "step the language model stayed at chance on balanced existence questions after 3000 steps, while with 32 "
+        "images per step it read effusion and cardiomegaly from the same frozen tower within 100 steps (95% "
+        "held-out). Without the one-per-image reminder the reading faded among the other tasks (1 of 7 held-out "
+        "scans with medical material found instead of 6 of 7), and task 6 lost the 3D-RAD rule (133/150).",
+        "- Task 6 (>= 95 %) is not reached: its non-trivial answers (a finding new on this scan) are mostly small "
+        "findings (nodules, calcifications, lymph nodes) that the tower does not see at 32x128x128. Next: a larger "
+        "input or smaller patches (more than two CPU cores), or a pretrained 3D encoder.",
         "",
     ]
     lines += [
@@ -752,16 +896,39 @@ def run(out: Path, cohort_dir: Path, recipe: Recipe, evaluate: bool = True) -> d
     record.update(image_tokens=model.num_image_tokens, machine=f"{platform.machine()} CPU, "
                   f"{torch.get_num_threads()} threads", recipe=asdict(recipe), tokenizer=tokenizer_info)
     save_model(model, tokenizer, out)
-    cohort = {"train_volumes": len(train_data.names), "valid_volumes": len(valid_data.names)}
+    record.update(cohort={"train_volumes": len(train_data.names), "valid_volumes": len(valid_data.names)},
+                  n_params=n_params)
+    (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+    return {"record": record, "report": evaluate_and_describe(out, cohort_dir, recipe, record, evaluate)}
+
+
+def evaluate_and_describe(out: Path, cohort_dir: Path, recipe: Recipe, record: dict[str, Any],
+                          evaluate: bool = True) -> dict[str, Any] | None:
+    """Held-out evaluation (eval.json) and the model card of a saved model: the end of a training
+    run, or `--reevaluate` after the evaluation changed, without training again."""
     report = None
     if evaluate:
         report = evaluate_default(out, cohort_dir, recipe.eval_limit)
         report["acceptance"] = acceptance(report)
         (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
         print(json.dumps(report["acceptance"], indent=2), flush=True)
-    (out / "training.json").write_text(json.dumps({**record, "cohort": cohort}, indent=1) + "\n")
-    (out / "README.md").write_text(model_card(recipe, record, report, n_params, tokenizer_info, cohort))
-    return {"record": record, "report": report}
+    card = model_card(recipe, record, report, record["n_params"], record["tokenizer"], record["cohort"])
+    (out / "README.md").write_text(card)
+    return report
+
+
+def reevaluate(out: Path, cohort_dir: Path) -> dict[str, Any] | None:
+    """Evaluate the model in `out` again with the recipe its training.json records."""
+    record = json.loads((out / "training.json").read_text())
+    stored = record["recipe"]
+    recipe = Recipe(**{**stored, **{k: tuple(stored[k]) for k in ("synth_size", "image_size", "patch_size")}})
+    if "n_params" not in record:
+        from model.vlm import load_vlm
+
+        record["n_params"] = sum(p.numel() for p in load_vlm(out).model.parameters())
+        (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+    check_cohort(cohort_dir, recipe)
+    return evaluate_and_describe(out, cohort_dir, recipe, record)
 
 
 def _size(text: str) -> tuple[int, int, int]:
@@ -791,6 +958,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--head-norm", action="store_true", help="batch-normalise the label head's input")
     parser.add_argument("--eval-limit", type=int, default=defaults.eval_limit, help="held-out questions per task")
     parser.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
+    parser.add_argument("--reevaluate", action="store_true",
+                        help="do not train: evaluate the model already in --out again and rewrite its card")
     args = parser.parse_args(argv)
     recipe = Recipe(seed=args.seed, patients=args.patients, synth_size=args.synth_size,
                     stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
@@ -798,6 +967,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     head_lr_scale=args.head_lr_scale, head_norm=args.head_norm,
                     eval_limit=args.eval_limit)
     cohort = args.cohort or REPO / ".bench-tmp" / f"default-cohort-seed{args.seed}"
+    if args.reevaluate:
+        reevaluate(args.out, cohort)
+        return 0
     run(args.out, cohort, recipe, evaluate=not args.no_eval)
     return 0
 

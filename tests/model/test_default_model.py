@@ -56,12 +56,8 @@ def _phantom(findings: dict[str, tuple[float, ...]], size: tuple[int, int, int],
     return synthesize_patient(grid, np.random.default_rng(seed), 1, findings=findings).scans[0]
 
 
-BLIND = pytest.mark.xfail(strict=True, reason="the shipped model does not use the image yet (its stage 1 did not "
-                          "learn the labels on 2 shared cores): see model/default/README.md")
-
-
-@pytest.mark.parametrize(("findings", "letter"), [pytest.param({"Pleural effusion": (1.3,)}, "A", marks=BLIND),
-                                                  ({}, "B")], ids=["large effusion", "no finding"])
+@pytest.mark.parametrize(("findings", "letter"), [({"Pleural effusion": (1.3,)}, "A"), ({}, "B")],
+                         ids=["large effusion", "no finding"])
 def test_existence_question_answered_from_the_image(default_vlm, findings, letter) -> None:
     from annotation.qa_templates import closed_qa_for_scan
 
@@ -90,6 +86,33 @@ def test_tokenizer_splits_digits_and_keeps_lamed_tokens(tmp_path: Path) -> None:
     assert (tmp_path / "tokenizer.json").is_file() and (tmp_path / "tokenizer_config.json").is_file()
 
 
+def test_finding_asked_takes_the_longest_label_named() -> None:
+    from model.train_default import FINDINGS, finding_asked
+
+    assert finding_asked("Is there pericardial effusion in this image?", FINDINGS) == "Pericardial effusion"
+    assert finding_asked("Past sequences of pleural effusion: [0, 1]. ...", FINDINGS) == "Pleural effusion"
+    assert finding_asked("Where is the largest lesion?", FINDINGS) is None
+
+
+def test_input_standardisation_folds_into_the_patch_embedding_exactly() -> None:
+    """The tower trains on standardised inputs but ships taking raw ones: same tokens either way."""
+    import torch
+
+    from model.train_default import InputStandardiser
+    from model.vision import ViT3D
+
+    torch.manual_seed(0)
+    pixels = torch.rand((6, 1, 8, 16, 16))
+    tower = ViT3D(image_size=(8, 16, 16), patch_size=(4, 8, 8), hidden_size=16, num_layers=1, num_heads=2, mlp_dim=32)
+    standardise = InputStandardiser(pixels[:4])
+    with torch.no_grad():
+        trained_on = tower(standardise(pixels[4:]))
+        standardise.fold_into(tower)
+        shipped = tower(pixels[4:])
+    assert not torch.allclose(trained_on, tower(pixels[4:] * 0.5)), "the tower must depend on its input"
+    torch.testing.assert_close(shipped, trained_on, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.slow
 def test_training_script_end_to_end_is_deterministic(tmp_path: Path) -> None:
     """A tiny cohort and a few steps through the real pipeline, twice: same seed, same weights."""
@@ -101,7 +124,7 @@ def test_training_script_end_to_end_is_deterministic(tmp_path: Path) -> None:
     recipe = Recipe(patients=2, synth_size=(32, 48, 48), image_size=(16, 32, 32), patch_size=(4, 8, 8),
                     vision_hidden=32, vision_layers=1, vision_heads=1, vision_mlp=64, lm_hidden=32, lm_layers=1,
                     lm_heads=2, lm_intermediate=64, vocab_size=600, stage1_steps=2, stage2_steps=3,
-                    stage1_images=2, stage2_images=2, questions_per_image=2, warmup_steps=1, validate_every=2,
+                    stage1_images=2, stage2_images=2, questions_per_image=2, focus_steps=1, warmup_steps=1, validate_every=2,
                     validation_questions=4)
     from annotation.synth import write_cohort
 
