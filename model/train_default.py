@@ -679,8 +679,8 @@ def existence_by_finding(vlm: Any, cohort_dir: Path) -> dict[str, dict[str, Any]
     for finding, tally in sorted(counts.items()):
         rates = [100.0 * tally[f"{side}_right"] / tally[side] for side in ("present", "absent") if tally[side]]
         table[finding] = {"present": f"{tally['present_right']}/{tally['present']}",
-                          "absent": f"{tally['absent_right']}/{tally['absent']}",
-                          "balanced_accuracy": round(sum(rates) / len(rates), 1)}
+                          "absent": f"{tally['absent_right']}/{tally['absent']}",  # one side only: no balance
+                          "balanced_accuracy": round(sum(rates) / 2, 1) if len(rates) == 2 else None}
     return table
 
 
@@ -828,8 +828,10 @@ def model_card(recipe: Recipe, record: dict[str, Any], report: dict[str, Any] | 
             lines += ["", "Every held-out existence question, per finding (balanced accuracy: 50 = the image is not used):",
                       "", "| finding | present cases found | absent cases called absent | balanced accuracy |",
                       "| --- | --- | --- | --- |"]
-            lines += [f"| {k} | {v['present']} | {v['absent']} | {v['balanced_accuracy']:.1f} |"
-                      for k, v in sorted(by_finding.items(), key=lambda kv: -kv[1]["balanced_accuracy"])]
+            ranked = sorted(by_finding.items(), key=lambda kv: -(kv[1]["balanced_accuracy"] or -1.0))
+            lines += [f"| {k} | {v['present']} | {v['absent']} | "
+                      f"{'-' if v['balanced_accuracy'] is None else format(v['balanced_accuracy'], '.1f')} |"
+                      for k, v in ranked]
         lines.append("")
     lines += [
         "## What was tried for the image side",
