@@ -155,12 +155,12 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=40)
     parser.add_argument("--size", default="64,192,192", help="cohort volume size z,y,x")
     parser.add_argument("--seed", type=int, default=7, help="cohort seed (the default model used 0: other patients)")
-    parser.add_argument("--replay-per-task", type=int, default=40)
+    parser.add_argument("--replay-per-task", type=int, default=80)
     parser.add_argument("--steps", type=int, default=250)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--eval-limit", type=int, default=60, help="held-out questions per task and set")
+    parser.add_argument("--eval-limit", type=int, default=250, help="held-out questions per task and set (closed tasks: 100 is too few to see a 2-point change)")
     args = parser.parse_args()
 
     from annotation.curation import FilterRule
