@@ -34,7 +34,7 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,11 +49,6 @@ REPO = Path(__file__).resolve().parents[1]
 RAD_TEST_DIR = REPO.parent / "shared" / "data" / "3d-rad" / "test"
 CAPTION_QUESTION = "What are the main findings of this chest CT?"
 CACHE_NAME = "model_inputs_{split}_{d}x{h}x{w}.pt"
-FINDINGS = ("Medical material", "Arterial wall calcification", "Cardiomegaly", "Pericardial effusion",
-            "Coronary artery wall calcification", "Hiatal hernia", "Lymphadenopathy", "Emphysema", "Atelectasis",
-            "Lung nodule", "Lung opacity", "Pulmonary fibrotic sequela", "Pleural effusion",
-            "Mosaic attenuation pattern", "Peribronchial thickening", "Consolidation", "Bronchiectasis",
-            "Interlobular septal thickening")  # CT-RATE's 18 labels, as in labels.csv
 CLOSED_TASK_LETTERS = {"existence_detection": "AB", "static_temporal_diagnosis": "ABCD",
                        "longitudinal_temporal_diagnosis": "ABCD"}
 # Stage-2 task mix per step: closed tasks (the acceptance targets) a little more often.
@@ -215,6 +210,11 @@ def _read_csv_rows(path: Path) -> dict[str, dict[str, str]]:
     return rows
 
 
+def _label_names(labels_rows: dict[str, dict[str, str]]) -> list[str]:
+    """The finding columns of a CT-RATE labels.csv, in file order."""
+    return [c for c in next(iter(labels_rows.values())) if c != "VolumeName"]
+
+
 def encode_example(tokenizer: Any, volume: int, task: str, question: str, answer: str,
                    letter: str | None, choices: Sequence[str] | None, finding: str | None = None) -> Example:
     """Token ids exactly as `VLM.prompt_ids` and `VLM.score_choices` build them at inference."""
@@ -237,7 +237,7 @@ def build_dataset(cohort_dir: Path, split: str, tokenizer: Any, recipe: Recipe) 
     unknown = [n for n in names if n not in labels_rows]
     if unknown:
         raise ValueError(f"{cohort_dir / 'labels.csv'}: no labels for {unknown[:3]} (of {len(unknown)})")
-    label_names = [c for c in next(iter(labels_rows.values())) if c != "VolumeName"]
+    label_names = _label_names(labels_rows)
     labels = torch.tensor([[float(labels_rows[n][c]) for c in label_names] for n in names])
     index = {name: k for k, name in enumerate(names)}
     pixels, geometries = load_model_inputs(cohort_dir, split, names, recipe.image_size)
@@ -631,24 +631,31 @@ def train(model: Any, tokenizer: Any, train_data: Dataset, valid_data: Dataset, 
 
 
 # ----- evaluation, saving, model card -----------------------------------------------------------
+def _closed_answers(vlm: Any, cohort_dir: Path, items: Sequence[Any]) -> Iterator[tuple[Any, Any]]:
+    """(item, the model's one-token answer) for closed held-out questions, each volume read and
+    encoded once for its run of questions (the QA files list a volume's questions together)."""
+    from model.ct_io import read_ct
+
+    images: dict[str, Any] = {}
+    for item in items:
+        if item.volume_name not in images:
+            images = {item.volume_name: vlm.prepare(read_ct(cohort_dir / "volumes" / item.volume_name))}
+        yield item, vlm.answer(images[item.volume_name], item.question, choices=item.choices, max_new_tokens=1)
+
+
 def task6_consistency(vlm: Any, cohort_dir: Path, limit: int | None) -> dict[str, Any]:
     """How many task-6 answers follow the 3D-RAD rule given the model's own presence call: a
     prior 1 allows only A/B (refractory/resolved), all-0 priors only C/D (new/none)."""
-    from model.ct_io import read_ct
     from model.evaluate import read_qa_folder, take_per_task
 
     items = take_per_task(read_qa_folder(cohort_dir / "qa" / "valid", ["longitudinal_temporal_diagnosis"])
                           ["longitudinal_temporal_diagnosis"], limit)
-    consistent, images = 0, {}
-    for item in items:
+    consistent = 0
+    for item, answer in _closed_answers(vlm, cohort_dir, items):
         priors = prompts.priors_in_question(item.question)
         if priors is None:
             raise ValueError(f"{item.source}: no prior sequence like [0, 1] in the question")
-        allowed = "AB" if 1 in priors else "CD"
-        if item.volume_name not in images:
-            images = {item.volume_name: vlm.prepare(read_ct(cohort_dir / "volumes" / item.volume_name))}
-        answer = vlm.answer(images[item.volume_name], item.question, choices=item.choices, max_new_tokens=1)
-        consistent += answer.choice in allowed
+        consistent += answer.choice in ("AB" if 1 in priors else "CD")
     return {"n": len(items), "consistent": consistent,
             "percent": round(100.0 * consistent / max(1, len(items)), 2)}
 
@@ -658,19 +665,15 @@ def existence_by_finding(vlm: Any, cohort_dir: Path) -> dict[str, dict[str, Any]
     absent, and their mean (balanced accuracy: 50 = not using the image). The first-150 slice
     of `ctvqa evaluate` covers a handful of scans where most findings are absent; this is the
     figure that says which findings the model reads."""
-    from model.ct_io import read_ct
     from model.evaluate import read_qa_folder
 
-    items = read_qa_folder(cohort_dir / "qa" / "valid", ["existence_detection"])["existence_detection"]
+    label_names = _label_names(_read_csv_rows(cohort_dir / "labels.csv"))
+    asked = [(item, finding_asked(item.question, label_names))
+             for item in read_qa_folder(cohort_dir / "qa" / "valid", ["existence_detection"])["existence_detection"]]
+    asked = [(item, finding) for item, finding in asked if finding]
     counts: dict[str, Counter] = {}
-    image: dict[str, Any] = {}
-    for item in items:
-        finding = finding_asked(item.question, FINDINGS)
-        if finding is None:
-            continue
-        if item.volume_name not in image:
-            image = {item.volume_name: vlm.prepare(read_ct(cohort_dir / "volumes" / item.volume_name))}
-        answer = vlm.answer(image[item.volume_name], item.question, choices=item.choices, max_new_tokens=1)
+    answers = _closed_answers(vlm, cohort_dir, [item for item, _ in asked])
+    for (_, finding), (item, answer) in zip(asked, answers):
         side = "present" if item.answer_choice == "A" else "absent"
         tally = counts.setdefault(finding, Counter())
         tally[side] += 1
@@ -924,11 +927,6 @@ def reevaluate(out: Path, cohort_dir: Path) -> dict[str, Any] | None:
     record = json.loads((out / "training.json").read_text())
     stored = record["recipe"]
     recipe = Recipe(**{**stored, **{k: tuple(stored[k]) for k in ("synth_size", "image_size", "patch_size")}})
-    if "n_params" not in record:
-        from model.vlm import load_vlm
-
-        record["n_params"] = sum(p.numel() for p in load_vlm(out).model.parameters())
-        (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
     check_cohort(cohort_dir, recipe)
     return evaluate_and_describe(out, cohort_dir, recipe, record)
 

@@ -87,8 +87,9 @@ def test_tokenizer_splits_digits_and_keeps_lamed_tokens(tmp_path: Path) -> None:
 
 
 def test_finding_asked_takes_the_longest_label_named() -> None:
-    from model.train_default import FINDINGS, finding_asked
+    from model.train_default import finding_asked
 
+    FINDINGS = ["Pericardial effusion", "Pleural effusion", "Lung nodule"]
     assert finding_asked("Is there pericardial effusion in this image?", FINDINGS) == "Pericardial effusion"
     assert finding_asked("Past sequences of pleural effusion: [0, 1]. ...", FINDINGS) == "Pleural effusion"
     assert finding_asked("Where is the largest lesion?", FINDINGS) is None
