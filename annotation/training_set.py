@@ -31,6 +31,7 @@ from model.finetune import (
     ADAPTER_DIR, LOSSES_FILE, RUN_FILE, FinetuneConfig, FinetuneError, Sample, TrainProgress, TrainResult,
     merge_adapter, read_samples, stop_file, train,
 )
+from model.json_files import read_json_file
 
 if TYPE_CHECKING:
     from annotation.curation import FilterRule
@@ -280,13 +281,8 @@ def _start(store: Store, out_dir: Path, base: str | None, rule: FilterRule | Non
 
 
 def read_run_record(out_dir: Path) -> dict[str, Any]:
-    path = out_dir / RECORD_FILE
-    if not path.is_file():
-        raise FinetuneError(f"{out_dir}: nothing to resume (no {RECORD_FILE}); start a new run without --resume")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise FinetuneError(f"{path}: not valid JSON ({exc})") from None
+    return read_json_file(out_dir / RECORD_FILE, FinetuneError,
+                          f"{out_dir}: nothing to resume (no {RECORD_FILE}); start a new run without --resume")
 
 
 def _train(record: dict[str, Any], out_dir: Path, resume: bool, processes: int,

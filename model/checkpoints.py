@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from model.json_files import read_json_file
 from model.lamed import LamedConfig, LamedForCausalLM
 
 log = logging.getLogger(__name__)
@@ -48,13 +49,7 @@ class CheckpointError(ValueError):
 
 
 def read_config(folder: Path) -> dict[str, Any]:
-    path = folder / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{folder}: no config.json (not a model folder)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    return read_json_file(folder / "config.json", CheckpointError, f"{folder}: no config.json (not a model folder)")
 
 
 def is_published_lamed(folder: str | Path) -> bool:

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from model import prompts
+from model.json_files import read_json_file
 
 ADAPTER_DIR = "adapter"
 CHECKPOINT_DIR = "checkpoint"
@@ -276,13 +277,8 @@ def load_finetuned(path: str | Path, dtype: torch.dtype | str | None = None, dev
 
 
 def read_provenance(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / PROVENANCE_FILE
-    if not path.is_file():
-        raise FinetuneError(f"{folder}: no {PROVENANCE_FILE} (not a finetuned model folder)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise FinetuneError(f"{path}: not valid JSON ({exc})") from None
+    return read_json_file(Path(folder) / PROVENANCE_FILE, FinetuneError,
+                          f"{folder}: no {PROVENANCE_FILE} (not a finetuned model folder)")
 
 
 def merge_adapter(adapter_dir: str | Path, out_dir: str | Path) -> Path:
@@ -389,9 +385,8 @@ def _run_record(out_dir: Path, base: str | Path | None, data_dir: Path, volumes_
     """The run's identity (base, data, config) in `run.json`; a resume takes it from there."""
     path = out_dir / RUN_FILE
     if resume:
-        if not path.is_file():
-            raise FinetuneError(f"{out_dir}: nothing to resume (no {RUN_FILE}); start a new run without --resume")
-        return json.loads(path.read_text())
+        return read_json_file(path, FinetuneError,
+                              f"{out_dir}: nothing to resume (no {RUN_FILE}); start a new run without --resume")
     if (out_dir / CHECKPOINT_DIR).exists() or (out_dir / ADAPTER_DIR).exists():
         raise FinetuneError(f"{out_dir}: already holds a run; pass --resume to continue it or choose another --out")
     base_path = None if base is None else str(Path(base).resolve())
