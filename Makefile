@@ -23,7 +23,7 @@ demo: setup
 DEFAULT_COHORT := .bench-tmp/default-cohort-seed0
 default-model: setup
 	$(VENV)/bin/ctvqa synth --out $(DEFAULT_COHORT) --patients 180 --seed 0 --size 64,192,192
-	$(PY) -m model.train_default --out model/default --seed 0 --cohort $(DEFAULT_COHORT)
+	$(PY) -m model.training.default --out model/default --seed 0 --cohort $(DEFAULT_COHORT)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from annotation.qa_templates import QARow, VolumeName, task_by_number, write_3drad_csvs
-from model.prompts import PROMPT_STYLES, format_prompt, format_target, priors_in_question
+from model.inference.prompts import PROMPT_STYLES, format_prompt, format_target, priors_in_question
 
 EXPORT_FORMATS: tuple[str, ...] = ("3drad", "m3d-vqa", "jsonl", "hf")
 SPLITS: tuple[str, str] = ("train", "valid")

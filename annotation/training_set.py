@@ -4,7 +4,7 @@
 1. builds the training set: the QA pairs that pass the curation filter (`Store.export` as jsonl,
    so the patient-level split and the exports table are the curator's own), or an exported folder;
    the held-out (validation) patients are also written as a 3D-RAD folder for `evaluate_vlm`;
-2. records a `finetune_runs` row and trains (`model.finetune.train`, in this process or under
+2. records a `finetune_runs` row and trains (`model.training.finetune.train`, in this process or under
    `torchrun` for several processes), checkpointing so a cancelled run can be resumed;
 3. evaluates the base and the new model on the held-out split and registers the new model
    version with its provenance (base, QA pair ids, filter, hyper-parameters, metrics, times), so
@@ -27,14 +27,27 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model.finetune import (
-    ADAPTER_DIR, LOSSES_FILE, RUN_FILE, FinetuneConfig, FinetuneError, Sample, TrainProgress, TrainResult,
-    merge_adapter, read_samples, stop_file, train,
+from annotation.curation import FilterRule
+from annotation.qa_templates import CSV_COLUMNS, TASKS, QARow
+from model.data.json_files import read_json_file
+from model.evaluation.evaluate import evaluate_vlm
+from model.inference.loading import load_vlm
+from model.training.finetune.adapters import merge_adapter
+from model.training.finetune.config import (
+    ADAPTER_DIR,
+    LOSSES_FILE,
+    RUN_FILE,
+    FinetuneConfig,
+    FinetuneError,
+    Sample,
+    TrainProgress,
+    TrainResult,
+    stop_file,
 )
-from model.json_files import read_json_file
+from model.training.finetune.loop import train
+from model.training.finetune.samples import read_samples
 
 if TYPE_CHECKING:
-    from annotation.curation import FilterRule
     from annotation.store import Store
 
 RECORD_FILE = "ctvqa_finetune.json"
@@ -50,7 +63,6 @@ Log = Callable[[str], None]
 class TrainingSet:
     """Where a run's data lies: `data_dir` holds train.jsonl / valid.jsonl, `heldout_qa` the
     validation split in 3D-RAD layout (None when it is empty) with its images under `volumes_dir`."""
-
     data_dir: Path
     heldout_qa: Path | None
     volumes_dir: Path
@@ -109,7 +121,6 @@ def training_set_from_folder(data_dir: str | Path, out_dir: str | Path, volumes_
 
 
 def _check_tasks(tasks: Iterable[str]) -> set[str]:
-    from annotation.qa_templates import TASKS
 
     wanted = {t.strip() for t in tasks if t and t.strip()}
     unknown = sorted(t for t in wanted if t not in TASKS and t != "chat")
@@ -132,8 +143,6 @@ def write_eval_folder(samples: list[Sample], qa_dir: Path, volumes_dir: Path) ->
     """QA pairs of the six 3D-RAD tasks as an evaluation folder for `evaluate_vlm` (one CSV per
     task folder) with a folder of links named after each image, so it finds them by VolumeName.
     Returns the QA folder, or None when no pair belongs to those tasks."""
-    from annotation.qa_templates import CSV_COLUMNS, TASKS, QARow
-
     rows: dict[str, list[QARow]] = {}
     volumes_dir.mkdir(parents=True, exist_ok=True)
     names: dict[str, str] = {}
@@ -252,7 +261,6 @@ def run_finetune(store: Store, out_dir: str | Path, *, base: str | None = None, 
 def _start(store: Store, out_dir: Path, base: str | None, rule: FilterRule | None, tasks: Iterable[str] | None,
            data_dir: str | Path | None, volumes_dir: str | Path | None, config: FinetuneConfig,
            val_frac: float, split_seed: int, merge: bool, name: str | None, say: Log) -> dict[str, Any]:
-    from annotation.curation import FilterRule
 
     base_name, base_path = resolve_base(store, base)
     if name is not None and store.model_version(name) is not None:
@@ -302,11 +310,11 @@ def train_in_processes(base: str | None, data_dir: str | Path, out_dir: Path, co
                        processes: int, *, resume: bool = False,
                        progress: Callable[[TrainProgress], None] | None = None,
                        stop: threading.Event | None = None) -> TrainResult:
-    """`model.finetune` under torchrun with `processes` workers (gloo on CPU), reading its JSON
+    """`model.training.finetune` under torchrun with `processes` workers (gloo on CPU), reading its JSON
     progress lines. Cancelling writes the run's stop file: every worker sees it at the next step,
     checkpoints and exits (a signal could kill a worker mid-checkpoint)."""
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-            "-m", "model.finetune", "--out", str(out_dir), "--data", str(data_dir), "--progress-json"]
+            "-m", "model.training.finetune", "--out", str(out_dir), "--data", str(data_dir), "--progress-json"]
     if base is not None:
         args += ["--base", str(base)]
     if resume:
@@ -369,9 +377,6 @@ def _event(line: str) -> dict[str, Any] | None:
 
 def _evaluate(record: dict[str, Any], model_path: Path, limit: int | None, say: Log) -> dict[str, Any]:
     """Both models on the held-out split with the `ctvqa evaluate` metrics (and the difference)."""
-    from model.evaluate import evaluate_vlm
-    from model.vlm import load_vlm
-
     qa = record["training_set"]["heldout_qa"]
     if qa is None:
         say("no held-out QA pairs of the six 3D-RAD tasks: evaluation skipped (raise --val-frac)")

@@ -24,8 +24,8 @@ sys.path.insert(0, str(REPO))
 
 def build_model(folder: Path, hidden: int, layers: int) -> None:
     """A random LaMed model at the real input size (32x256x256) with a small llama LM."""
-    from model.lamed import LamedConfig, LamedForCausalLM
-    from model.vlm import write_settings
+    from model.nets.lamed import LamedConfig, LamedForCausalLM
+    from model.inference.loading import write_settings
     from tests.model.conftest import build_tokenizer, tiny_text_config
     import torch
 

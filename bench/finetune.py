@@ -3,7 +3,7 @@
     python bench/finetune.py                      # default-model-sized random LaMed, 40 steps
     python bench/finetune.py --base model/default --steps 60
 
-Each configuration is the same script (`python -m model.finetune`) under torchrun with the same
+Each configuration is the same script (`python -m model.training.finetune`) under torchrun with the same
 per-process batch, one thread per process, so two processes do twice the work per step; the
 speed-up is samples/s(2 processes) / samples/s(1 process) (target >= 1.6x). A single process
 with as many threads as the two-process run uses cores is printed as a second baseline. Peak
@@ -31,9 +31,10 @@ QUESTIONS = ("Is there a lung nodule?", "Is there a pleural effusion?", "Is ther
 
 def build_random_base(folder: Path) -> Path:
     """A randomly initialised LaMed at the embedded default model's sizes (train_default.Recipe)."""
-    from model.tokenizer_build import train_tokenizer
-    from model.train_default import Recipe, build_model
-    from model.vlm import write_settings
+    from model.nets.tokenizer import train_tokenizer
+    from model.training.default.recipe import Recipe
+    from model.training.default.steps import build_model
+    from model.inference.loading import write_settings
 
     recipe = Recipe()
     corpus = [f"{q} Choices: A. Yes B. No {a}. {t}" for q in QUESTIONS for a in "AB" for t in ("Yes", "No")] * 20
@@ -63,7 +64,7 @@ def write_data(folder: Path, image_size: tuple[int, ...], n_volumes: int, per_vo
 
 def run(base: Path, data: Path, out: Path, processes: int, threads: int, steps: int, batch: int) -> dict:
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-            "-m", "model.finetune", "--base", str(base), "--data", str(data), "--out", str(out),
+            "-m", "model.training.finetune", "--base", str(base), "--data", str(data), "--out", str(out),
             "--max-steps", str(steps), "--batch-size", str(batch), "--save-every", str(10 * steps),
             "--progress-json"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -84,7 +85,7 @@ def main() -> None:
     parser.add_argument("--volumes", type=int, default=16)
     args = parser.parse_args()
 
-    from model.vlm import load_vlm
+    from model.inference.loading import load_vlm
 
     shutil.rmtree(BENCH_TMP, ignore_errors=True)
     BENCH_TMP.mkdir(parents=True)

@@ -20,7 +20,8 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from model.ct_io import CTVolume, canonical_affine, read_ct, write_ct
+from model.ct.volume import CTVolume, canonical_affine
+from model.ct.io import read_ct, write_ct
 
 TARGET_RATIO = 1.2
 

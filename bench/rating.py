@@ -25,7 +25,8 @@ import numpy as np
 def make_volumes(folder: Path, pairs: int, shape: tuple[int, int, int]) -> list[Path]:
     """One phantom-like int16-valued volume written once, copied to `pairs` distinct files (each
     file is read separately; copying just saves minutes of gzip compression)."""
-    from model.ct_io import CTVolume, canonical_affine, write_ct
+    from model.ct.volume import CTVolume, canonical_affine
+    from model.ct.io import write_ct
 
     rng = np.random.default_rng(0)
     z, y, x = np.ogrid[:shape[0], :shape[1], :shape[2]]
@@ -92,7 +93,7 @@ def time_slice_steps(viewer, path: Path, steps: int) -> list[float]:
     """napari's own floor on this machine: repaint after stepping one slice of a CT, no widget."""
     from qtpy.QtWidgets import QApplication
 
-    from model.ct_io import read_ct
+    from model.ct.io import read_ct
 
     app = QApplication.instance()
     volume = read_ct(path)
@@ -124,7 +125,7 @@ def main() -> None:
 
     import napari
 
-    from model.ct_io import read_ct
+    from model.ct.io import read_ct
 
     with tempfile.TemporaryDirectory(prefix="ctvqa-bench-rating-") as tmp:
         folder = Path(tmp)

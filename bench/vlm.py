@@ -70,7 +70,7 @@ def naive_preprocess(array: np.ndarray, size=(32, 256, 256)) -> torch.Tensor:
 
 
 def bench_preprocess() -> dict:
-    from model.preprocess import to_model_input
+    from model.ct.preprocess import to_model_input
 
     vol = chest_like_volume()
     ours = timed(lambda: to_model_input(vol))
@@ -98,7 +98,7 @@ def naive_encoder_forward(encoder: torch.nn.Module, images: torch.Tensor) -> tor
 
 
 def bench_vit() -> dict:
-    from model.vision import build_vision_encoder
+    from model.nets.vision import build_vision_encoder
 
     torch.manual_seed(0)
     encoder = build_vision_encoder(768, 12, 12, 3072, 3072).eval()
@@ -120,9 +120,9 @@ def bench_vit() -> dict:
 
 # ----- LM generation ----------------------------------------------------------------------------
 def bench_lm() -> dict:
-    from model.lamed import LamedConfig, LamedForCausalLM
-    from model.tokenizer_build import train_tokenizer
-    from model.vlm import VLM
+    from model.nets.lamed import LamedConfig, LamedForCausalLM
+    from model.nets.tokenizer import train_tokenizer
+    from model.inference.vlm import VLM
 
     corpus = [f"The {w} shows {v} in the {s} lobe." for w in ("scan", "image", "CT") for v in
               ("a nodule", "an effusion", "consolidation", "emphysema") for s in ("upper", "lower", "middle")]
@@ -173,9 +173,9 @@ def write_4b_checkpoint(folder: Path) -> int:
     """Random bf16 weights in the published layout, generated tensor by tensor (never the whole model)."""
     from accelerate import init_empty_weights
 
-    from model.checkpoints import save_published
-    from model.lamed import LamedConfig, LamedForCausalLM
-    from model.tokenizer_build import train_tokenizer
+    from model.nets.published import save_published
+    from model.nets.lamed import LamedConfig, LamedForCausalLM
+    from model.nets.tokenizer import train_tokenizer
 
     config = LamedConfig(text_config=dict(PHI3_MINI))
     config.dtype = torch.bfloat16
@@ -192,7 +192,7 @@ _LOAD_CHILD = """
 import resource, sys, time, json, torch
 sys.path.insert(0, {repo!r})
 start = time.perf_counter()
-from model.checkpoints import load_published
+from model.nets.published import load_published
 model = load_published({folder!r}, dtype=torch.bfloat16)
 seconds = time.perf_counter() - start
 meta = sum(p.is_meta for p in model.parameters())

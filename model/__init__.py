@@ -1,4 +1,13 @@
-"""Qt-free core: CT I/O and preprocessing, the 3D vision-language model, generation, finetuning, metrics.
+"""Qt-free core, one sub-package per concern (docs/architecture.md draws them):
+
+- `model.ct`: reading CT files (`read_ct`), windows, preprocessing to the model's input;
+- `model.nets`: the networks (vision encoders, the LaMed wrapper), published-checkpoint
+  conversion and the tokenizer builder;
+- `model.inference`: `VLM` (answer, stream, choice scores), `load_vlm`, prompts, boxes;
+- `model.data`: QA folders and volume indexes that training and evaluation share;
+- `model.training`: the default model's stages (`python -m model.training.default`) and LoRA
+  finetuning (`python -m model.training.finetune`);
+- `model.evaluation`: metrics and `evaluate_vlm`.
 
 Public names are imported lazily so that `import model` (and `ctvqa --help`) stays fast and a
 tool that only reads CT files never pays for importing torch/transformers.
@@ -9,16 +18,16 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "CTVolume": "model.ct_io",
-    "CTReadError": "model.ct_io",
-    "read_ct": "model.ct_io",
-    "WINDOW_PRESETS": "model.windows",
-    "to_model_input": "model.preprocess",
-    "to_model_input_with_crop": "model.preprocess",
-    "VLM": "model.vlm",
-    "Answer": "model.vlm",
-    "load_vlm": "model.vlm",
-    "build_vision_encoder": "model.vision",
+    "CTVolume": "model.ct.volume",
+    "CTReadError": "model.ct.volume",
+    "read_ct": "model.ct.io",
+    "WINDOW_PRESETS": "model.ct.windows",
+    "to_model_input": "model.ct.preprocess",
+    "to_model_input_with_crop": "model.ct.preprocess",
+    "VLM": "model.inference.vlm",
+    "Answer": "model.inference.vlm",
+    "load_vlm": "model.inference.loading",
+    "build_vision_encoder": "model.nets.vision",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from model.ct_io import SUPPORTED_SUFFIXES, CTReadError, CTVolume, looks_like_dicom_folder, read_ct, suffix_of
-from model.windows import window_limits
+from model.ct.io import SUPPORTED_SUFFIXES, read_ct
+from model.ct.volume import CTReadError, CTVolume, suffix_of
+from model.ct.dicom import looks_like_dicom_folder
+from model.ct.windows import window_limits
 
 log = logging.getLogger(__name__)
 

@@ -22,6 +22,7 @@ LUNG_WINDOW = (-1350.0, 150.0)  # contrast limits = level -600, width 1500
 
 def make_phantom_sample(seed: int = 7) -> list[tuple[np.ndarray, dict[str, Any], str]]:
     """Layer data tuples (scan a, scan b) with scale = spacing and the ground truth in metadata."""
+    # deferred: the phantom generator (scipy) loads when sample data is opened, not when napari scans plugins
     from annotation.synth import Grid, default_spacing, synthesize_patient
 
     spacing = default_spacing(SAMPLE_SIZE)

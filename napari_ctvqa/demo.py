@@ -70,6 +70,7 @@ def open_demo(setup: DemoSetup, model_path: str | None = None,
     `model_path` None loads the embedded default model. When the demo opens its own window the
     model process is started before napari builds it (torch imports meanwhile), and the chat
     panel is built first of the panels so the model loads while the rest is laid out."""
+    # deferred: SQLAlchemy, torch and the Qt widgets load once the demo opens its window
     from annotation.store import Store
 
     from napari_ctvqa.vlm_worker import VLMWorker
@@ -109,8 +110,9 @@ def open_demo(setup: DemoSetup, model_path: str | None = None,
 
 def _add_scan(viewer: napari.viewer.Viewer, setup: DemoSetup) -> Any:
     """The demo scan as the reader would open it (mm scale), with the contrast slider over all HU."""
-    from model.ct_io import read_ct
-    from model.windows import window_limits
+    # deferred: ITK/nibabel load only when the demo scan is read
+    from model.ct.io import read_ct
+    from model.ct.windows import window_limits
 
     from napari_ctvqa._reader import layer_data
 

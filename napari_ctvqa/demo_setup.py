@@ -84,6 +84,7 @@ def existing_setup(workdir: str | Path) -> DemoSetup | None:
 
 
 def _build(workdir: Path, progress: Progress, patients: int, size: tuple[int, int, int] | None) -> DemoSetup:
+    # deferred: SQLAlchemy and the phantom generator load only on a first run that builds the demo
     from annotation.importers.ctrate import import_ctrate
     from annotation.store import Store
 
@@ -91,7 +92,7 @@ def _build(workdir: Path, progress: Progress, patients: int, size: tuple[int, in
     total = patients + _SETUP_STEPS
     cohort = workdir / "cohort"
     if not _cohort_complete(cohort):
-        from annotation.synth import write_cohort
+        from annotation.synth import write_cohort  # deferred: see above
 
         extra = {"size": size} if size else {}
         write_cohort(cohort, patients, seed=DEMO_SEED, **extra,
@@ -167,6 +168,7 @@ def _demo_scan(store: Any) -> tuple[Any, str, str]:
 def existence_question(finding: str) -> str:
     """3D-RAD's first existence template for the finding: exactly what the chat's template picker
     writes for it, so the pre-filled question is a benchmark question with Yes/No choices."""
+    # deferred: read only when a question is pre-filled
     from annotation.qa_templates import question_templates
 
     return question_templates()["existence_detection"][0].format(label=finding.lower())

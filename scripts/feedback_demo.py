@@ -102,7 +102,7 @@ def balanced(store, qa_ids: list[int], rng: random.Random) -> list[int]:
 
 def eval_samples(store, patients: set[str], new_wording: bool) -> list:
     """Held-out patients' pairs (the new wording only, or every original pair), in a seeded order."""
-    from model.finetune import Sample
+    from model.training.finetune.config import Sample
 
     frame = store.qa_frame()
     is_new = frame["question"].str.startswith(NEW_PREFIX)
@@ -122,8 +122,8 @@ def eval_samples(store, patients: set[str], new_wording: bool) -> list:
 def compare(base_path: str | None, model_path: str, folders: dict[str, Path], volumes: Path,
             limit: int) -> dict[str, dict[str, dict]]:
     """evaluate_vlm of both models on each evaluation folder."""
-    from model.evaluate import evaluate_vlm
-    from model.vlm import load_vlm
+    from model.evaluation.evaluate import evaluate_vlm
+    from model.inference.loading import load_vlm
 
     reports: dict[str, dict[str, dict]] = {}
     for key, vlm in (("base", load_vlm(base_path)), ("finetuned", load_vlm(model_path))):
@@ -165,7 +165,7 @@ def main() -> None:
 
     from annotation.curation import FilterRule
     from annotation.training_set import run_finetune, write_eval_folder
-    from model.finetune import FinetuneConfig
+    from model.training.finetune.config import FinetuneConfig
 
     start = time.perf_counter()
     work = args.workdir

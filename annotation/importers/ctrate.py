@@ -26,7 +26,7 @@ from annotation.importers.bulk import (
     qa_row,
 )
 from annotation.importers.open_qa_from_report import open_qa_from_findings
-from model.prompts import priors_in_question
+from model.inference.prompts import priors_in_question
 from annotation.qa_templates import CT_RATE_LABELS, TASKS, VolumeName, closed_qa_for_scan, task_by_number
 from annotation.records import ImportSummary
 from annotation.schema import Label, Report

@@ -17,7 +17,7 @@ from annotation.db import Database
 from annotation.importers import BadInputError
 from annotation.importers.bulk import ensure_scans, existing_path, insert_qa_rows, qa_row
 from annotation.qa_templates import CSV_COLUMNS, QARow, Task, VolumeName, task_by_folder
-from model.prompts import priors_in_question
+from model.inference.prompts import priors_in_question
 from annotation.records import ImportSummary
 
 ProgressFn = Callable[[int, int | None], None]

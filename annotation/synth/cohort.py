@@ -71,8 +71,10 @@ def assign_splits(patients: int, valid_frac: float, seed: int) -> list[str]:
 
 
 def write_volume(hu: np.ndarray, spacing: tuple[float, float, float], path: Path) -> None:
-    """Int16 HU through `model.ct_io.write_ct` (its gzip carries no timestamp)."""
-    from model.ct_io import CTVolume, canonical_affine, write_ct
+    """Int16 HU through `model.ct.io.write_ct` (its gzip carries no timestamp)."""
+    # deferred: SimpleITK loads only when a cohort is written, not for every `annotation.synth` use
+    from model.ct.io import write_ct
+    from model.ct.volume import CTVolume, canonical_affine
 
     shape = np.asarray(hu.shape)
     sz, sy, sx = spacing

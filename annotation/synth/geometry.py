@@ -16,7 +16,7 @@ Box = tuple[slice, slice, slice]
 class Grid:
     """Voxel centres in mm, centred on the volume: z superior+, y posterior+, x patient-left+.
 
-    Matches the canonical array layout of `model.ct_io` (k inferior->superior, rows
+    Matches the canonical array layout of `model.ct` (k inferior->superior, rows
     anterior->posterior, columns patient right->left)."""
 
     shape: tuple[int, int, int]

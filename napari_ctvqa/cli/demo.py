@@ -59,7 +59,7 @@ def demo(
 
 def _open(setup: DemoSetup, model_path: str | None) -> DemoWindow:
     """The demo window, or one clear line when its scan or database cannot be opened."""
-    from model.ct_io import CTReadError
+    from model.ct.volume import CTReadError
 
     from napari_ctvqa.demo import open_demo
 

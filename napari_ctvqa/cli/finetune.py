@@ -58,7 +58,7 @@ def finetune_cmd(
     from annotation.curation import FilterRule
     from annotation.store import Store
     from annotation.training_set import run_finetune
-    from model.finetune import FinetuneConfig, FinetuneError
+    from model.training.finetune.config import FinetuneConfig, FinetuneError
 
     if from_db and data is not None:
         fail("choose one source: --from-db or --data DIR")

@@ -22,8 +22,9 @@ def view(
 
     Every file is read before the window opens, so a bad file stops here with its reason.
     """
-    from model.ct_io import CTReadError, read_ct
-    from model.windows import WINDOW_NAMES, window_limits
+    from model.ct.volume import CTReadError
+    from model.ct.io import read_ct
+    from model.ct.windows import WINDOW_NAMES, window_limits
 
     from napari_ctvqa._reader import get_reader, layer_data
 

@@ -27,7 +27,7 @@ def split_choices(values: list[str] | None) -> list[str] | None:
 
 def parse_priors(value: str | None) -> list[int] | None:
     """`--priors 0,1,1` (earlier scans, oldest first) to a list of 0/1."""
-    from model.prompts import parse_prior_list
+    from model.inference.prompts import parse_prior_list
 
     return parse_prior_list(value) if value else None
 
@@ -127,7 +127,8 @@ def _register_evaluate(app: typer.Typer) -> None:
         All figures are percent. Questions whose volume is missing are skipped and reported.
         """
         from model import load_vlm
-        from model.evaluate import QAFolderError, evaluate_vlm, read_qa_folder
+        from model.data.qa_folders import QAFolderError, read_qa_folder
+        from model.evaluation.evaluate import evaluate_vlm
 
         from napari_ctvqa.cli._common import fail, progress_bar
 
@@ -185,8 +186,8 @@ def _print_report(report: dict) -> None:
     """Per-task tables (open and closed questions apart, robustness apart) and what was skipped."""
     from rich.console import Console
 
-    from model.evaluate import ROBUSTNESS_RUNS
-    from model.metrics import CLOSED_METRICS, OPEN_METRICS
+    from model.evaluation.evaluate import ROBUSTNESS_RUNS
+    from model.evaluation.metrics import CLOSED_METRICS, OPEN_METRICS
 
     console = Console()
     console.print(f"{report['model']}: {report['n']} questions, figures in percent")

@@ -2,7 +2,7 @@
 
 Every layer shares the CT layer's world transform (scale, translate, affine), so a box given in
 voxels of the CT lands on the same millimetres as the CT, whatever the scan's spacing or origin.
-Box corners are voxel-edge positions (0 = outer edge of the first voxel, `model.boxes`), and napari
+Box corners are voxel-edge positions (0 = outer edge of the first voxel, `model.inference.boxes`), and napari
 puts voxel i's centre at data coordinate i, hence the half-voxel shift.
 """
 from __future__ import annotations
@@ -79,7 +79,7 @@ def jump_to(viewer: Any, ct_layer: Any, point_data: Sequence[float]) -> None:
 
 def model_input_transform(ct_layer: Any, scale_vox: Sequence[float], offset_vox: Sequence[float]) -> dict[str, Any]:
     """World transform of the model input: one input voxel covers `scale_vox` CT voxels and input
-    voxel 0's centre sits at CT voxel `offset_vox` (`model.preprocess.InputGeometry`)."""
+    voxel 0's centre sits at CT voxel `offset_vox` (`model.ct.preprocess.InputGeometry`)."""
     ct_scale = np.asarray(ct_layer.scale, dtype=float)
     return {
         "scale": tuple(ct_scale * np.asarray(scale_vox, dtype=float)),

@@ -77,7 +77,7 @@ class ChatServer:
         return True
 
     def _load(self, path: str | None) -> None:
-        from model.vlm import load_vlm
+        from model.inference.loading import load_vlm
 
         try:
             self.vlm = load_vlm(path)
@@ -94,7 +94,7 @@ class ChatServer:
         The same object is reused for every question, so the VLM's per-volume cache (model input,
         image features, prompt prefix) is hit from the second question on."""
         if payload is not None:
-            from model.ct_io import CTVolume, canonical_affine
+            from model.ct.volume import CTVolume, canonical_affine
 
             spacing = tuple(float(s) for s in payload.spacing)
             self.scans.pop(key, None)

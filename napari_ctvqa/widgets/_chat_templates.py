@@ -17,7 +17,7 @@ from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QLineEdit, QWidget
 from annotation.qa_templates import (
     CT_RATE_LABELS, EXISTENCE_CHOICES, TEMPORAL_CHOICES, TEMPORAL_LABELS, question_templates,
 )
-from model.prompts import parse_prior_list as parse_priors
+from model.inference.prompts import parse_prior_list as parse_priors
 
 FREE = "free"
 #: Task keys in the paper's order, with the names radiologists see in the menu.

@@ -3,7 +3,7 @@
 Opening every scan at the middle slice in one window forces the rater to scroll and re-window for
 nearly every pair; the question or answer usually names a place ("upper lobe", "aortic arch") or a
 tissue ("lung", "calcification"). This module turns those words into a starting slice and window.
-It is a heuristic for a chest CT in the canonical orientation of `model.ct_io` (slice index
+It is a heuristic for a chest CT in the canonical orientation of `model.ct` (slice index
 increasing inferior -> superior); the rater can always scroll from there. Qt-free on purpose.
 """
 from __future__ import annotations

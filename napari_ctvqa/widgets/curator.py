@@ -140,6 +140,7 @@ class CuratorWidget(QWidget):
 
     # ----------------------------------------------------------------- layout
     def _build(self) -> None:
+        # deferred: SQLAlchemy/pandas load when the panel is built, not when napari lists plugin widgets
         from annotation.exports import EXPORT_FORMATS
         from annotation.store import default_db_url
 
@@ -259,6 +260,7 @@ class CuratorWidget(QWidget):
 
     # ------------------------------------------------------------------ data
     def _on_refresh_clicked(self) -> None:
+        # deferred: see _build
         from annotation.store import Store
 
         url = self.db_edit.text().strip()
@@ -302,6 +304,7 @@ class CuratorWidget(QWidget):
         fill_table(self.annotators_table, pd.DataFrame(rows))
 
     def rule(self) -> FilterRule:
+        # deferred: see _build
         from annotation.curation import FilterRule
 
         return FilterRule(min_mean=self.min_mean.value(), min_dim=self.min_dim.value(),

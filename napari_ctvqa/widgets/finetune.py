@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from annotation.curation import FilterRule
     from annotation.store import Store
     from annotation.training_set import FinetuneOutcome
-    from model.finetune import FinetuneConfig, TrainProgress
+    from model.training.finetune.config import FinetuneConfig, TrainProgress
 
 _CHOOSE_FOLDER = "\0choose"
 _PRIMARY = {"accuracy": "accuracy", "rouge1": "ROUGE-1"}
@@ -114,8 +114,9 @@ class FinetuneWidget(QWidget):
 
     # ----------------------------------------------------------------- layout
     def _build(self) -> None:
+        # deferred: SQLAlchemy and torch load when the panel is built, not when napari lists plugin widgets
         from annotation.store import default_db_url
-        from model.finetune import FinetuneConfig
+        from model.training.finetune.config import FinetuneConfig
 
         defaults = FinetuneConfig()
         layout = QVBoxLayout(self)
@@ -222,6 +223,7 @@ class FinetuneWidget(QWidget):
 
     # ------------------------------------------------------------------ data
     def _on_open_clicked(self) -> None:
+        # deferred: see _build
         from annotation.store import Store
 
         url = self.db_edit.text().strip()
@@ -265,6 +267,7 @@ class FinetuneWidget(QWidget):
             self.base_box.setCurrentIndex(index)
 
     def rule(self) -> FilterRule:
+        # deferred: see _build
         from annotation.curation import FilterRule
 
         return FilterRule(min_mean=self.min_mean.value(), min_dim=self.min_dim.value(),
@@ -272,7 +275,8 @@ class FinetuneWidget(QWidget):
                           cap_per_question=self.cap.value() or None)
 
     def config(self) -> FinetuneConfig:
-        from model.finetune import FinetuneConfig
+        # deferred: see _build
+        from model.training.finetune.config import FinetuneConfig
 
         return FinetuneConfig(lora_r=self.lora_r.value(), lora_alpha=self.lora_alpha.value(),
                               lora_dropout=self.lora_dropout.value(), lr=self.lr.value(),
@@ -293,6 +297,7 @@ class FinetuneWidget(QWidget):
     # ------------------------------------------------------------------ run
     def start(self, resume: bool = False) -> None:
         """Build the training set and train on a worker thread (progress below, Cancel stops)."""
+        # deferred: see _build
         from napari.qt.threading import create_worker
 
         from annotation.training_set import run_finetune

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     import napari
     from annotation.records import QAPairRecord, QueueItem
     from annotation.store import Store
-    from model.ct_io import CTVolume
+    from model.ct.volume import CTVolume
 
 LAYER_NAME = "CT (rating)"
 KEY_HELP = ("0-5 score · Tab/↑↓ dimension · C consistent · Enter submit · ←/Backspace back · "
@@ -67,8 +67,8 @@ class DisplayVolume:
 def read_for_display(path: str | Path) -> DisplayVolume:
     """`read_ct` and the data range the layer's contrast slider needs (a full pass over the
     voxels: done here, in the background, not when the pair is shown)."""
-    from model.ct_io import read_ct
-    from model.windows import window_limits
+    from model.ct.io import read_ct
+    from model.ct.windows import window_limits
 
     volume = read_ct(path)
     return DisplayVolume(volume, window_limits("full", volume.array))
@@ -293,8 +293,8 @@ class RatingWidget(QWidget):
 
     def _show_scan(self, qa: QAPairRecord) -> None:
         """Swap the scan into the one rating layer (reused, so napari keeps its canvas state)."""
-        from model.ct_io import CTReadError
-        from model.windows import window_limits
+        from model.ct.volume import CTReadError
+        from model.ct.windows import window_limits
 
         if not qa.path:
             self._hide_scan(f"No volume file is registered for {qa.volume_name}: rate from the text.")

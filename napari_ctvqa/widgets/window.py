@@ -1,6 +1,6 @@
 """Dock widget with the CT window presets, also bound to keys on the viewer (L, M, B, F).
 
-The preset -> limits logic lives in `model.windows`; this widget only picks the image layer
+The preset -> limits logic lives in `model.ct.windows`; this widget only picks the image layer
 and applies the limits, so the keys and buttons behave identically.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from qtpy.QtWidgets import QGridLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from model.windows import WINDOW_NAMES, window_limits
+from model.ct.windows import WINDOW_NAMES, window_limits
 
 if TYPE_CHECKING:
     import napari

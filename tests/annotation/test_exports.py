@@ -13,7 +13,7 @@ from annotation.exports import (
     JSONL_FIELDS, M3D_VQA_COLUMNS, ExportRow, export_rows, patient_key, patient_split,
 )
 from annotation.qa_templates import read_3drad_csvs
-from model.prompts import format_prompt, format_target
+from model.inference.prompts import format_prompt, format_target
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from annotation.qa_templates import (
     read_3drad_csvs, temporal_answer,
 )
 from annotation.synth import write_cohort
-from model.ct_io import read_ct
+from model.ct.io import read_ct
 from napari_ctvqa.cli import app
 
 SIZE = (32, 96, 96)

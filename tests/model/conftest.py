@@ -23,8 +23,8 @@ _CORPUS = [
 
 
 def build_tokenizer(vocab_size: int = 400):
-    """A tiny byte-level BPE tokenizer with LaMed's special tokens (see `model.tokenizer_build`)."""
-    from model.tokenizer_build import train_tokenizer
+    """A tiny byte-level BPE tokenizer with LaMed's special tokens (see `model.nets.tokenizer`)."""
+    from model.nets.tokenizer import train_tokenizer
 
     return train_tokenizer(_CORPUS * 4, vocab_size)
 
@@ -40,7 +40,7 @@ def tiny_text_config(tokenizer, model_type: str = "llama") -> dict:
 
 
 def tiny_config(tokenizer, model_type: str = "llama"):
-    from model.lamed import LamedConfig
+    from model.nets.lamed import LamedConfig
 
     return LamedConfig(
         text_config=tiny_text_config(tokenizer, model_type), image_size=list(TINY_IMAGE_SIZE),
@@ -52,7 +52,7 @@ def tiny_config(tokenizer, model_type: str = "llama"):
 def build_tiny_model(tokenizer, seed: int = 0, model_type: str = "llama"):
     import torch
 
-    from model.lamed import LamedForCausalLM
+    from model.nets.lamed import LamedForCausalLM
 
     torch.manual_seed(seed)
     return LamedForCausalLM(tiny_config(tokenizer, model_type)).eval()
@@ -61,7 +61,7 @@ def build_tiny_model(tokenizer, seed: int = 0, model_type: str = "llama"):
 @pytest.fixture(scope="session")
 def tiny_vlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random LaMed model folder, as `save_pretrained` writes it, plus tokenizer and ctvqa.json."""
-    from model.vlm import write_settings
+    from model.inference.loading import write_settings
 
     folder = tmp_path_factory.mktemp("tiny_vlm")
     tokenizer = build_tokenizer()

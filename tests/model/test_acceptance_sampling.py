@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.vlm import load_vlm
+from model.inference.loading import load_vlm
 
 QUESTION = "Describe the findings."
 

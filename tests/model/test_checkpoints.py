@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from model.checkpoints import CheckpointError, save_published
-from model.lamed import LamedForCausalLM
-from model.vlm import load_vlm
+from model.nets.published import CheckpointError, save_published
+from model.nets.lamed import LamedForCausalLM
+from model.inference.loading import load_vlm
 from tests.model.conftest import build_tiny_model, build_tokenizer
 
 DESIGN_KEYS = (  # DESIGN.md section 4 names, as the released state dicts spell them
@@ -65,7 +65,7 @@ def test_published_layout_loads_with_equal_tensors(tmp_path: Path, model_type: s
     assert config["image_size"] == [16, 32, 32] and config["vision_tower"] == "vit3d"
     keys = set(json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"])
     assert set(DESIGN_KEYS) <= keys and set(SEG_KEYS) <= keys
-    with caplog.at_level(logging.INFO, logger="model.checkpoints"):
+    with caplog.at_level(logging.INFO, logger="model.nets.published"):
         vlm = load_vlm(tmp_path)
     assert any("skipped 2 segmentation tensors" in r.getMessage() for r in caplog.records)
     loaded = vlm.model.state_dict()

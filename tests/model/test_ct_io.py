@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from model.ct_io import CTReadError, CTVolume, canonical_affine, read_ct, write_ct
+from model.ct.volume import CTReadError, CTVolume, canonical_affine
+from model.ct.io import read_ct, write_ct
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 FORBIDDEN_META = {"PatientName", "PatientID", "PatientBirthDate", "patient_name", "patient_id", "birth_date"}
@@ -198,7 +199,7 @@ def test_dicom_folder_with_two_series_reads_the_larger(tmp_path: Path, caplog: p
     folder = tmp_path / "mixed"
     write_dicom_series(folder, ramp_slices(5), series_uid="1.2.3.5", names=[f"big{k}.dcm" for k in range(5)])
     small = write_dicom_series(folder, ramp_slices(3), series_uid="1.2.3.3", names=[f"small{k}.dcm" for k in range(3)])
-    with caplog.at_level("INFO", logger="model.ct_io"):
+    with caplog.at_level("INFO", logger="model.ct.dicom"):
         volume = read_ct(folder)
     assert volume.array.shape[0] == 5 and volume.meta["series_uid"] == "1.2.3.5"
     assert volume.meta["series_in_folder"] == 2 and "2 series" in volume.meta["note"]

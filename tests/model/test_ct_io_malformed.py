@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from model.ct_io import CTReadError, read_ct
+from model.ct.volume import CTReadError
+from model.ct.io import read_ct
 from tests.model.test_ct_io import ramp_slices, write_dicom_series
 
 Case = Callable[[Path], Path]

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model import prompts
-from model.vlm import DEFAULT_MODEL_DIR
+from model.inference import prompts
+from model.inference.loading import DEFAULT_MODEL_DIR
 
 MAX_WEIGHTS_MB = 50
 
@@ -71,7 +71,7 @@ def test_existence_question_answered_from_the_image(default_vlm, findings, lette
 
 
 def test_tokenizer_splits_digits_and_keeps_lamed_tokens(tmp_path: Path) -> None:
-    from model.tokenizer_build import train_tokenizer
+    from model.nets.tokenizer import train_tokenizer
 
     texts = ["The nodule measures 23x18 mm in the right upper lobe.",
              "Is there pleural effusion in this image? Choices: A. Yes B. No", "A. Yes", "B. No"] * 20
@@ -87,7 +87,7 @@ def test_tokenizer_splits_digits_and_keeps_lamed_tokens(tmp_path: Path) -> None:
 
 
 def test_finding_asked_takes_the_longest_label_named() -> None:
-    from model.train_default import finding_asked
+    from model.training.default.data import finding_asked
 
     FINDINGS = ["Pericardial effusion", "Pleural effusion", "Lung nodule"]
     assert finding_asked("Is there pericardial effusion in this image?", FINDINGS) == "Pericardial effusion"
@@ -99,8 +99,8 @@ def test_input_standardisation_folds_into_the_patch_embedding_exactly() -> None:
     """The tower trains on standardised inputs but ships taking raw ones: same tokens either way."""
     import torch
 
-    from model.train_default import InputStandardiser
-    from model.vision import ViT3D
+    from model.training.default.stage1 import InputStandardiser
+    from model.nets.vision import ViT3D
 
     torch.manual_seed(0)
     pixels = torch.rand((6, 1, 8, 16, 16))
@@ -119,8 +119,9 @@ def test_training_script_end_to_end_is_deterministic(tmp_path: Path) -> None:
     """A tiny cohort and a few steps through the real pipeline, twice: same seed, same weights."""
     from safetensors.torch import load_file
 
-    from model.train_default import Recipe, run
-    from model.vlm import load_vlm
+    from model.training.default.recipe import Recipe
+    from model.training.default.run import run
+    from model.inference.loading import load_vlm
 
     recipe = Recipe(patients=2, synth_size=(32, 48, 48), image_size=(16, 32, 32), patch_size=(4, 8, 8),
                     vision_hidden=32, vision_layers=1, vision_heads=1, vision_mlp=64, lm_hidden=32, lm_layers=1,

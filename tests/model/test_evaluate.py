@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.evaluate import QA_COLUMNS, TASK_KEYS, QAFolderError, read_qa_folder, take_per_task, task_key
+from model.data.qa_folders import QA_COLUMNS, TASK_KEYS, QAFolderError, read_qa_folder, take_per_task, task_key
 
 DASH = ("-", "-", "-", "-")
 TEMPORAL = ("Refractory Lesion (Persistent or recurrent, now present)",
@@ -140,7 +140,8 @@ def test_reads_the_real_3drad_test_split(shared_data):
 def volumes_dir(tmp_path: Path) -> Path:
     """Two small HU volumes (a bright box in a dark body), one flat and one in a CT-RATE-like subfolder;
     test_9 is missing on purpose and a broken file stands in for a corrupt download."""
-    from model.ct_io import CTVolume, canonical_affine, write_ct
+    from model.ct.volume import CTVolume, canonical_affine
+    from model.ct.io import write_ct
 
     root = tmp_path / "volumes"
     rng = np.random.default_rng(0)
@@ -163,7 +164,7 @@ def _check_figures(figures: dict, closed: bool) -> None:
 
 def test_evaluate_vlm_end_to_end_on_a_tiny_model(tiny_vlm_dir, qa_dir, volumes_dir):
     from model import load_vlm
-    from model.evaluate import evaluate_vlm
+    from model.evaluation.evaluate import evaluate_vlm
 
     seen: list[tuple[int, int]] = []
     report = evaluate_vlm(load_vlm(tiny_vlm_dir), qa_dir, volumes_dir, progress=lambda d, t: seen.append((d, t)),
@@ -189,7 +190,7 @@ def test_evaluate_vlm_end_to_end_on_a_tiny_model(tiny_vlm_dir, qa_dir, volumes_d
 
 def test_evaluate_vlm_limit_tasks_and_robustness(tiny_vlm_dir, qa_dir, volumes_dir):
     from model import load_vlm
-    from model.evaluate import evaluate_vlm, vlm_text_encoder
+    from model.evaluation.evaluate import evaluate_vlm, vlm_text_encoder
 
     vlm = load_vlm(tiny_vlm_dir)
     report = evaluate_vlm(vlm, qa_dir, volumes_dir, limit=3, tasks=["existence_detection", "image_observation"],
@@ -210,8 +211,8 @@ def test_evaluate_vlm_limit_tasks_and_robustness(tiny_vlm_dir, qa_dir, volumes_d
 
 def test_vlm_text_encoder_scores_identical_text_100(tiny_vlm_dir):
     from model import load_vlm
-    from model.evaluate import vlm_text_encoder
-    from model.metrics import bertscore_f1
+    from model.evaluation.evaluate import vlm_text_encoder
+    from model.evaluation.metrics import bertscore_f1
 
     scores = bertscore_f1(["the heart is enlarged"] * 2, ["the heart is enlarged", "pleural effusion"],
                           vlm_text_encoder(load_vlm(tiny_vlm_dir)))
@@ -220,7 +221,7 @@ def test_vlm_text_encoder_scores_identical_text_100(tiny_vlm_dir):
 
 def test_unreadable_volume_is_reported_not_fatal(tiny_vlm_dir, qa_dir, volumes_dir):
     from model import load_vlm
-    from model.evaluate import evaluate_vlm
+    from model.evaluation.evaluate import evaluate_vlm
 
     (volumes_dir / "test_9_a_1.nii.gz").write_bytes(b"not a nifti")
     report = evaluate_vlm(load_vlm(tiny_vlm_dir), qa_dir, volumes_dir, tasks=["existence_detection"], max_new_tokens=2)
@@ -269,7 +270,7 @@ def test_evaluate_real_3drad_questions_on_a_real_ct(tiny_vlm_dir, shared_data, t
     """The published CSVs (long task-6 questions, 4-choice temporal tasks) against the real
     TotalSegmentator CT standing in for every volume the first questions name."""
     from model import load_vlm
-    from model.evaluate import evaluate_vlm
+    from model.evaluation.evaluate import evaluate_vlm
 
     qa = shared_data / "3d-rad" / "test"
     volumes = tmp_path / "volumes"

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.finetune import (
-    FinetuneConfig, FinetuneError, batch_indices, collate, load_finetuned, merge_adapter, read_samples,
-    stop_file, train,
-)
+from model.training.finetune.config import FinetuneConfig, FinetuneError, stop_file
+from model.training.finetune.samples import batch_indices, collate, read_samples
+from model.inference.loading import load_finetuned
+from model.training.finetune.adapters import merge_adapter
+from model.training.finetune.loop import train
 from tests.model.conftest import TINY_IMAGE_SIZE
 
 
@@ -79,7 +80,7 @@ def test_loss_goes_down_and_the_adapter_answers(tiny_vlm_dir, tmp_path):
     answer = vlm.answer(image, "Is there a lung nodule?", choices=["Yes", "No", "-", "-"], max_new_tokens=8)
     assert answer.choice in ("A", "B") and isinstance(answer.text, str)
 
-    from model.vlm import load_vlm
+    from model.inference.loading import load_vlm
 
     merged = load_vlm(merge_adapter(result.adapter_dir, tmp_path / "merged"))
     assert merged.answer(image, "What abnormalities are seen?", max_new_tokens=8).text == \

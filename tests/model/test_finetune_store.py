@@ -37,8 +37,8 @@ def rated_store(tmp_path: Path, n_patients: int = 6):
 def test_finetune_from_store_registers_a_loadable_version(tiny_vlm_dir, tmp_path):
     from annotation.curation import FilterRule
     from annotation.training_set import run_finetune
-    from model.finetune import FinetuneConfig
-    from model.vlm import load_vlm
+    from model.training.finetune.config import FinetuneConfig
+    from model.inference.loading import load_vlm
 
     store, passing = rated_store(tmp_path)
     seen = []
@@ -73,7 +73,7 @@ def test_finetune_from_store_registers_a_loadable_version(tiny_vlm_dir, tmp_path
 def test_refuses_a_used_folder_unknown_base_and_an_empty_training_set(tiny_vlm_dir, tmp_path):
     from annotation.curation import FilterRule
     from annotation.training_set import run_finetune
-    from model.finetune import FinetuneError
+    from model.training.finetune.config import FinetuneError
 
     store, _ = rated_store(tmp_path, n_patients=2)
     with pytest.raises(FinetuneError, match="neither a registered model version nor a model folder"):

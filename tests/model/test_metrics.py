@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from model import metrics
+from model.evaluation import metrics
 
 
 def test_bleu1_identical_disjoint_and_hand_computed_partial():

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from model import boxes
-from model.preprocess import InputGeometry, to_model_input, to_model_input_with_crop
+from model.inference import boxes
+from model.ct.preprocess import InputGeometry, to_model_input, to_model_input_with_crop
 
 
 def phantom(shape=(24, 64, 64)) -> np.ndarray:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from model import prompts
+from model.inference import prompts
 
 TEMPORAL = [
     "Refractory Lesion (Persistent or recurrent, now present)",

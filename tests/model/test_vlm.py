@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-import model.vlm as vlm_module
-from model import prompts
-from model.vlm import VLM, load_vlm
+import model.inference.loading as loading_module
+import model.inference.vlm as vlm_module
+from model.inference import prompts
+from model.inference.vlm import VLM
+from model.inference.loading import load_vlm
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +129,7 @@ def test_bf16_load_answers(tiny_vlm_dir: Path, volume: np.ndarray) -> None:
 
 
 def test_missing_default_and_bad_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vlm_module, "DEFAULT_MODEL_DIR", tmp_path / "default")
+    monkeypatch.setattr(loading_module, "DEFAULT_MODEL_DIR", tmp_path / "default")
     with pytest.raises(FileNotFoundError, match="default model is not built yet"):
         load_vlm()
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -138,7 +140,7 @@ def test_missing_default_and_bad_folder(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_large_volumes_are_cached_by_identity(vlm: VLM, volume: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
-    from model.ct_io import CTVolume
+    from model.ct.volume import CTVolume
 
     monkeypatch.setattr(vlm_module, "_HASH_LIMIT_BYTES", 0)  # treat the small test volume as a big CT
     vlm.clear_cache()

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from model.ct_io import CTVolume, canonical_affine, write_ct
+from model.ct.volume import CTVolume, canonical_affine
+from model.ct.io import write_ct
 from npe2 import PluginManager
 
 SPACING = (2.5, 0.8, 0.7)

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from annotation.store import Store
-from model.ct_io import CTVolume, canonical_affine, write_ct
+from model.ct.volume import CTVolume, canonical_affine
+from model.ct.io import write_ct
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QApplication
 
@@ -51,7 +52,7 @@ def store(tmp_path: Path) -> Store:
 def viewer_with_ct(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     path = write_volume(tmp_path)
-    from model.ct_io import read_ct
+    from model.ct.io import read_ct
 
     layer = viewer.add_image(read_ct(path).array, name="train_7_b_1", scale=SPACING, translate=TRANSLATE,
                              metadata={"path": str(path), "ct_meta": {}})
@@ -88,8 +89,8 @@ def test_streamed_answer_equals_the_models_answer(chat, qtbot, tiny_vlm_dir, vie
     assert view.state.status == "done", view.state.error
     assert len(updates) >= 2, f"expected a streamed answer, got {len(updates)} update(s)"
 
-    from model.ct_io import read_ct
-    from model.vlm import load_vlm
+    from model.ct.io import read_ct
+    from model.inference.loading import load_vlm
 
     _, layer = viewer_with_ct
     expected = load_vlm(tiny_vlm_dir).answer(read_ct(layer.metadata["path"]), "What abnormality is seen in this CT scan?",

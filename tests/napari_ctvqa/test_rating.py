@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from annotation.rubric import RUBRIC, SCORE_KEYS
 from annotation.store import Store
-from model.ct_io import CTVolume, canonical_affine, write_ct
+from model.ct.volume import CTVolume, canonical_affine
+from model.ct.io import write_ct
 from qtpy.QtCore import Qt
 
 from napari_ctvqa.widgets.rating import LAYER_NAME, RatingWidget

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from model.ct_io import CTVolume, canonical_affine, write_ct
-from model.windows import window_limits
+from model.ct.volume import CTVolume, canonical_affine
+from model.ct.io import write_ct
+from model.ct.windows import window_limits
 from napari.utils.notifications import notification_manager
 
 from napari_ctvqa._reader import get_reader, read_ct_layers

@@ -1,9 +1,9 @@
-"""Window presets: limits from model.windows, buttons and keys of the dock widget."""
+"""Window presets: limits from model.ct.windows, buttons and keys of the dock widget."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from model.windows import WINDOW_NAMES, WINDOW_PRESETS, window_limits
+from model.ct.windows import WINDOW_NAMES, WINDOW_PRESETS, window_limits
 from qtpy.QtCore import Qt
 
 from napari_ctvqa.widgets.window import WINDOW_KEYS, WindowWidget

@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from model.preprocess import InputGeometry
-from model.prompts import BOX_END, BOX_START
+from model.ct.preprocess import InputGeometry
+from model.inference.prompts import BOX_END, BOX_START
 
 _NUMBER = r"\s*(-?\d+(?:\.\d+)?(?:[eE]-?\d+)?)\s*"
 BOX_PATTERN = re.compile(

@@ -16,7 +16,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from model import prompts
+from model.data.qa_folders import read_qa_folder
+from model.inference import prompts
 
 BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
 REPORT_COLUMNS = ("ClinicalInformation_EN", "Technique_EN", "Findings_EN", "Impressions_EN")
@@ -33,7 +34,6 @@ def _report_cells(path: Path) -> Iterator[str]:
 
 def _qa_texts(qa_dir: Path) -> Iterator[str]:
     """Each question as the model will read it (prompt with choices) and its target answer."""
-    from model.evaluate import read_qa_folder
 
     for items in read_qa_folder(qa_dir).values():
         for item in items:

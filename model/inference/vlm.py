@@ -10,24 +10,20 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import threading
 import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from model import boxes, prompts
-from model.preprocess import InputGeometry, to_model_input_with_crop
+from model.ct.preprocess import InputGeometry, to_model_input_with_crop
+from model.inference import boxes, prompts
 
-SETTINGS_FILE = "ctvqa.json"
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default"
 DEFAULT_SETTINGS: dict[str, Any] = {"prompt_style": "m3d", "window": None}
 _HASH_LIMIT_BYTES = 64 * 1024**2
 _SAMPLING_KEYS = {"do_sample", "temperature", "top_p", "top_k", "repetition_penalty", "num_beams", "min_new_tokens"}
@@ -244,7 +240,11 @@ class VLM:
 
     def _generate_in_thread(self, prepared: PreparedImage, ids: torch.Tensor, max_new_tokens: int,
                             sampling: dict[str, Any]) -> tuple[Any, threading.Thread, dict[str, Any]]:
-        from transformers import GenerationConfig, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import (
+            GenerationConfig,
+            StoppingCriteriaList,
+            TextIteratorStreamer,
+        )
 
         unknown = set(sampling) - _SAMPLING_KEYS
         if unknown:
@@ -365,69 +365,3 @@ class VLM:
         return {letter: float(p) for (letter, _), p in zip(offered, probs)}
 
 
-# ----- loading ------------------------------------------------------------------------------
-def read_settings(folder: Path) -> dict[str, Any]:
-    path = folder / SETTINGS_FILE
-    if not path.is_file():
-        return {}
-    try:
-        settings = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    style = settings.get("prompt_style", "m3d")
-    if style not in prompts.PROMPT_STYLES:
-        raise ValueError(f"{path}: prompt_style {style!r} is not one of {prompts.PROMPT_STYLES}")
-    return settings
-
-
-def write_settings(folder: str | Path, **settings: Any) -> Path:
-    """Store per-model settings (prompt style, window, notes) beside the weights."""
-    path = Path(folder) / SETTINGS_FILE
-    current = read_settings(Path(folder))
-    current.update(settings)
-    path.write_text(json.dumps(current, indent=2) + "\n")
-    return path
-
-
-def load_tokenizer(folder: Path) -> Any:
-    """The tokenizer saved in the folder; local files only, never remote code."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    try:
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError, KeyError) as exc:
-        if (folder / "tokenizer.json").is_file():
-            return PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
-        raise ValueError(f"{folder}: no usable tokenizer files ({exc})") from None
-
-
-def load_vlm(path: str | Path | None = None, dtype: torch.dtype | str | None = None, device: str = "cpu") -> VLM:
-    """Load one of our save_pretrained folders, a LoRA adapter folder written by `ctvqa finetune`, a
-    published M3D-LaMed / M3D-RAD folder, or (None) the model shipped in `model/default/`."""
-    from model.checkpoints import CheckpointError, is_published_lamed, load_published
-    from model.lamed import LamedForCausalLM
-
-    folder = Path(path) if path is not None else DEFAULT_MODEL_DIR
-    if path is None and not (folder / "config.json").is_file():
-        raise FileNotFoundError(
-            f"the embedded default model is not built yet ({folder} has no config.json); "
-            "pass a model folder (--model PATH or CTVQA_MODEL)"
-        )
-    if not folder.is_dir():
-        raise FileNotFoundError(f"model folder {folder} does not exist")
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    from model.finetune import ADAPTER_CONFIG, load_finetuned
-
-    if (folder / ADAPTER_CONFIG).is_file():  # a LoRA finetune: its base plus the adapter
-        return load_finetuned(folder, dtype, device)
-    try:
-        if is_published_lamed(folder):
-            model = load_published(folder, dtype=dtype, device=device)
-        else:
-            model = LamedForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True).to(device)
-    except CheckpointError:
-        raise
-    except (OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"{folder}: cannot load the model ({exc})") from None
-    return VLM(model, load_tokenizer(folder), read_settings(folder), name=str(folder))

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model.ct.windows import WINDOW_NAMES, WINDOW_PRESETS
+
 BODY_THRESHOLD_HU = -500.0  # air is -1000, fat -100: everything of the patient lies above this
 _BOX_STRIDE = (2, 4, 4)  # z, y, x stride of the copy the body box is found on
 
@@ -46,7 +48,6 @@ def resolve_window(window: str | Sequence[float] | None) -> tuple[float, float] 
     if window is None:
         return None
     if isinstance(window, str):
-        from model.windows import WINDOW_NAMES, WINDOW_PRESETS
 
         key = window.lower()
         if key == "full":

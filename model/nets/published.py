@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from model.json_files import read_json_file
-from model.lamed import LamedConfig, LamedForCausalLM
+from model.data.json_files import read_json_file
+from model.nets.lamed import LamedConfig, LamedForCausalLM
 
 log = logging.getLogger(__name__)
 

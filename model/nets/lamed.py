@@ -13,11 +13,17 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    GenerationMixin,
+    PreTrainedConfig,
+    PreTrainedModel,
+)
 from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from model.vision import ViT3D, VisionEncoder, num_image_tokens
+from model.nets.vision import VisionEncoder, ViT3D, num_image_tokens
 
 
 class LamedConfig(PreTrainedConfig):

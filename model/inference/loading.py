@@ -1,0 +1,128 @@
+"""Load a model folder as a `VLM`: our save_pretrained folders, LoRA adapter folders (base +
+adapter, merged on load) and published M3D-LaMed / M3D-RAD folders; per-model settings beside the weights.
+
+Nothing here runs code from a checkpoint folder: tokenizers load with local files only and
+`trust_remote_code` off, weights from safetensors.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.data.json_files import read_json_file
+from model.inference import prompts
+from model.inference.vlm import VLM
+from model.nets.lamed import LamedForCausalLM
+from model.nets.published import CheckpointError, is_published_lamed, load_published
+
+PROVENANCE_FILE = "finetune.json"
+
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+
+# ----- model --------------------------------------------------------------------------------------
+def load_finetuned(path: str | Path, dtype: torch.dtype | str | None = None, device: str = "cpu") -> Any:
+    """A VLM from an adapter folder: its base model (recorded in `finetune.json`) with the LoRA
+    weights merged in, so inference runs at the base model's speed with no peft wrapper.
+    `load_vlm` calls this for folders holding `adapter_config.json`."""
+    from peft import PeftModel
+
+
+    folder = Path(path)
+    record = read_provenance(folder)
+    base_path = record.get("base_path")
+    if "base_path" not in record:
+        raise CheckpointError(f"{folder / PROVENANCE_FILE}: no base_path; this folder was not written by model.training.finetune")
+    base = load_vlm(base_path)
+    if dtype is not None or device != "cpu":
+        base.model.to(device=device, dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    model = PeftModel.from_pretrained(base.model, str(folder), is_trainable=False).merge_and_unload()
+    return VLM(model, load_tokenizer(folder), read_settings(folder), name=str(folder))
+
+
+
+def read_provenance(folder: str | Path) -> dict[str, Any]:
+    return read_json_file(Path(folder) / PROVENANCE_FILE, CheckpointError,
+                          f"{folder}: no {PROVENANCE_FILE} (not a finetuned model folder)")
+
+
+SETTINGS_FILE = "ctvqa.json"
+
+
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "default"
+
+
+
+# ----- loading ------------------------------------------------------------------------------
+def read_settings(folder: Path) -> dict[str, Any]:
+    path = folder / SETTINGS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    style = settings.get("prompt_style", "m3d")
+    if style not in prompts.PROMPT_STYLES:
+        raise ValueError(f"{path}: prompt_style {style!r} is not one of {prompts.PROMPT_STYLES}")
+    return settings
+
+
+
+def write_settings(folder: str | Path, **settings: Any) -> Path:
+    """Store per-model settings (prompt style, window, notes) beside the weights."""
+    path = Path(folder) / SETTINGS_FILE
+    current = read_settings(Path(folder))
+    current.update(settings)
+    path.write_text(json.dumps(current, indent=2) + "\n")
+    return path
+
+
+
+def load_tokenizer(folder: Path) -> Any:
+    """The tokenizer saved in the folder; local files only, never remote code."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as exc:
+        if (folder / "tokenizer.json").is_file():
+            return PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
+        raise ValueError(f"{folder}: no usable tokenizer files ({exc})") from None
+
+
+
+def load_vlm(path: str | Path | None = None, dtype: torch.dtype | str | None = None, device: str = "cpu") -> VLM:
+    """Load one of our save_pretrained folders, a LoRA adapter folder written by `ctvqa finetune`, a
+    published M3D-LaMed / M3D-RAD folder, or (None) the model shipped in `model/default/`."""
+
+    folder = Path(path) if path is not None else DEFAULT_MODEL_DIR
+    if path is None and not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"the embedded default model is not built yet ({folder} has no config.json); "
+            "pass a model folder (--model PATH or CTVQA_MODEL)"
+        )
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder {folder} does not exist")
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+
+    if (folder / ADAPTER_CONFIG).is_file():  # a LoRA finetune: its base plus the adapter
+        return load_finetuned(folder, dtype, device)
+    try:
+        if is_published_lamed(folder):
+            model = load_published(folder, dtype=dtype, device=device)
+        else:
+            model = LamedForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True).to(device)
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{folder}: cannot load the model ({exc})") from None
+    return VLM(model, load_tokenizer(folder), read_settings(folder), name=str(folder))

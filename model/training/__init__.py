@@ -1,0 +1,2 @@
+"""Making models: the embedded default model's training (`default`) and LoRA finetuning (`finetune`).
+"""

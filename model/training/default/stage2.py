@@ -1,0 +1,98 @@
+"""Stage 2, instruction tuning: frozen tower tokens, projector and language model learn the six
+3D-RAD tasks, starting with balanced existence questions about what the tower sees.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from model.training.default.data import Dataset, Sampler, validation_examples
+from model.training.default.recipe import TASK_WEIGHTS, Recipe
+from model.training.default.stage1 import train_alignment
+from model.training.default.steps import (
+    Clock,
+    LabelHead,
+    choice_accuracy,
+    lm_loss,
+    lr_factor,
+    make_optimiser,
+    optimiser_step,
+    set_lr,
+    tower_outputs,
+)
+
+
+def train_instruction(model: Any, head: LabelHead, tokenizer: Any, train_data: Dataset, valid_data: Dataset,
+                      recipe: Recipe, seen: Sequence[str] = ()) -> dict[str, Any]:
+    """Stage 2: projector + language model on all six tasks (+ captions), vision tower frozen and
+    its tokens cached; keeps the weights that score best on closed validation questions."""
+    train_tokens = tower_outputs(model, train_data.pixels)
+    valid_tokens = tower_outputs(model, valid_data.pixels)
+    for p in model.vision.vision_tower.parameters():
+        p.requires_grad_(False)
+    trained = [*model.vision.mm_projector.parameters(), *model.language_model.parameters()]
+    parameters = [*trained, *head.parameters()]
+    optimiser = make_optimiser(trained, list(head.parameters()), recipe)
+    sampler = Sampler(train_data, recipe.seed)
+    checks = validation_examples(valid_data, recipe.validation_questions, recipe.seed)
+    tasks = tuple(TASK_WEIGHTS)
+    clock = Clock("instruction", recipe.stage2_steps, recipe.stage2_minutes)
+    record: dict[str, Any] = {"log": [], "validation": []}
+    best: tuple[float, dict | None, int] = (-1.0, None, 0)
+    step = 0
+    model.train()
+    for step in range(1, recipe.stage2_steps + 1):
+        if clock.over():
+            record["stopped_early"] = f"stage 2 reached its {recipe.stage2_minutes} min cap at step {step - 1}"
+            print(f"[train] {record['stopped_early']}", flush=True)
+            step -= 1
+            break
+        set_lr(optimiser, lr_factor(step - 1, recipe.stage2_steps, recipe.warmup_steps))
+        volumes = sampler.volumes(recipe.stage2_images)
+        # first only, then one per image: existence of what the tower sees, answers balanced
+        anchored = recipe.questions_per_image if step <= recipe.focus_steps else recipe.seen_questions
+        examples = [e for v in volumes for e in (
+            sampler.questions(v, anchored, ("existence_detection",), balanced=True, findings=seen)
+            + sampler.questions(v, recipe.questions_per_image - anchored, tasks))]
+        owners = [k for k in range(len(volumes)) for _ in range(recipe.questions_per_image)]
+        features = model.vision.mm_projector(train_tokens[volumes])
+        text_loss = lm_loss(model, tokenizer, features, examples, owners)
+        aux_loss = F.binary_cross_entropy_with_logits(head(features), train_data.labels[volumes])
+        loss = text_loss + recipe.aux_weight * aux_loss
+        optimiser_step(optimiser, loss, parameters)
+        if step % 10 == 0 or step == recipe.stage2_steps:
+            record["log"].append({"step": step, "loss": round(text_loss.item(), 4), "aux": round(aux_loss.item(), 4)})
+            clock.show(step, loss=text_loss.item(), aux=aux_loss.item())
+        if step % recipe.validate_every == 0 or step == recipe.stage2_steps:
+            scores = choice_accuracy(model, tokenizer, valid_tokens, checks)
+            accuracy = scores["all"]
+            record["validation"].append({"step": step, "closed_accuracy": scores})
+            print(f"[check] step {step}: closed validation accuracy {scores} ({len(checks)} questions, "
+                  "class-balanced)", flush=True)
+            if accuracy >= best[0] and step > recipe.focus_steps:  # a focus-phase model knows one task
+                best = (accuracy, {k: v.detach().clone() for k, v in model.state_dict().items()}, step)
+    if best[1] is not None:
+        model.load_state_dict(best[1])
+    record.update(steps_done=step, best_step=best[2], best_closed_accuracy=round(best[0], 2),
+                  seconds=round(time.perf_counter() - clock.start))
+    return record
+
+
+
+def train(model: Any, tokenizer: Any, train_data: Dataset, valid_data: Dataset, recipe: Recipe) -> dict[str, Any]:
+    """Both stages; returns the training record (losses, validation checks, kept checkpoint)."""
+    torch.manual_seed(recipe.seed)
+    head = LabelHead(model.config.text_config.hidden_size, len(train_data.label_names), recipe.head_norm)
+    alignment = train_alignment(model, head, train_data, valid_data, recipe)
+    seen = [name for name, auc in alignment["valid_label_auc"].items() if auc >= recipe.seen_auc]
+    print(f"[train] stage 2 starts on existence questions about what the tower sees: {seen}", flush=True)
+    instruction = train_instruction(model, head, tokenizer, train_data, valid_data, recipe, seen)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.eval()
+    return {"alignment": alignment, "instruction": instruction, "seen_findings": seen,
+            "train_seconds": alignment["seconds"] + instruction["seconds"]}
