@@ -16,6 +16,7 @@ from sqlalchemy import select
 from annotation.importers import BadInputError
 from annotation.rubric import SCORE_KEYS, as_flag, validate_scores
 from annotation.schema import QAPair, Rater, Rating, Scan
+from annotation.store.ratings import write_rating
 
 if TYPE_CHECKING:
     from annotation.store import Store
@@ -62,8 +63,6 @@ def read_ratings_csv(path: Path) -> list[tuple[int, dict[str, Any]]]:
 
 def import_ratings_csv(store: Store, path: str | Path) -> dict[str, int]:
     """Import a ratings CSV into `store`; returns counts of inserted/updated/unchanged ratings."""
-    from annotation.store import write_rating
-
     path = Path(path)
     rows = read_ratings_csv(path)
 
