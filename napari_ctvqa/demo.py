@@ -25,7 +25,7 @@ from napari_ctvqa.demo_setup import DemoSetup
 if TYPE_CHECKING:
     import napari
 
-    from napari_ctvqa.widgets._chat_turn import TurnState
+    from napari_ctvqa.widgets.chat.turn import TurnState
     from napari_ctvqa.widgets.chat import ChatWidget
     from napari_ctvqa.widgets.rating import RatingWidget
     from napari_ctvqa.widgets.window import WindowWidget

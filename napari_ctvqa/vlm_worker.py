@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from napari_ctvqa.widgets._chat_server import VolumePayload, serve, serve_in_process
+from napari_ctvqa.vlm_server import VolumePayload, serve, serve_in_process
 
 #: How often replies are drained, and how long one drain may take at most.
 POLL_MS = 15

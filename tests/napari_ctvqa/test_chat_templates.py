@@ -8,11 +8,10 @@ from annotation.qa_templates import CT_RATE_LABELS, TEMPORAL_CHOICES, question_t
 from annotation.schema import Label
 from annotation.store import Store
 
-from napari_ctvqa.widgets._chat_layers import box_centre, box_rectangles, box_slices
-from napari_ctvqa.widgets._chat_templates import (
-    TemplatePicker, earlier_labels, parse_priors, prior_sequence, template_question,
-)
-from napari_ctvqa.widgets._chat_turn import TurnState, breakable, turns_markdown
+from napari_ctvqa.widgets.chat.history import earlier_labels
+from napari_ctvqa.widgets.chat.overlays import box_centre, box_rectangles, box_slices
+from napari_ctvqa.widgets.chat.templates import TemplatePicker, parse_priors, prior_sequence, template_question
+from napari_ctvqa.widgets.chat.turn import TurnState, breakable, turns_markdown
 
 
 def test_closed_templates_use_the_3drad_wording_and_choices():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from napari_ctvqa.widgets._rating_prefetch import Prefetcher
+from napari_ctvqa.widgets.rating.prefetch import Prefetcher
 
 
 class Loader:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from annotation.records import ReportRecord
 
-from napari_ctvqa.widgets._rating_pair import key_terms, report_html
-from napari_ctvqa.widgets._rating_view import initial_view
+from napari_ctvqa.widgets.rating.pair import key_terms, report_html
+from napari_ctvqa.widgets.rating.view_hint import initial_view
 
 
 @pytest.mark.parametrize(

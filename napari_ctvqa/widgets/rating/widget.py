@@ -1,107 +1,49 @@
-"""The rating dock widget: one annotator works through their queue of QA pairs, keyboard first.
+"""The rating panel: one annotator's queue, one pair at a time, from start to the last pair.
 
-Why it looks like this: 3D-RAD's raters scored 75 pairs each in 1.5-2 hours, so every second per
-pair counts. Each pair opens its scan at the slice and window its own words point to, the report
-sits beside the question, the five scores and the consistency flag are set from the keyboard, and
-the next scan is already read in the background. All data goes through `annotation.Store`
-(blind: only this annotator's own ratings are ever read), the CT through `model.read_ct`.
-
-Keys (active while the rating panel has keyboard focus; shown on the controls):
-  0-5 score the highlighted dimension and move to the next   Tab / Down, Shift+Tab / Up  move
-  C toggle consistency   Enter submit and go on   Backspace / Left previous pair   Right next pair
-  N note   S skip (asks a reason)   F flag (asks a reason)   PageUp / PageDown  slice up / down
-While a text field has focus keys type text; Enter or Esc leaves the field. Keys the panel does
-not use (e.g. the window presets L/M/B) fall through to napari, which gets them from the main
-window. Clicking the canvas gives napari the keyboard (arrows then step slices); click the panel,
-or any of its buttons, to take it back.
+Why the session lives apart from its parts: what a pair shows (`pair`), how it is scored
+(`scores`, `keys`), how its scan is read and swapped in (`scan_layer`, `prefetch`) each change on
+their own; this module keeps only the order of a sitting (start, show, score or skip, go on) and
+the store calls, which are blind: only this annotator's own ratings are ever read.
 """
 from __future__ import annotations
 
 import html
 import time
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from annotation.rubric import LABELS, SCORE_KEYS
-from qtpy.QtCore import QEvent, Qt, QTimer, Signal
+from qtpy.QtCore import QEvent, Qt, QTimer
 from qtpy.QtGui import QCloseEvent, QKeyEvent
 from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QProgressBar,
     QPushButton,
     QVBoxLayout,
     QWidget,
 )
 
-from napari_ctvqa.widgets._rating_pair import PairView
-from napari_ctvqa.widgets._rating_prefetch import Prefetcher
-from napari_ctvqa.widgets._rating_rubric import RubricView
-from napari_ctvqa.widgets._rating_scores import ScorePanel
-from napari_ctvqa.widgets._rating_view import initial_view
+from annotation.rubric import LABELS, SCORE_KEYS
+from model.ct.volume import CTReadError
+from napari_ctvqa.widgets.rating.controls import ReasonRow, TextField, key_button
+from napari_ctvqa.widgets.rating.keys import KEY_HELP, is_rating_key, press
+from napari_ctvqa.widgets.rating.pair import PairView, pair_header, task_title
+from napari_ctvqa.widgets.rating.prefetch import Prefetcher
+from napari_ctvqa.widgets.rating.rubric import RubricView
+from napari_ctvqa.widgets.rating.scan_layer import (
+    DisplayVolume,
+    ScanLayer,
+    read_for_display,
+)
+from napari_ctvqa.widgets.rating.scores import ScorePanel
 
 if TYPE_CHECKING:
     import napari
+
     from annotation.records import QAPairRecord, QueueItem
     from annotation.store import Store
-    from model.ct.volume import CTVolume
 
-LAYER_NAME = "CT (rating)"
-KEY_HELP = ("0-5 score · Tab/↑↓ dimension · C consistent · Enter submit · ←/Backspace back · "
-            "→ next · N note · S skip · F flag · PgUp/PgDn slice")
 _PREFETCH_DELAY_MS = 150
-_DIGITS = {getattr(Qt.Key, f"Key_{d}"): d for d in range(6)}
-
-
-@dataclass(frozen=True)
-class DisplayVolume:
-    """A scan plus its value range (for the 'full' window and the contrast slider), both computed
-    off the GUI thread by the prefetcher."""
-
-    volume: CTVolume
-    value_range: tuple[float, float]
-
-
-def read_for_display(path: str | Path) -> DisplayVolume:
-    """`read_ct` and the data range the layer's contrast slider needs (a full pass over the
-    voxels: done here, in the background, not when the pair is shown)."""
-    from model.ct.io import read_ct
-    from model.ct.windows import window_limits
-
-    volume = read_ct(path)
-    return DisplayVolume(volume, window_limits("full", volume.array))
-
-
-def task_title(task: str) -> str:
-    """`existence_detection` -> `Existence detection` (task keys are stable, titles are for people)."""
-    return task.replace("_", " ").capitalize()
-
-
-class TextField(QLineEdit):
-    """A line edit that keeps every key to itself while typing (so no letter triggers a shortcut
-    and no arrow reaches napari) and reports Enter as `done`, Esc as `cancelled`."""
-
-    done = Signal()
-    cancelled = Signal()
-
-    def keyPressEvent(self, event: QKeyEvent) -> None:
-        if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
-            self.done.emit()
-        elif event.key() == Qt.Key.Key_Escape:
-            self.cancelled.emit()
-        else:
-            super().keyPressEvent(event)
-        event.accept()
-
-
-def _button(text: str, tip: str, slot) -> QPushButton:
-    button = QPushButton(text)
-    button.setToolTip(tip)
-    button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-    button.clicked.connect(slot)
-    return button
 
 
 class RatingWidget(QWidget):
@@ -127,8 +69,7 @@ class RatingWidget(QWidget):
         self.index = -1
         self.qa: QAPairRecord | None = None
         self._shown_at = time.monotonic()
-        self._reason_kind: str | None = None
-        self._layer = None
+        self.scan = ScanLayer(viewer)
         self._prefetch = prefetch
         self._prefetcher: Prefetcher[DisplayVolume] | None = None
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
@@ -175,32 +116,24 @@ class RatingWidget(QWidget):
         self.note.cancelled.connect(self.setFocus)
         layout.addWidget(self.note)
 
-        self.reason_row = QWidget()
-        reason_layout = QHBoxLayout(self.reason_row)
-        reason_layout.setContentsMargins(0, 0, 0, 0)
-        self.reason_label = QLabel()
-        self.reason = TextField()
-        self.reason.done.connect(self._confirm_reason)
-        self.reason.cancelled.connect(self._cancel_reason)
-        reason_layout.addWidget(self.reason_label)
-        reason_layout.addWidget(self.reason, 1)
-        reason_layout.addWidget(_button("OK [Enter]", "store with this reason", self._confirm_reason))
-        reason_layout.addWidget(_button("Cancel [Esc]", "keep the pair as it is", self._cancel_reason))
-        self.reason_row.setVisible(False)
+        self.reason_row = ReasonRow()
+        self.reason = self.reason_row.field
+        self.reason_row.confirmed.connect(self._store_reason)
+        self.reason_row.cancelled.connect(self._cancel_reason)
         layout.addWidget(self.reason_row)
 
         nav = QHBoxLayout()
-        self.back_button = _button("◀ Back [←]", "previous pair (Backspace or Left)", self.go_back)
-        self.submit_button = _button("Submit [Enter]", "store the five scores and go on", self.submit)
+        self.back_button = key_button("◀ Back [←]", "previous pair (Backspace or Left)", self.go_back)
+        self.submit_button = key_button("Submit [Enter]", "store the five scores and go on", self.submit)
         self.submit_button.setStyleSheet("font-weight: bold;")
-        self.next_button = _button("Next ▶ [→]", "next pair without storing (Right)", self.go_forward)
+        self.next_button = key_button("Next ▶ [→]", "next pair without storing (Right)", self.go_forward)
         for button in (self.back_button, self.submit_button, self.next_button):
             nav.addWidget(button)
         layout.addLayout(nav)
         aside = QHBoxLayout()
-        self.skip_button = _button("Skip [S]", "skip this pair, with a reason", lambda: self.ask_reason("skip"))
-        self.flag_button = _button("Flag [F]", "flag a problem with this pair, with a reason",
-                                   lambda: self.ask_reason("flag"))
+        self.skip_button = key_button("Skip [S]", "skip this pair, with a reason", lambda: self.ask_reason("skip"))
+        self.flag_button = key_button("Flag [F]", "flag a problem with this pair, with a reason",
+                                      lambda: self.ask_reason("flag"))
         aside.addWidget(self.skip_button)
         aside.addWidget(self.flag_button)
         layout.addLayout(aside)
@@ -230,6 +163,7 @@ class RatingWidget(QWidget):
             return
         try:
             if self.store is None:
+                # deferred: SQLAlchemy loads only when no store is given
                 from annotation.store import Store
 
                 self.store = Store()
@@ -268,11 +202,7 @@ class RatingWidget(QWidget):
         qa = self.qa = self.store.qa_pair(item.qa_id)
         report = self.store.report(qa.scan_id)
         own = self.store.rating(self.annotator, qa.id)
-        status = {"todo": "not rated yet", "rated": "rated by you: change and press Enter to update",
-                  "skipped": "skipped by you", "flagged": "flagged by you"}.get(item.status, item.status)
-        header = (f"<b>Pair {self.index + 1} of {len(self.items)}</b> · {task_title(qa.task)} · "
-                  f"{html.escape(qa.volume_name)}<br><span style='color:gray'>{status}</span>")
-        self.pair.show_pair(qa, report, header)
+        self.pair.show_pair(qa, report, pair_header(self.index + 1, len(self.items), qa, item.status))
         rated = own is not None and own.status == "rated"
         self.scores.set_scores(own.scores if rated else None, own.consistent if rated else None)
         self.note.setText(own.note if own is not None else "")
@@ -292,10 +222,6 @@ class RatingWidget(QWidget):
                 self._prefetcher.request(path)
 
     def _show_scan(self, qa: QAPairRecord) -> None:
-        """Swap the scan into the one rating layer (reused, so napari keeps its canvas state)."""
-        from model.ct.volume import CTReadError
-        from model.ct.windows import window_limits
-
         if not qa.path:
             self._hide_scan(f"No volume file is registered for {qa.volume_name}: rate from the text.")
             return
@@ -304,40 +230,10 @@ class RatingWidget(QWidget):
         except (CTReadError, OSError) as exc:
             self._hide_scan(f"Scan not shown: {exc}")
             return
-        volume = shown.volume
-        hint = initial_view(qa.question, qa.answer, volume.array.shape[0])
-        window = "full" if volume.meta.get("normalised") else hint.window
-        limits = shown.value_range if window == "full" else window_limits(window, None)
-        layer = self._layer
-        if layer is None or layer not in self.viewer.layers:
-            layer = self._layer = self.viewer.add_image(
-                volume.array, scale=volume.spacing, name=LAYER_NAME, colormap="gray",
-                contrast_limits=limits, metadata={"path": str(qa.path)},
-            )
-            layer.contrast_limits_range = shown.value_range
-            self.viewer.reset_view()
-        else:
-            # Every assignment makes napari re-slice or re-draw (even `visible = True` on a visible
-            # layer): touch only what changed. The slider range follows the limits by itself.
-            reshaped = layer.data.shape != volume.array.shape or tuple(layer.scale) != tuple(volume.spacing)
-            if tuple(layer.contrast_limits) != tuple(limits):
-                layer.contrast_limits = limits
-            layer.data = volume.array
-            if tuple(layer.scale) != tuple(volume.spacing):
-                layer.scale = volume.spacing
-            layer.metadata = {"path": str(qa.path)}
-            if not layer.visible:
-                layer.visible = True
-            if reshaped:
-                self.viewer.reset_view()
-        self.viewer.dims.set_point(0, layer.translate[0] + hint.slice_index * volume.spacing[0])
-        self.pair.set_view_hint(f"Opened at slice {hint.slice_index + 1}/{volume.array.shape[0]}, "
-                                f"{window} window ({hint.reason}).")
+        self.pair.set_view_hint(self.scan.show(qa, shown))
 
     def _hide_scan(self, reason: str) -> None:
-        """Never leave the previous pair's scan on screen under this pair's question."""
-        if self._layer is not None and self._layer in self.viewer.layers:
-            self._layer.visible = False
+        self.scan.hide()
         self.pair.set_view_hint(reason)
 
     # ---------------------------------------------------------------- actions
@@ -360,14 +256,8 @@ class RatingWidget(QWidget):
 
     def ask_reason(self, kind: str) -> None:
         """Open the reason field for a skip or flag; Enter stores, Esc cancels."""
-        if self.qa is None:
-            return
-        self._reason_kind = kind
-        self.reason_label.setText("Skip because:" if kind == "skip" else "Flag because:")
-        self.reason.setPlaceholderText("why? (required)  Enter: store   Esc: cancel")
-        self.reason.clear()
-        self.reason_row.setVisible(True)
-        self.reason.setFocus()
+        if self.qa is not None:
+            self.reason_row.ask(kind)
 
     def skip(self, reason: str) -> bool:
         return self._store_reason("skip", reason)
@@ -388,14 +278,8 @@ class RatingWidget(QWidget):
         self._advance(f"{'Skipped' if kind == 'skip' else 'Flagged'}: {reason}")
         return True
 
-    def _confirm_reason(self) -> None:
-        if self._reason_kind is not None:
-            self._store_reason(self._reason_kind, self.reason.text())
-
     def _cancel_reason(self) -> None:
-        self._reason_kind = None
-        if self.reason_row.isVisibleTo(self):
-            self.reason_row.setVisible(False)
+        self.reason_row.dismiss()
         self.setFocus()
 
     def go_back(self) -> None:
@@ -412,9 +296,7 @@ class RatingWidget(QWidget):
 
     def step_slice(self, delta: int) -> None:
         """PageUp/PageDown: browse slices without giving the keyboard to the canvas."""
-        if self._layer is not None and self._layer in self.viewer.layers:
-            step = list(self.viewer.dims.current_step)
-            self.viewer.dims.set_current_step(0, step[0] + delta)
+        self.scan.step(delta)
 
     def _advance(self, message: str) -> None:
         self._update_progress()
@@ -450,11 +332,7 @@ class RatingWidget(QWidget):
 
     # --------------------------------------------------------------- keyboard
     def _handles(self, event: QKeyEvent) -> bool:
-        mods = event.modifiers()
-        if mods & (Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.AltModifier
-                   | Qt.KeyboardModifier.MetaModifier):
-            return False
-        return self.qa is not None and (event.key() in _DIGITS or event.key() in _ACTIONS)
+        return self.qa is not None and is_rating_key(event)
 
     def event(self, event: QEvent) -> bool:
         """Claim our keys before napari's window-wide shortcuts and Qt's Tab focus chain do."""
@@ -470,11 +348,7 @@ class RatingWidget(QWidget):
         if not self._handles(event):
             super().keyPressEvent(event)
             return
-        key = event.key()
-        if key in _DIGITS:
-            self.scores.type_score(_DIGITS[key])
-        else:
-            _ACTIONS[key](self, event)
+        press(self, event)
         event.accept()
 
     def closeEvent(self, event: QCloseEvent) -> None:
@@ -483,23 +357,3 @@ class RatingWidget(QWidget):
             self._prefetcher.close()
             self._prefetcher = None
         super().closeEvent(event)
-
-
-# key -> action(widget, event); digits are handled separately (they carry the score)
-_ACTIONS = {
-    Qt.Key.Key_Tab: lambda w, e: w.scores.move_focus(-1 if e.modifiers() & Qt.KeyboardModifier.ShiftModifier else 1),
-    Qt.Key.Key_Backtab: lambda w, e: w.scores.move_focus(-1),
-    Qt.Key.Key_Down: lambda w, e: w.scores.move_focus(1),
-    Qt.Key.Key_Up: lambda w, e: w.scores.move_focus(-1),
-    Qt.Key.Key_C: lambda w, e: w.scores.toggle_consistent(),
-    Qt.Key.Key_Return: lambda w, e: w.submit(),
-    Qt.Key.Key_Enter: lambda w, e: w.submit(),
-    Qt.Key.Key_Backspace: lambda w, e: w.go_back(),
-    Qt.Key.Key_Left: lambda w, e: w.go_back(),
-    Qt.Key.Key_Right: lambda w, e: w.go_forward(),
-    Qt.Key.Key_N: lambda w, e: w.note.setFocus(),
-    Qt.Key.Key_S: lambda w, e: w.ask_reason("skip"),
-    Qt.Key.Key_F: lambda w, e: w.ask_reason("flag"),
-    Qt.Key.Key_PageUp: lambda w, e: w.step_slice(1),
-    Qt.Key.Key_PageDown: lambda w, e: w.step_slice(-1),
-}

@@ -6,9 +6,17 @@ tooltip carries the rubric anchors so the meaning of a score is one hover away.
 """
 from __future__ import annotations
 
-from annotation.rubric import DIMENSIONS, MAX_SCORE, MIN_SCORE, RUBRIC
 from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from annotation.rubric import DIMENSIONS, MAX_SCORE, MIN_SCORE, RUBRIC
 
 _FOCUSED = 'QWidget#scoreRow[focused="true"] { background: rgba(90, 140, 220, 70); border-radius: 3px; }'
 _BUTTON = (

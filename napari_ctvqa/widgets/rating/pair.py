@@ -10,9 +10,10 @@ from __future__ import annotations
 import html
 import re
 
-from annotation.records import QAPairRecord, ReportRecord
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFrame, QLabel, QTextBrowser, QVBoxLayout, QWidget
+
+from annotation.records import QAPairRecord, ReportRecord
 
 _STOPWORDS = frozenset(
     "there their these those which where what about other shows shown while being given present "
@@ -63,6 +64,21 @@ def choices_html(qa: QAPairRecord) -> str:
         else:
             lines.append(f"{letter}. {html.escape(text)}")
     return "<br>".join(lines)
+
+
+_STATUS_TEXT = {"todo": "not rated yet", "rated": "rated by you: change and press Enter to update",
+                "skipped": "skipped by you", "flagged": "flagged by you"}
+
+
+def task_title(task: str) -> str:
+    """`existence_detection` -> `Existence detection` (task keys are stable, titles are for people)."""
+    return task.replace("_", " ").capitalize()
+
+
+def pair_header(number: int, total: int, qa: QAPairRecord, status: str) -> str:
+    """Where the rater is in the queue, what kind of pair this is, and what they did with it before."""
+    return (f"<b>Pair {number} of {total}</b> · {task_title(qa.task)} · {html.escape(qa.volume_name)}"
+            f"<br><span style='color:gray'>{_STATUS_TEXT.get(status, status)}</span>")
 
 
 def _is_choice_text(qa: QAPairRecord) -> bool:

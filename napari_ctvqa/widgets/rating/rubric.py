@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import re
 
-from annotation.rubric import RUBRIC
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QTextBrowser, QWidget
 from superqt import QCollapsible
+
+from annotation.rubric import RUBRIC
 
 
 class RubricView(QCollapsible):

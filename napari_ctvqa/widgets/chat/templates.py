@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QLineEdit, QWidget
 
 from annotation.qa_templates import (
-    CT_RATE_LABELS, EXISTENCE_CHOICES, TEMPORAL_CHOICES, TEMPORAL_LABELS, question_templates,
+    CT_RATE_LABELS,
+    EXISTENCE_CHOICES,
+    TEMPORAL_CHOICES,
+    TEMPORAL_LABELS,
+    question_templates,
 )
 from model.inference.prompts import parse_prior_list as parse_priors
 
@@ -74,16 +77,6 @@ def template_question(task: str, label: str | None = None, priors: Sequence[int]
         raise ValueError("the longitudinal question needs the label of each earlier scan (e.g. 0, 1, 1)")
     sequence = str([int(p) for p in priors])
     return TemplateQuestion(template.format(label=label.lower(), sequence=sequence), TEMPORAL_CHOICES, task)
-
-
-def earlier_labels(store: Any, scan_id: int) -> list[Mapping[str, int]]:
-    """Labels of the patient's scans before this one, oldest first (empty when none are stored)."""
-    earlier = []
-    for scan in store.patient_scans(scan_id):
-        if scan.id == scan_id:
-            break
-        earlier.append(store.labels(scan.id))
-    return earlier
 
 
 def prior_sequence(earlier: Sequence[Mapping[str, int]], label: str) -> list[int] | None:

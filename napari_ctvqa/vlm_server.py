@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from model.ct.volume import CTVolume, canonical_affine
+
 log = logging.getLogger(__name__)
 #: Scheduling priority of the model process: lower than napari's, so the GUI wins the CPU.
 PROCESS_NICENESS = 10
@@ -77,6 +79,7 @@ class ChatServer:
         return True
 
     def _load(self, path: str | None) -> None:
+        # deferred: torch and transformers load in the model process only
         from model.inference.loading import load_vlm
 
         try:
@@ -94,8 +97,6 @@ class ChatServer:
         The same object is reused for every question, so the VLM's per-volume cache (model input,
         image features, prompt prefix) is hit from the second question on."""
         if payload is not None:
-            from model.ct.volume import CTVolume, canonical_affine
-
             spacing = tuple(float(s) for s in payload.spacing)
             self.scans.pop(key, None)
             self.scans[key] = CTVolume(np.asarray(payload.array, dtype=np.float32), spacing,
@@ -174,7 +175,7 @@ def serve_in_process(requests: Any, replies: Any, cancel_event: Any) -> None:
     A lower priority and one core left free keep the viewer smooth while the model generates
     (bench/chat_responsiveness.py); generation is then a little slower on a busy machine.
     """
-    import torch
+    import torch  # deferred: only the spawned model process needs torch
 
     os.nice(PROCESS_NICENESS)
     torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))

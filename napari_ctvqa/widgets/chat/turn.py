@@ -12,9 +12,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
-from napari_ctvqa.widgets._chat_scores import ChoiceScoreBars
+from napari_ctvqa.widgets.chat.score_bars import ChoiceScoreBars
 
 _STATUS_TEXT = {
     "waiting": "waiting for the model...",

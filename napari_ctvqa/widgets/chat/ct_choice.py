@@ -1,0 +1,93 @@
+"""Which CT the chat is about, and what of it the model process gets.
+
+The choice follows the viewer without a click: opening a scan offers it, removing the chosen one
+moves on to another, and a layer made active while none is chosen is taken. Only 3-D grey-value
+images are offered (not RGB, not the panel's own "model input" overlays).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import QComboBox
+
+from napari_ctvqa.vlm_server import VolumePayload
+
+if TYPE_CHECKING:
+    import napari
+
+#: Overlays the panel adds start with this, so they are never offered as a CT.
+MODEL_INPUT_PREFIX = "model input"
+
+
+def scan_key(layer: Any) -> str:
+    """How the model process tells scans apart: this layer object under this name."""
+    return f"{id(layer)}:{layer.name}"
+
+
+def payload_of(layer: Any) -> VolumePayload:
+    """The layer's full-resolution volume and the reader's metadata, as the model process takes it."""
+    meta = (layer.metadata or {}).get("ct_meta") or {}
+    data = layer.data[0] if layer.multiscale else layer.data  # full resolution of a pyramid
+    return VolumePayload(np.asarray(data), tuple(float(s) for s in layer.scale),
+                         {"normalised": bool(meta.get("normalised", False))})
+
+
+class CTChoice(QObject):
+    """The CT combo box (`box`) kept in step with the viewer; `changed` carries the layer (or None)."""
+
+    changed = Signal(object)
+
+    def __init__(self, viewer: napari.viewer.Viewer, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.layer: Any = None
+        self.box = QComboBox()
+        self._viewer_links = ((viewer.layers.events.inserted, self.refresh),
+                              (viewer.layers.events.removed, self.refresh),
+                              (viewer.layers.selection.events.active, self._on_active))
+        for emitter, callback in self._viewer_links:
+            emitter.connect(callback)
+        self.box.currentIndexChanged.connect(self._on_chosen)
+
+    def ct_layers(self) -> list[Any]:
+        # deferred: napari is heavy, and importing this module must not load it
+        from napari.layers import Image
+
+        return [layer for layer in self.viewer.layers if isinstance(layer, Image) and not layer.rgb
+                and layer.ndim == 3 and not layer.name.startswith(MODEL_INPUT_PREFIX)]
+
+    def refresh(self, event: Any = None) -> None:
+        """Re-list the viewer's CTs, keeping the chosen one if it is still there."""
+        layers = self.ct_layers()
+        current = self.layer if self.layer in layers else None
+        active = self.viewer.layers.selection.active
+        if current is None:
+            current = active if active in layers else (layers[-1] if layers else None)
+        self.box.blockSignals(True)
+        self.box.clear()
+        for layer in layers:
+            self.box.addItem(layer.name, id(layer))
+        if current is not None:
+            self.box.setCurrentIndex(layers.index(current))
+        self.box.blockSignals(False)
+        if current is not self.layer:
+            self._choose(current)
+
+    def unhook(self) -> None:
+        """Stop following the viewer (the panel is closing; the viewer lives on)."""
+        for emitter, callback in self._viewer_links:
+            emitter.disconnect(callback)
+
+    def _on_active(self, event: Any = None) -> None:
+        if self.layer is None and self.viewer.layers.selection.active in self.ct_layers():
+            self.refresh()
+
+    def _on_chosen(self, index: int) -> None:
+        layers = self.ct_layers()
+        self._choose(layers[index] if 0 <= index < len(layers) else None)
+
+    def _choose(self, layer: Any) -> None:
+        self.layer = layer
+        self.changed.emit(layer)

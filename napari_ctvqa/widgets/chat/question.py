@@ -1,0 +1,83 @@
+"""The question being written: typed freely, or filled in from a 3D-RAD template and still editable.
+
+A closed template's choices are listed under the text because the model answers with one of their
+letters, and the radiologist should know what it will choose from. Ctrl+Enter asks, so the hands
+stay on the keyboard; plain Enter starts a new line.
+"""
+from __future__ import annotations
+
+from qtpy.QtCore import QEvent, QObject, Qt, Signal
+from qtpy.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_ctvqa.widgets.chat.templates import FREE, TemplatePicker, TemplateQuestion
+
+
+class QuestionBox(QWidget):
+    """Text box, choices line, Ask and Cancel; follows `picker` and emits `ask_requested`."""
+
+    ask_requested = Signal()
+
+    def __init__(self, picker: TemplatePicker, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.picker = picker
+        self._template = TemplateQuestion("", None, "chat")
+        self.edit = QPlainTextEdit()
+        self.edit.setPlaceholderText("Ask about this CT, e.g. 'Is there a pleural effusion?'")
+        self.edit.setMaximumHeight(72)
+        self.edit.installEventFilter(self)
+        self.choices_label = QLabel()
+        self.choices_label.setWordWrap(True)
+        self.choices_label.setStyleSheet("color: #b0b0b0;")
+        self.ask_button = QPushButton("Ask [Ctrl+Enter]")
+        self.ask_button.setDefault(True)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.ask_button, 2)
+        buttons.addWidget(self.cancel_button, 1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.edit)
+        layout.addWidget(self.choices_label)
+        layout.addLayout(buttons)
+        self.ask_button.clicked.connect(self.ask_requested)
+        picker.changed.connect(self._on_template)
+
+    def text(self) -> str:
+        return self.edit.toPlainText()
+
+    def template_for(self, question: str) -> TemplateQuestion:
+        """The choices and task `question` goes with: the chosen template's, else a free chat question."""
+        return self._template if self.picker.task != FREE else TemplateQuestion(question, None, "chat")
+
+    def sent(self) -> None:
+        """Start the next question free and empty (a template is rarely asked twice in a row)."""
+        self.picker.set_task(FREE)
+        self.edit.clear()
+
+    def set_enabled(self, ready: bool, busy: bool) -> None:
+        """Ask needs a loaded, idle model; Cancel only makes sense while it answers."""
+        self.ask_button.setEnabled(ready and not busy)
+        self.cancel_button.setEnabled(busy)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt name
+        if (watched is self.edit and event.type() == QEvent.Type.KeyPress
+                and event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
+                and event.modifiers() & Qt.KeyboardModifier.ControlModifier):
+            self.ask_requested.emit()
+            return True
+        return super().eventFilter(watched, event)
+
+    def _on_template(self, template: TemplateQuestion) -> None:
+        self._template = template
+        if self.picker.task != FREE:
+            self.edit.setPlainText(template.question)
+        self.choices_label.setText(
+            "Choices: " + "   ".join(f"{l}. {c}" for l, c in zip("ABCD", template.choices)) if template.choices else "")

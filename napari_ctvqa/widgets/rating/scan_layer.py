@@ -1,0 +1,95 @@
+"""The scan beside the rating panel: read in the background, shown in one reused layer.
+
+A rater moves on every minute or so and must never wait for a disk read or lose napari's canvas
+state (zoom, pan) at each pair, so scans are read off the GUI thread together with the value
+range the contrast slider needs, and each is swapped into the same layer, touching only what
+changed. Each pair opens at the slice and window its own words point to (`view_hint`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from model.ct.io import read_ct
+from model.ct.volume import CTVolume
+from model.ct.windows import window_limits
+from napari_ctvqa.widgets.rating.view_hint import initial_view
+
+if TYPE_CHECKING:
+    import napari
+
+    from annotation.records import QAPairRecord
+
+LAYER_NAME = "CT (rating)"
+
+
+@dataclass(frozen=True)
+class DisplayVolume:
+    """A scan plus its value range (for the 'full' window and the contrast slider), both computed
+    off the GUI thread by the prefetcher."""
+
+    volume: CTVolume
+    value_range: tuple[float, float]
+
+
+def read_for_display(path: str | Path) -> DisplayVolume:
+    """`read_ct` and the data range the layer's contrast slider needs (a full pass over the
+    voxels: done here, in the background, not when the pair is shown)."""
+    volume = read_ct(path)
+    return DisplayVolume(volume, window_limits("full", volume.array))
+
+
+class ScanLayer:
+    """The one image layer named `LAYER_NAME`, created on the first scan and reused after it."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self.viewer = viewer
+        self.layer: Any = None
+
+    @property
+    def in_viewer(self) -> bool:
+        return self.layer is not None and self.layer in self.viewer.layers
+
+    def show(self, qa: QAPairRecord, scan: DisplayVolume) -> str:
+        """Swap the pair's scan in at its starting slice and window; says where it opened and why."""
+        volume = scan.volume
+        hint = initial_view(qa.question, qa.answer, volume.array.shape[0])
+        window = "full" if volume.meta.get("normalised") else hint.window
+        limits = scan.value_range if window == "full" else window_limits(window, None)
+        layer = self.layer
+        if not self.in_viewer:
+            layer = self.layer = self.viewer.add_image(
+                volume.array, scale=volume.spacing, name=LAYER_NAME, colormap="gray",
+                contrast_limits=limits, metadata={"path": str(qa.path)},
+            )
+            layer.contrast_limits_range = scan.value_range
+            self.viewer.reset_view()
+        else:
+            # Every assignment makes napari re-slice or re-draw (even `visible = True` on a visible
+            # layer): touch only what changed. The slider range follows the limits by itself.
+            reshaped = layer.data.shape != volume.array.shape or tuple(layer.scale) != tuple(volume.spacing)
+            if tuple(layer.contrast_limits) != tuple(limits):
+                layer.contrast_limits = limits
+            layer.data = volume.array
+            if tuple(layer.scale) != tuple(volume.spacing):
+                layer.scale = volume.spacing
+            layer.metadata = {"path": str(qa.path)}
+            if not layer.visible:
+                layer.visible = True
+            if reshaped:
+                self.viewer.reset_view()
+        self.viewer.dims.set_point(0, layer.translate[0] + hint.slice_index * volume.spacing[0])
+        return (f"Opened at slice {hint.slice_index + 1}/{volume.array.shape[0]}, "
+                f"{window} window ({hint.reason}).")
+
+    def hide(self) -> None:
+        """Never leave the previous pair's scan on screen under this pair's question."""
+        if self.in_viewer:
+            self.layer.visible = False
+
+    def step(self, delta: int) -> None:
+        """Browse slices from the panel, without giving the keyboard to the canvas."""
+        if self.in_viewer:
+            step = list(self.viewer.dims.current_step)
+            self.viewer.dims.set_current_step(0, step[0] + delta)
