@@ -98,7 +98,7 @@ def naive_encoder_forward(encoder: torch.nn.Module, images: torch.Tensor) -> tor
 
 
 def bench_vit() -> dict:
-    from model.nets.vision import build_vision_encoder
+    from model.nets.encoders import build_vision_encoder
 
     torch.manual_seed(0)
     encoder = build_vision_encoder(768, 12, 12, 3072, 3072).eval()
