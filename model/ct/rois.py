@@ -156,11 +156,13 @@ def _mediastinum(right: np.ndarray, left: np.ndarray, body: np.ndarray) -> np.nd
 
 
 def _upsample(mask: np.ndarray, strides: Sequence[int], shape: Sequence[int]) -> np.ndarray:
-    """Repeat each coarse voxel over the block it stands for, cut to the full shape."""
-    sz, sy, sx = strides
-    z, y, x = mask.shape
-    full = np.broadcast_to(mask[:, None, :, None, :, None], (z, sz, y, sy, x, sx)).reshape(z * sz, y * sy, x * sx)
-    return np.ascontiguousarray(full[: shape[0], : shape[1], : shape[2]])
+    """Repeat each coarse voxel over the block it stands for (`np.take` per axis: several times
+    faster than `np.repeat` or broadcasting for bool arrays; the last axis first, so that the
+    big copies at the end move whole rows)."""
+    for axis in (2, 1, 0):
+        stride, n = strides[axis], shape[axis]
+        mask = np.take(mask, np.minimum(np.arange(n) // stride, mask.shape[axis] - 1), axis=axis)
+    return mask
 
 
 def find_rois(volume: Any) -> dict[str, np.ndarray]:
