@@ -1,10 +1,13 @@
 """Benchmarks of the model path, each against a baseline measured in the same run (CPU).
 
     python bench/vlm.py                          # all parts
-    python bench/vlm.py --only preprocess,vit    # some parts: preprocess, vit, lm, load4b
+    python bench/vlm.py --only preprocess,vit    # some parts: preprocess, vit, families, rois, lm, load4b
 
 preprocess  to_model_input on a 300x512x512 HU volume vs a straightforward M3D-style pipeline
 vit         ViT3D + projector at the full M3D config (1x32x256x256), fp32 and bf16, vs naive attention
+families    forward time and image-token count of the M3D and OmniCT encoder families at the default
+            model's size (model/default/config.json) and at M3D's full size, fp32
+rois        find_rois on a 300x512x512 HU volume vs one full-resolution connected-component labelling
 lm          time to first token and tokens/s of a ~30M-parameter llama-style LM, cached vs uncached image
 load4b      load a 4B-scale (Phi-3 sizes) M3D-layout sharded bf16 checkpoint; time and peak RSS
             (writes ~8 GB of random shards under .bench-tmp/, deleted afterwards)
@@ -28,7 +31,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 BENCH_TMP = REPO / ".bench-tmp"
-PARTS = ("preprocess", "vit", "lm", "load4b")
+PARTS = ("preprocess", "vit", "families", "rois", "lm", "load4b")
 
 
 def timed(fn: Callable[[], object], repeat: int = 3, warmup: int = 1) -> float:
@@ -98,7 +101,7 @@ def naive_encoder_forward(encoder: torch.nn.Module, images: torch.Tensor) -> tor
 
 
 def bench_vit() -> dict:
-    from model.nets.vision import build_vision_encoder
+    from model.nets.encoders import build_vision_encoder
 
     torch.manual_seed(0)
     encoder = build_vision_encoder(768, 12, 12, 3072, 3072).eval()
@@ -116,6 +119,66 @@ def bench_vit() -> dict:
               f"ratio {ours / naive:.2f} (target <= 0.8), max |diff| {diff:.2e}")
         out[f"vit_{name}_s"], out[f"vit_{name}_naive_s"] = ours, naive
     return out
+
+
+# ----- encoder families --------------------------------------------------------------------------
+def _family_sizes() -> dict[str, dict]:
+    """The default model's vision sizes (read from its config) and M3D's full sizes."""
+    config = json.loads((REPO / "model" / "default" / "config.json").read_text())
+    default = dict(hidden_size=config["mm_hidden_size"], num_layers=config["vision_num_layers"],
+                   num_heads=config["vision_num_heads"], mlp_dim=config["vision_mlp_dim"],
+                   out_dim=config["text_config"]["hidden_size"])
+    full = dict(hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072, out_dim=3072)  # Phi-3 hidden
+    d, h, w = config["image_size"]
+    return {
+        "default": {"sizes": default, "m3d": dict(image_size=(d, h, w), patch_size=tuple(config["patch_size"])),
+                    "omnict": dict(image_size=(d // 3 * 3, h, w), patch_size=(3, 16, 16))},
+        "full": {"sizes": full, "m3d": dict(image_size=(32, 256, 256), patch_size=(4, 16, 16)),
+                 "omnict": dict(image_size=(30, 256, 256), patch_size=(3, 16, 16))},
+    }
+
+
+def bench_families() -> dict:
+    """Both families at the same tower sizes; OmniCT with unshuffle 2 (the paper's) and 4 (fewer tokens)."""
+    from model.nets.encoders import build_vision_encoder
+
+    out: dict = {}
+    for scale, spec in _family_sizes().items():
+        variants = [("m3d", "m3d", {}), ("omnict_m2", "omnict", {"unshuffle": 2}), ("omnict_m4", "omnict", {"unshuffle": 4})]
+        rows = []
+        for name, family, extra in variants:
+            torch.manual_seed(0)
+            encoder = build_vision_encoder(**spec["sizes"], **spec[family], family=family, **extra).eval()
+            images = torch.rand(1, 1, *spec[family]["image_size"])
+            repeat = 1 if scale == "full" else 3
+            with torch.inference_mode():
+                seconds = timed(lambda: encoder(images), repeat=repeat, warmup=1)
+                tokens = encoder(images).shape[1]
+                slice_tokens = encoder(images[:, :, :1]).shape[1] if family == "omnict" else None
+            rows.append((name, seconds, tokens, slice_tokens))
+            out[f"{scale}_{name}_s"], out[f"{scale}_{name}_tokens"] = seconds, tokens
+        base = rows[0][1]
+        for name, seconds, tokens, slice_tokens in rows:
+            size = spec["m3d" if name == "m3d" else "omnict"]["image_size"]
+            extra = f", one slice {slice_tokens} tokens" if slice_tokens else ""
+            print(f"encoder {scale} size ({spec['sizes']['hidden_size']} hidden, {spec['sizes']['num_layers']} layers) "
+                  f"{name} 1x{'x'.join(map(str, size))}: {seconds:.3f} s, {tokens} tokens{extra} "
+                  f"(ratio to m3d {seconds / base:.2f})")
+    return out
+
+
+# ----- organ masks -------------------------------------------------------------------------------
+def bench_rois() -> dict:
+    from scipy import ndimage
+
+    from model.ct.rois import find_rois
+
+    vol = chest_like_volume()
+    ours = timed(lambda: find_rois(vol), repeat=3)
+    baseline = timed(lambda: ndimage.label(vol < -400.0), repeat=1)
+    print(f"find_rois 300x512x512: {ours:.3f} s (target < 1 s); one full-resolution ndimage.label of the "
+          f"air mask alone {baseline:.3f} s (ratio {ours / baseline:.2f})")
+    return {"find_rois_s": ours, "full_res_label_s": baseline}
 
 
 # ----- LM generation ----------------------------------------------------------------------------

@@ -27,7 +27,9 @@ _EXPORTS = {
     "VLM": "model.inference.vlm",
     "Answer": "model.inference.vlm",
     "load_vlm": "model.inference.loading",
-    "build_vision_encoder": "model.nets.vision",
+    "build_vision_encoder": "model.nets.encoders",
+    "find_rois": "model.ct.rois",
+    "read_roi_labels": "model.ct.rois",
 }
 
 __all__ = sorted(_EXPORTS)

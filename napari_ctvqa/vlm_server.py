@@ -6,11 +6,11 @@ GIL or for CPU threads) or in a thread (what the responsiveness benchmark compar
 
 Requests (tuples, first item the kind):
   ("load", path_or_None)
-  ("ask", request_id, scan_key, volume_or_None, question, choices, max_new_tokens)
+  ("ask", request_id, scan_key, volume_or_None, question, choices, max_new_tokens[, slice_index_or_None])
   ("model_input", scan_key, volume_or_None)
   ("quit",)
 Replies:
-  ("loaded", info) | ("load_failed", message)
+  ("loaded", info) | ("load_failed", message)   info: path, settings, slice_questions (bool)
   ("status", request_id, text)          e.g. "encoding..." before a scan's first question
   ("piece", request_id, text)           streamed answer text
   ("done", request_id, answer_dict)     the final Answer as a dict (plus "cancelled": bool)
@@ -89,7 +89,8 @@ class ChatServer:
             self.send(("load_failed", error_message(exc)))
             return
         self.scans.clear()
-        self.send(("loaded", {"path": path, "settings": dict(getattr(self.vlm, "settings", {}) or {})}))
+        self.send(("loaded", {"path": path, "settings": dict(getattr(self.vlm, "settings", {}) or {}),
+                              "slice_questions": bool(getattr(self.vlm, "supports_slices", False))}))
 
     def _volume(self, key: str, payload: VolumePayload | None) -> Any:
         """The CTVolume of a scan: rebuilt from the payload when one comes, else the kept one.
@@ -108,14 +109,14 @@ class ChatServer:
         return self.scans[key]
 
     def _ask(self, request_id: int, key: str, payload: VolumePayload | None, question: str,
-             choices: list[str] | None, max_new_tokens: int) -> None:
+             choices: list[str] | None, max_new_tokens: int, slice_index: int | None = None) -> None:
         self.cancel_event.clear()
         try:
             if self.vlm is None:
                 raise RuntimeError("no model is loaded; choose a model first")
             if payload is not None or key not in self.scans:
                 self.send(("status", request_id, "encoding..."))
-            prepared = self.vlm.prepare(self._volume(key, payload))
+            prepared = self.vlm.prepare(self._volume(key, payload), slice_index=slice_index)
             answer = self._generate(request_id, prepared, question, choices, max_new_tokens)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a panel message
             self.send(("failed", request_id, error_message(exc)))

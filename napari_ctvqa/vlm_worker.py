@@ -129,13 +129,15 @@ class VLMWorker(QObject):
         self._requests.put(("load", None if path is None else str(path)))
 
     def ask(self, scan_key: str, question: str, *, volume: VolumePayload | None = None,
-            choices: list[str] | None = None, max_new_tokens: int = 64) -> int:
-        """Queue a question; `volume` is needed the first time a scan is asked about. Returns the id."""
+            choices: list[str] | None = None, max_new_tokens: int = 64, slice_index: int | None = None) -> int:
+        """Queue a question; `volume` is needed the first time a scan is asked about; `slice_index`
+        asks about that axial slice instead of the whole scan. Returns the id."""
         self._start()
         request_id = next(self._ids)
         self.busy_request = request_id
         self._requests.put(("ask", request_id, scan_key, volume, question,
-                            list(choices) if choices else None, int(max_new_tokens)))
+                            list(choices) if choices else None, int(max_new_tokens),
+                            None if slice_index is None else int(slice_index)))
         return request_id
 
     def cancel(self) -> None:

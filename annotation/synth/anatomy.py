@@ -17,6 +17,8 @@ from annotation.synth.geometry import Grid, blend, ellipsoid, rotation_yx, soft_
 AIR, LUNG, FAT, FLUID, SOFT, MUSCLE, BLOOD, MYOCARDIUM, LIVER, BONE_MARROW, CORTEX = (
     -1000.0, -860.0, -95.0, 8.0, 35.0, 50.0, 38.0, 58.0, 60.0, 260.0, 900.0)
 
+#: Values of `Anatomy.regions`: body (outside the organs below), right lung, left lung, mediastinum.
+REGION_LABELS = {"body": 1, "lung_right": 2, "lung_left": 3, "mediastinum": 4}
 LOBES = {1: ("right", "upper lobe"), 2: ("right", "middle lobe"), 3: ("right", "lower lobe"),
          4: ("left", "upper lobe"), 5: ("left", "lower lobe")}
 
@@ -42,6 +44,7 @@ class Anatomy:
     spine_y: float
     hu: np.ndarray = field(repr=False, default=None)      # float32 HU, blurred, no noise
     lobes: np.ndarray = field(repr=False, default=None)   # uint8 lobe id (LOBES), 0 outside lungs
+    regions: np.ndarray = field(repr=False, default=None)  # uint8 REGION_LABELS map (organ masks' ground truth)
 
     @property
     def heart_rotation(self) -> np.ndarray:
@@ -168,6 +171,7 @@ def render_anatomy(an: Anatomy, rng: np.random.Generator) -> Anatomy:
     lung_hu = LUNG + 30 * np.clip(y / an.cavity_b[1], -1, 1) + _texture(shape, rng, 18.0)
     vol[lungs] = lung_hu[lungs]
     an.lobes = _lobes(an, z, y, x, lungs)
+    an.regions = _regions(inside, in_cavity & above & mediastinum, an.lobes)
     _paint_fissures(vol, an, z, y, x, lungs)
 
     _paint_ribs_sternum_scapulae(vol, an, z, y, x, cdepth, inside)
@@ -234,6 +238,16 @@ def _mediastinum_mask(an: Anatomy, z, y, x, shape) -> np.ndarray:
         if box is not None:
             med[box] |= w > 0.5
     return med
+
+
+def _regions(body: np.ndarray, mediastinum: np.ndarray, lobes: np.ndarray) -> np.ndarray:
+    """The organ label map (REGION_LABELS) that `ctvqa synth` exports beside each volume."""
+    regions = np.zeros(lobes.shape, np.uint8)
+    regions[np.broadcast_to(body, lobes.shape)] = REGION_LABELS["body"]
+    regions[np.broadcast_to(mediastinum, lobes.shape)] = REGION_LABELS["mediastinum"]
+    regions[(lobes >= 1) & (lobes <= 3)] = REGION_LABELS["lung_right"]
+    regions[lobes >= 4] = REGION_LABELS["lung_left"]
+    return regions
 
 
 def _lobes(an: Anatomy, z, y, x, lungs) -> np.ndarray:

@@ -1,5 +1,7 @@
 """Write a synthetic cohort in the real formats: CT-RATE volumes, reports, labels and metadata,
-3D-RAD QA CSVs for all six tasks, and a ground_truth.json with every lesion's place and size.
+3D-RAD QA CSVs for all six tasks, a ground_truth.json with every lesion's place and size, and
+each volume's organ label map (`rois/<VolumeName>`, values in `rois/labels.json`) for checking
+`model.find_rois` and for `ctvqa ask --rois FILE --roi-names synth`.
 
 Deterministic for a seed (byte-identical files): every patient draws from its own
 `SeedSequence([seed, index])`, files carry no timestamps, and rows are written in a fixed order.
@@ -20,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from annotation.qa_templates import CT_RATE_LABELS, closed_qa_for_scan, write_3drad_csvs
+from annotation.synth.anatomy import REGION_LABELS
 from annotation.synth.geometry import Grid
 from annotation.synth.open_qa import open_qa_for_scan
-from annotation.synth.patient import synthesize_patient
+from annotation.synth.patient import scan_regions, synthesize_patient
 from annotation.synth.reports import write_report
 
 DEFAULT_SIZE = (64, 256, 256)
@@ -71,7 +74,7 @@ def assign_splits(patients: int, valid_frac: float, seed: int) -> list[str]:
 
 
 def write_volume(hu: np.ndarray, spacing: tuple[float, float, float], path: Path) -> None:
-    """Int16 HU through `model.ct.io.write_ct` (its gzip carries no timestamp)."""
+    """Int16 HU (or integer labels) through `model.ct.io.write_ct` (its gzip carries no timestamp)."""
     # deferred: SimpleITK loads only when a cohort is written, not for every `annotation.synth` use
     from model.ct.io import write_ct
     from model.ct.volume import CTVolume, canonical_affine
@@ -98,6 +101,9 @@ def write_cohort(out_dir: str | Path, patients: int, seed: int = 0,
     start = time.perf_counter()
     out = Path(out_dir)
     (out / "volumes").mkdir(parents=True, exist_ok=True)
+    (out / "rois").mkdir(exist_ok=True)
+    (out / "rois" / "labels.json").write_text(json.dumps(
+        {"labels": REGION_LABELS, "name_map": "ctvqa ask --rois FILE --roi-names synth"}, indent=1) + "\n")
     spacing = tuple(spacing) if spacing else default_spacing(size)
     splits = assign_splits(patients, valid_frac, seed)
     numbering: Counter[str] = Counter()
@@ -146,7 +152,7 @@ def write_cohort(out_dir: str | Path, patients: int, seed: int = 0,
         temporal_answers=dict(sorted(Counter(r.answer_choice for r in all_rows if r.task == 6).items())),
         label_counts={l: sum(int(r[l]) for r in labels_rows) for l in CT_RATE_LABELS},
         seconds=round(time.perf_counter() - start, 2),
-        files=["labels.csv", "reports.csv", "metadata.csv", "ground_truth.json", *files],
+        files=["labels.csv", "reports.csv", "metadata.csv", "ground_truth.json", "rois/labels.json", *files],
     )
 
 
@@ -167,6 +173,7 @@ def _patient_files(job: tuple) -> dict:
         name = f"{split}_{number}_{scan.letter}_1.nii.gz"
         findings = [p.record for p in scan.painted]
         write_volume(scan.hu, spacing, out / "volumes" / name)
+        write_volume(scan_regions(patient.anatomy, scan.painted), spacing, out / "rois" / name)
         result["labels"].append({"VolumeName": name, **{l: str(v) for l, v in scan.labels.items()}})
         result["reports"].append({"VolumeName": name, **write_report(name, findings, previous, devices)})
         date = day0 + t * 120 + int(rng.integers(0, 60))

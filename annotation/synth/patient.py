@@ -7,9 +7,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from annotation.qa_templates import CT_RATE_LABELS, SCAN_LETTERS
-from annotation.synth.anatomy import Anatomy, build_anatomy
+from annotation.synth.anatomy import REGION_LABELS, Anatomy, build_anatomy
 from annotation.synth.geometry import Grid
 from annotation.synth.lesions import PAINT_ORDER, Lesion, Painted, paint_lesion
 from annotation.synth.timeline import draw_lesions, lesion_for
@@ -59,3 +60,32 @@ def synthesize_patient(grid: Grid, rng: np.random.Generator, n_scans: int, noise
             labels[p.lesion.label] = 1
         scans.append(Scan(SCAN_LETTERS[t], hu, painted, labels))
     return Patient(anatomy, lesions, scans)
+
+
+#: Lesions that take space from the lungs, the region they give it to, and the margin (mm) of
+#: what they push in beyond their mask: pleural fluid (pleural space, inside the body), an
+#: enlarged heart (its 6 mm fat coat, painted outside the myocardium mask) or pericardial fluid.
+_DISPLACES_LUNG = {"pleural_effusion": ("body", 0.0), "cardiomegaly": ("mediastinum", 7.0),
+                   "pericardial_effusion": ("mediastinum", 1.0)}
+
+
+def scan_regions(anatomy: Anatomy, painted: Sequence[Painted]) -> np.ndarray:
+    """The organ map (REGION_LABELS) of one scan: the anatomy's, less the lung its effusions or
+    enlarged heart displaced (what a lung mask of that scan should not cover)."""
+    regions = anatomy.regions.copy()
+    lung_values = (REGION_LABELS["lung_left"], REGION_LABELS["lung_right"])
+    spacing = np.asarray(anatomy.grid.spacing)
+    for p in painted:
+        target, margin = _DISPLACES_LUNG.get(p.lesion.kind, (None, 0.0))
+        if target is None:
+            continue
+        pad = np.ceil(margin / spacing).astype(int)
+        box = tuple(slice(max(b.start - n, 0), min(b.stop + n, size))
+                    for b, n, size in zip(p.box, pad, regions.shape))
+        grown = np.zeros([b.stop - b.start for b in box], bool)
+        grown[tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(p.box, box))] = p.mask
+        if margin > 0:
+            grown = ndimage.distance_transform_edt(~grown, sampling=spacing) <= margin
+        local = regions[box]
+        local[grown & np.isin(local, lung_values)] = REGION_LABELS[target]
+    return regions

@@ -106,7 +106,11 @@ def to_model_input_with_crop(
     window: str | Sequence[float] | None = None,
 ) -> tuple[torch.Tensor, InputGeometry]:
     """The (1, D, H, W) float32 [0, 1] model input of a CTVolume or array, plus where it came from."""
-    array, normalised = _as_array(volume)
+    return _input_from_array(*_as_array(volume), size, window)
+
+
+def _input_from_array(array: np.ndarray, normalised: bool, size: Sequence[int],
+                      window: str | Sequence[float] | None) -> tuple[torch.Tensor, InputGeometry]:
     size = tuple(int(s) for s in size)
     if len(size) != 3 or min(size) < 1:
         raise ValueError(f"model input size must be 3 positive ints (d, h, w), got {size}")
@@ -140,3 +144,37 @@ def to_model_input(
 ) -> torch.Tensor:
     """The (1, D, H, W) float32 [0, 1] model input (see `to_model_input_with_crop` for the crop box)."""
     return to_model_input_with_crop(volume, size, window)[0]
+
+
+def slice_input_with_crop(
+    volume: Any,
+    index: int,
+    size: Sequence[int] = (256, 256),
+    window: str | Sequence[float] | None = None,
+) -> tuple[torch.Tensor, InputGeometry]:
+    """The (1, 1, H, W) model input of axial slice `index` (cropped to the body in that slice,
+    windowed and min-maxed like a volume) and its geometry in voxels of the whole volume."""
+    array, normalised = _as_array(volume)
+    depth = array.shape[0]
+    if not -depth <= int(index) < depth:
+        raise ValueError(f"slice {index} is outside this scan (it has slices 0..{depth - 1})")
+    z = int(index) % depth
+    tensor, geometry = _input_from_array(array[z : z + 1], normalised, (1, *(int(s) for s in size)), window)
+    z0, y0, x0, z1, y1, x1 = geometry.crop
+    return tensor, InputGeometry((z0 + z, y0, x0, z1 + z, y1, x1), array.shape, geometry.size)  # type: ignore[arg-type]
+
+
+def masks_to_input(masks: Sequence[np.ndarray], geometry: InputGeometry) -> torch.Tensor:
+    """(O, D, H, W) float masks in [0, 1] on the model input grid: each full-volume mask cut to the
+    input's crop box and resized as the CT was (so a voxel holds the fraction of it inside)."""
+    z0, y0, x0, z1, y1, x1 = geometry.crop
+    out = torch.empty((len(masks), *geometry.size), dtype=torch.float32)
+    for i, mask in enumerate(masks):
+        if mask.shape != tuple(geometry.original_shape):
+            raise ValueError(f"an organ mask of shape {mask.shape} does not fit the CT's {tuple(geometry.original_shape)}")
+        # a strided copy first: the fraction of an input voxel inside the mask is estimated from
+        # at most ~2 samples per axis and per input voxel, not from every CT voxel (300 MB of floats)
+        steps = [max(1, (stop - start) // (2 * n)) for start, stop, n in zip((z0, y0, x0), (z1, y1, x1), geometry.size)]
+        region = torch.from_numpy(np.ascontiguousarray(mask[z0:z1:steps[0], y0:y1:steps[1], x0:x1:steps[2]])).float()
+        out[i] = F.interpolate(region[None, None], size=geometry.size, mode="area")[0, 0]
+    return out

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.ct.preprocess import InputGeometry, to_model_input_with_crop
+from model.ct.preprocess import InputGeometry, masks_to_input, slice_input_with_crop, to_model_input_with_crop
+from model.ct.rois import rois_for
 from model.inference import boxes, prompts
 
 DEFAULT_SETTINGS: dict[str, Any] = {"prompt_style": "m3d", "window": None}
@@ -45,14 +46,21 @@ class Answer:
 
 @dataclass
 class PreparedImage:
-    """Everything about one volume a question can reuse: the model input, its geometry (None for a
-    tensor given directly), the projected image features and, once built, the LM prefix cache."""
+    """Everything about one volume (or one of its axial slices) a question can reuse: the model
+    input, its geometry (None for a tensor given directly), the projected image features (as many
+    as the encoder gives: global plus organ tokens) and, once built, the LM prefix cache."""
 
     key: str
-    pixels: torch.Tensor  # (1, 1, D, H, W) in [0, 1]
+    pixels: torch.Tensor  # (1, 1, D, H, W) in [0, 1]; D = 1 for a slice
     features: torch.Tensor  # (1, N, H)
     geometry: InputGeometry | None
     prefix_cache: Any = field(default=None, repr=False)
+    slice_index: int | None = None  # the axial slice asked about; None = the whole scan
+
+    @property
+    def num_tokens(self) -> int:
+        """Image placeholders a prompt about this image needs."""
+        return int(self.features.shape[1])
 
 
 class _CancelCriteria:
@@ -81,6 +89,7 @@ class VLM:
         self.name = name or str(getattr(model, "name_or_path", "") or "model")
         self.cache_size = cache_size
         self._cache: OrderedDict[str, PreparedImage] = OrderedDict()
+        self._rois: OrderedDict[str, tuple[Any, dict[str, np.ndarray]]] = OrderedDict()  # volume key -> (ref, masks)
         self._objects: dict[int, tuple[weakref.ref, str]] = {}
         self._cancel = threading.Event()
         self._criteria = _CancelCriteria(self._cancel)
@@ -100,6 +109,17 @@ class VLM:
         return int(self.model.config.num_image_tokens)
 
     @property
+    def supports_slices(self) -> bool:
+        """Whether this model answers about one axial slice (OmniCT family) as well as whole scans."""
+        return bool(getattr(self.model, "supports_slices", False))
+
+    @property
+    def organ_names(self) -> list[str]:
+        """The organs whose masks the encoder turns into organ tokens (none for the M3D family)."""
+        config = self.model.config
+        return list(config.organ_names) if getattr(config, "vision_family", "m3d") == "omnict" else []
+
+    @property
     def prompt_style(self) -> str:
         return str(self.settings.get("prompt_style", "m3d"))
 
@@ -116,12 +136,13 @@ class VLM:
             question = prompts.with_priors(question, prior_label or "the finding", priors)
         return prompts.format_prompt(question, choices, style=self.prompt_style)
 
-    def prompt_ids(self, prompt: str) -> torch.Tensor:
-        """(1, L) ids of BOS + image placeholders + " " + prompt; checks the placeholders survived tokenizing."""
-        text = prompts.build_input_text(prompt, self.num_image_tokens)
+    def prompt_ids(self, prompt: str, num_image_tokens: int | None = None) -> torch.Tensor:
+        """(1, L) ids of BOS + image placeholders (default: a whole volume's count) + " " + prompt;
+        checks the placeholders survived tokenizing."""
+        n = self.num_image_tokens if num_image_tokens is None else int(num_image_tokens)
+        text = prompts.build_input_text(prompt, n)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         ids = [self.tokenizer.bos_token_id, *ids]
-        n = self.num_image_tokens
         if len(ids) < n + 2 or any(i != self.image_token_id for i in ids[1 : n + 1]):
             raise ValueError(f"tokenizing the prompt did not give {n} {prompts.IMAGE_TOKEN} tokens after BOS")
         return torch.tensor([ids], dtype=torch.long, device=self.device)
@@ -131,16 +152,19 @@ class VLM:
         return self.model.get_input_embeddings().weight.device
 
     # ----- images --------------------------------------------------------------------------
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """(B,1,D,H,W) or (1,D,H,W) model inputs to (B, N, H) projected image features (not cached)."""
+    def encode(self, images: torch.Tensor, organ_masks: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,1,D,H,W) or (1,D,H,W) model inputs (D = 1: one slice, OmniCT family) to (B, N, H)
+        projected image features (not cached); `organ_masks` (B, organs, D, H, W) on the input grid."""
         if images.ndim == 4:
             images = images[None]
         if images.ndim != 5 or images.shape[1] != 1:
             raise ValueError(f"images must be (B, 1, D, H, W), got {tuple(images.shape)}")
-        if tuple(images.shape[2:]) != self.image_size:
-            raise ValueError(f"this model takes {self.image_size} inputs, got {tuple(images.shape[2:])}")
+        shape = tuple(images.shape[2:])
+        if shape != self.image_size and not (self.supports_slices and shape == (1, *self.image_size[1:])):
+            raise ValueError(f"this model takes {self.image_size} inputs, got {shape}")
         with torch.inference_mode():
-            return self.model.encode_images(images)
+            return self.model.encode_images(images, organ_masks) if organ_masks is not None \
+                else self.model.encode_images(images)
 
     def _key(self, volume: Any, window: Any) -> tuple[str, bool]:
         """A cache key: the content hash of small tensors/arrays (model inputs); object identity for
@@ -154,16 +178,26 @@ class VLM:
             return f"data:{digest}:{data.shape}:{normalised}:{window}", False
         return f"obj:{id(volume)}:{window}", True
 
-    def prepare(self, volume_or_tensor: Any, window: Any = None) -> PreparedImage:
-        """Preprocess and encode a volume once; later calls with the same volume return the cached result.
+    def prepare(self, volume_or_tensor: Any, window: Any = None, slice_index: int | None = None,
+                rois: dict[str, np.ndarray] | None = None) -> PreparedImage:
+        """Preprocess and encode a volume (or its axial slice `slice_index`) once; later calls with
+        the same volume return the cached result.
 
         Accepts a CTVolume or HU array (preprocessed here), a ready model input tensor (1,D,H,W) or
-        (1,1,D,H,W) in [0, 1], or a PreparedImage (returned as is)."""
+        (1,1,D,H,W) in [0, 1] (a slice index then counts its depth), or a PreparedImage (returned
+        as is). OmniCT-family models also need organ masks: `rois` (organ -> bool mask in the
+        volume's grid, e.g. from `model.ct.rois.read_roi_labels`), the rest found by `find_rois`."""
         if isinstance(volume_or_tensor, PreparedImage):
+            if slice_index is not None and slice_index != volume_or_tensor.slice_index:
+                raise ValueError(f"this prepared image is about slice {volume_or_tensor.slice_index}, not {slice_index}")
             return volume_or_tensor
+        if slice_index is not None and not self.supports_slices:
+            raise ValueError("this model (M3D family) answers about whole scans only; a question about one "
+                             "slice needs an OmniCT-family model")
         window = window if window is not None else self.settings.get("window")
         with self._lock:
-            key, by_identity = self._key(volume_or_tensor, window)
+            volume_key, by_identity = self._key(volume_or_tensor, window)
+            key = f"{volume_key}:slice={slice_index}:rois={id(rois) if rois is not None else None}"
             if by_identity:
                 known = self._objects.get(id(volume_or_tensor))
                 if known is None or known[0]() is not volume_or_tensor:
@@ -171,8 +205,13 @@ class VLM:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        pixels, geometry = self._model_input(volume_or_tensor, window)
-        prepared = PreparedImage(key=key, pixels=pixels, features=self.encode(pixels), geometry=geometry)
+        pixels, geometry = self._model_input(volume_or_tensor, window, slice_index)
+        masks = None
+        if self.organ_names and geometry is not None:
+            organs = self._organ_masks(volume_key, volume_or_tensor, rois)
+            masks = masks_to_input([organs[n] for n in self.organ_names], geometry)[None]
+        prepared = PreparedImage(key=key, pixels=pixels, features=self.encode(pixels, masks), geometry=geometry,
+                                 slice_index=slice_index)
         with self._lock:
             if by_identity:
                 try:
@@ -185,19 +224,47 @@ class VLM:
                 self._objects = {k: v for k, v in self._objects.items() if v[1] != evicted}
         return prepared
 
-    def _model_input(self, volume: Any, window: Any) -> tuple[torch.Tensor, InputGeometry | None]:
+    def _organ_masks(self, volume_key: str, volume: Any, rois: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+        """The organ masks of a volume in its own grid, found once per volume (every slice reuses them)."""
+        if rois is not None:
+            return rois_for(volume, self.organ_names, rois)
+        with self._lock:
+            ref, found = self._rois.get(volume_key, (None, None))
+            if found is not None and (ref is None or ref() is volume):  # an identity key must be the same object
+                return found
+        found = rois_for(volume, self.organ_names)
+        try:
+            ref = weakref.ref(volume) if volume_key.startswith("obj:") else None
+        except TypeError:  # identity cannot be tracked: do not keep the masks
+            return found
+        with self._lock:
+            self._rois[volume_key] = (ref, found)
+            while len(self._rois) > self.cache_size:
+                self._rois.popitem(last=False)
+        return found
+
+    def _model_input(self, volume: Any, window: Any, slice_index: int | None) -> tuple[torch.Tensor, InputGeometry | None]:
         if isinstance(volume, torch.Tensor) and volume.ndim in (4, 5) and volume.shape[-3:] == self.image_size:
             pixels = volume.reshape(1, 1, *self.image_size).float()
             if pixels.min() < 0 or pixels.max() > 1:
                 raise ValueError("a model input tensor must hold values in [0, 1]; pass the CT volume instead")
+            if slice_index is not None:
+                if not -self.image_size[0] <= slice_index < self.image_size[0]:
+                    raise ValueError(f"slice {slice_index} is outside this input (depth {self.image_size[0]})")
+                z = slice_index % self.image_size[0]
+                pixels = pixels[:, :, z : z + 1]
             return pixels, None
-        tensor, geometry = to_model_input_with_crop(volume, size=self.image_size, window=window)
+        if slice_index is not None:
+            tensor, geometry = slice_input_with_crop(volume, slice_index, self.image_size[1:], window)
+        else:
+            tensor, geometry = to_model_input_with_crop(volume, size=self.image_size, window=window)
         return tensor[None], geometry
 
     def clear_cache(self) -> None:
         with self._lock:
             self._cache.clear()
             self._objects.clear()
+            self._rois.clear()
 
     @property
     def cached_keys(self) -> list[str]:
@@ -206,7 +273,7 @@ class VLM:
     def _prefix_cache(self, prepared: PreparedImage) -> Any:
         """KV cache of BOS + image tokens, shared by every question about this volume."""
         if prepared.prefix_cache is None:
-            n = self.num_image_tokens
+            n = prepared.num_tokens
             ids = torch.tensor([[self.tokenizer.bos_token_id] + [self.image_token_id] * n], device=self.device)
             with torch.inference_mode():
                 out = self.model(input_ids=ids, image_features=prepared.features, use_cache=True)
@@ -216,7 +283,7 @@ class VLM:
     def _prompt_cache(self, prepared: PreparedImage, ids: torch.Tensor) -> Any:
         """A fresh KV cache holding all prompt tokens but the last (generate/scoring feed that one)."""
         cache = copy.deepcopy(self._prefix_cache(prepared))
-        start = self.num_image_tokens + 1
+        start = prepared.num_tokens + 1
         if ids.shape[1] - 1 > start:
             with torch.inference_mode():
                 self.model(input_ids=ids[:, start:-1], past_key_values=cache, use_cache=True)
@@ -282,18 +349,20 @@ class VLM:
 
     def stream(self, volume_or_tensor: Any, question: str, choices: Sequence[str] | None = None,
                priors: Sequence[int] | None = None, max_new_tokens: int = 64, prior_label: str | None = None,
-               **sampling: Any) -> Iterator[str]:
-        """Yield the answer's text pieces as they are generated (closing the iterator cancels)."""
-        run = self._run(volume_or_tensor, question, choices, priors, max_new_tokens, prior_label, sampling)
+               slice_index: int | None = None, **sampling: Any) -> Iterator[str]:
+        """Yield the answer's text pieces as they are generated (closing the iterator cancels);
+        `slice_index` asks about that axial slice of the volume instead of the whole scan."""
+        run = self._run(volume_or_tensor, question, choices, priors, max_new_tokens, prior_label, sampling, slice_index)
         for piece, _ in run:
             if piece:
                 yield piece
 
     def _run(self, volume_or_tensor: Any, question: str, choices: Sequence[str] | None, priors: Sequence[int] | None,
-             max_new_tokens: int, prior_label: str | None, sampling: dict[str, Any]) -> Iterator[tuple[str, dict]]:
+             max_new_tokens: int, prior_label: str | None, sampling: dict[str, Any],
+             slice_index: int | None = None) -> Iterator[tuple[str, dict]]:
         self._cancel.clear()  # here, not later: a cancel during encoding/prefill still stops this answer
-        prepared = self.prepare(volume_or_tensor)
-        ids = self.prompt_ids(self.build_prompt(question, choices, priors, prior_label))
+        prepared = self.prepare(volume_or_tensor, slice_index=slice_index)
+        ids = self.prompt_ids(self.build_prompt(question, choices, priors, prior_label), prepared.num_tokens)
         with self._generating:
             streamer, thread, result = self._generate_in_thread(prepared, ids, max_new_tokens, dict(sampling))
             try:
@@ -309,13 +378,15 @@ class VLM:
 
     def answer(self, volume_or_tensor: Any, question: str, choices: Sequence[str] | None = None,
                priors: Sequence[int] | None = None, max_new_tokens: int = 64, prior_label: str | None = None,
-               on_text: Callable[[str], None] | None = None, **sampling: Any) -> Answer:
+               on_text: Callable[[str], None] | None = None, slice_index: int | None = None, **sampling: Any) -> Answer:
         """Generate an answer (greedy unless sampling options say otherwise); closed questions also get
         per-choice likelihood scores and the best letter; a box in the text is mapped to voxels.
-        `on_text` receives the text pieces as they come (streaming and the full result in one call)."""
+        `on_text` receives the text pieces as they come (streaming and the full result in one call);
+        `slice_index` asks about that axial slice instead of the whole scan (OmniCT family)."""
         start = time.perf_counter()
         final: dict[str, Any] = {}
-        for piece, state in self._run(volume_or_tensor, question, choices, priors, max_new_tokens, prior_label, sampling):
+        for piece, state in self._run(volume_or_tensor, question, choices, priors, max_new_tokens, prior_label,
+                                      sampling, slice_index):
             if piece and on_text is not None:
                 on_text(piece)
             final = state

@@ -23,11 +23,19 @@ from transformers import (
 from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from model.nets.vision import VisionEncoder, ViT3D, num_image_tokens
+from model.nets.encoders import FAMILIES, vision_encoder_from_config
+from model.nets.omnict.encoder import DEFAULT_ORGANS, SliceViT, omnict_token_counts
+from model.nets.omnict.organs import OrganAggregation
+from model.nets.vision import ViT3D, num_image_tokens
 
 
 class LamedConfig(PreTrainedConfig):
-    """Vision tower + projector sizes (M3D defaults) and the wrapped LM's config under `text_config`."""
+    """Vision tower + projector sizes (M3D defaults) and the wrapped LM's config under `text_config`.
+
+    `vision_family` "omnict" selects OmniCT's slice-volume encoder: `image_size` depth a multiple
+    of 3, `patch_size` [3, K, K], `token_unshuffle` m, `position_dims` (depth, row, column sinusoid
+    sizes), `organ_names` (masks from `model.ct.rois`) with `organ_tokens` tokens each; the
+    mm_hidden_size / vision_* sizes then describe its 2D ViT, and the spp/pooling fields are unused."""
 
     model_type = "ctvqa_lamed"
     sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
@@ -44,6 +52,11 @@ class LamedConfig(PreTrainedConfig):
     proj_layer_type: str = "mlp"
     proj_layer_num: int = 2
     proj_pooling_size: int = 2
+    vision_family: str = "m3d"
+    token_unshuffle: int = 2
+    position_dims: list[int] | tuple[int, ...] = (32, 32, 32)
+    organ_names: list[str] | tuple[str, ...] = DEFAULT_ORGANS
+    organ_tokens: int = 8
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
 
@@ -51,19 +64,43 @@ class LamedConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         self.image_size = [int(v) for v in self.image_size]
         self.patch_size = [int(v) for v in self.patch_size]
+        self.position_dims = [int(v) for v in self.position_dims]
+        self.organ_names = [str(v) for v in self.organ_names]
+        if self.vision_family not in FAMILIES:
+            raise ValueError(f"vision_family must be one of {FAMILIES}, got {self.vision_family!r}")
+        if self.image_channel != 1:
+            raise ValueError(f"CT input has one channel, config says image_channel={self.image_channel}")
+        if self.vision_family == "omnict":
+            if len(self.position_dims) != 3 or any(d <= 0 or d % 2 for d in self.position_dims):
+                raise ValueError(f"position_dims must be three even sizes, got {self.position_dims}")
+            if len(set(self.organ_names)) != len(self.organ_names) or self.organ_tokens < 1:
+                raise ValueError(f"organ_names must be distinct and organ_tokens >= 1, got {self.organ_names}, "
+                                 f"{self.organ_tokens}")
+            self._omnict_counts()  # validates the geometry
+            return
         if self.mm_projector_type != "spp" or self.proj_layer_type != "mlp":
             raise ValueError(
                 f"only the spatial pooling projector with an MLP is supported, got mm_projector_type="
                 f"{self.mm_projector_type!r}, proj_layer_type={self.proj_layer_type!r}"
             )
-        if self.image_channel != 1:
-            raise ValueError(f"CT input has one channel, config says image_channel={self.image_channel}")
         num_image_tokens(self.image_size, self.patch_size, self.proj_pooling_size)  # validates the geometry
 
     @property
     def num_image_tokens(self) -> int:
-        """The number of `<im_patch>` placeholders a prompt needs for this model."""
+        """The number of `<im_patch>` placeholders a prompt about a whole volume needs (global
+        tokens plus, for OmniCT, the organ tokens)."""
+        if self.vision_family == "omnict":
+            return self._omnict_counts()[0]
         return num_image_tokens(self.image_size, self.patch_size, self.proj_pooling_size)
+
+    @property
+    def num_slice_tokens(self) -> int | None:
+        """Placeholders of a prompt about one axial slice; None when the family takes volumes only."""
+        return self._omnict_counts()[1] if self.vision_family == "omnict" else None
+
+    def _omnict_counts(self) -> tuple[int, int]:
+        return omnict_token_counts(self.image_size, self.patch_size, self.token_unshuffle,
+                                   len(self.organ_names) if self.organ_tokens else 0, self.organ_tokens)
 
 
 class LamedForCausalLM(PreTrainedModel, GenerationMixin):
@@ -81,17 +118,7 @@ class LamedForCausalLM(PreTrainedModel, GenerationMixin):
 
     def __init__(self, config: LamedConfig) -> None:
         super().__init__(config)
-        self.vision = VisionEncoder(
-            hidden_size=config.mm_hidden_size,
-            num_layers=config.vision_num_layers,
-            num_heads=config.vision_num_heads,
-            mlp_dim=config.vision_mlp_dim,
-            out_dim=config.text_config.hidden_size,
-            image_size=config.image_size,
-            patch_size=config.patch_size,
-            pooling_size=config.proj_pooling_size,
-            proj_layer_num=config.proj_layer_num,
-        )
+        self.vision = vision_encoder_from_config(config)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.post_init()
 
@@ -102,6 +129,8 @@ class LamedForCausalLM(PreTrainedModel, GenerationMixin):
             with torch.no_grad():
                 module.cls_token.normal_(0.0, std)
                 module.patch_embedding.position_embeddings.normal_(0.0, std)
+        elif isinstance(module, (SliceViT, OrganAggregation)):
+            module.init_parameters(self.config.initializer_range)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
@@ -117,12 +146,25 @@ class LamedForCausalLM(PreTrainedModel, GenerationMixin):
 
     @property
     def num_image_tokens(self) -> int:
+        """Image tokens of a whole-volume prompt (a slice prompt may need fewer: config.num_slice_tokens)."""
         return self.vision.num_tokens
 
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """(B,1,D,H,W) in [0,1] to (B, num_image_tokens, LM hidden), in the LM's dtype."""
-        weight = self.vision.vision_tower.patch_embedding.position_embeddings
-        features = self.vision(images.to(device=weight.device, dtype=weight.dtype))
+    @property
+    def supports_slices(self) -> bool:
+        """Whether the encoder answers about one axial slice (input (B, 1, 1, H, W))."""
+        return self.config.vision_family == "omnict"
+
+    def encode_images(self, images: torch.Tensor, organ_masks: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,1,D,H,W) in [0,1] (OmniCT also (B,1,1,H,W), one slice) to (B, tokens, LM hidden), in
+        the LM's dtype; `organ_masks` (B, organs, D, H, W) on the same grid feed OmniCT's organ tokens."""
+        weight = next(self.vision.parameters())
+        images = images.to(device=weight.device, dtype=weight.dtype)
+        if self.supports_slices:
+            features = self.vision(images, organ_masks)
+        elif organ_masks is not None:
+            raise ValueError("organ masks were given, but this model's encoder (M3D family) has no organ tokens")
+        else:
+            features = self.vision(images)
         return features.to(self.get_input_embeddings().weight.dtype)
 
     def splice_image_features(self, inputs_embeds: torch.Tensor, image_features: torch.Tensor) -> torch.Tensor:
@@ -150,6 +192,7 @@ class LamedForCausalLM(PreTrainedModel, GenerationMixin):
         past_key_values: Any = None,
         inputs_embeds: torch.Tensor | None = None,
         image_features: torch.Tensor | None = None,
+        organ_masks: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
@@ -163,7 +206,7 @@ class LamedForCausalLM(PreTrainedModel, GenerationMixin):
             fresh = past_key_values is None or past_key_values.get_seq_length() == 0
             if fresh and (images is not None or image_features is not None):
                 if image_features is None:
-                    image_features = self.encode_images(images)
+                    image_features = self.encode_images(images, organ_masks)
                 inputs_embeds = self.splice_image_features(inputs_embeds, image_features)
         return self.language_model(
             inputs_embeds=inputs_embeds,

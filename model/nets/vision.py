@@ -192,16 +192,3 @@ class VisionEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.mm_projector(self.vision_tower(images))
-
-
-def build_vision_encoder(
-    hidden_size: int,
-    num_layers: int,
-    num_heads: int,
-    mlp_dim: int,
-    out_dim: int,
-    image_size: Sequence[int] = (32, 256, 256),
-    patch_size: Sequence[int] = (4, 16, 16),
-) -> nn.Module:
-    """The vision tower + projector alone (M3D pooling 2, 2-layer MLP), for benchmarks and experiments."""
-    return VisionEncoder(hidden_size, num_layers, num_heads, mlp_dim, out_dim, image_size, patch_size)

@@ -56,6 +56,17 @@ def _register_ask(app: typer.Typer) -> None:
         max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Longest answer, in tokens."),
         window: str | None = typer.Option(None, "--window", help="CT window before normalising: lung, mediastinum, bone, full."),
         as_json: bool = typer.Option(False, "--json", help='Also print {"text", "choice", "choice_scores", "box"} as the last line.'),
+        # OmniCT family: one axial slice instead of the whole scan, and organ masks from a label file
+        slice_index: int | None = typer.Option(
+            None, "--slice", help="Ask about this axial slice (0 = the most inferior) instead of the whole scan (OmniCT-family models).",
+        ),
+        rois: Path | None = typer.Option(
+            None, "--rois", help="Organ label file on the CT's grid (e.g. TotalSegmentator's); organs it lacks are found from HU.",
+        ),
+        roi_names: str = typer.Option(
+            "totalsegmentator", "--roi-names",
+            help='What the --rois labels mean: a preset (totalsegmentator, synth) or "lung_left=10,11;lung_right=12,13,14".',
+        ),
     ) -> None:
         """Ask the model one question about one CT; the answer streams to stdout as it is generated.
 
@@ -84,8 +95,16 @@ def _register_ask(app: typer.Typer) -> None:
             vlm = load_vlm(model)
         except (OSError, ValueError) as exc:
             fail(f"cannot load model {model or '(embedded default)'}: {exc}")
+        organ_masks = None
+        if rois is not None:
+            from model.ct.rois import read_roi_labels
+
+            try:
+                organ_masks = read_roi_labels(rois, roi_names, like=ct)
+            except (CTReadError, ValueError) as exc:
+                fail(f"--rois {rois}: {exc}" if str(rois) not in str(exc) else str(exc))
         try:
-            prepared = vlm.prepare(ct, window=window)
+            prepared = vlm.prepare(ct, window=window, slice_index=slice_index, rois=organ_masks)
             result = vlm.answer(
                 prepared, question, choices=choice_list, priors=prior_list, prior_label=prior_label,
                 max_new_tokens=max_new_tokens, on_text=lambda piece: typer.echo(piece, nl=False),

@@ -69,3 +69,37 @@ def tiny_vlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tokenizer.save_pretrained(folder)
     write_settings(folder, prompt_style="m3d", description="tiny random test model")
     return folder
+
+
+#: The tiny OmniCT-family model: 9 slices = 3 units, 32x32 in-plane, 8x8 patches (4x4 grid),
+#: unshuffle 2 -> a volume gives 3 x 2 x 2 = 12 global tokens, a slice 4 x 4 = 16; 3 organs x 2 tokens.
+TINY_OMNICT_IMAGE_SIZE = (9, 32, 32)
+TINY_OMNICT_TOKENS = {"volume": 12 + 6, "slice": 16 + 6}
+
+
+def tiny_omnict_config(tokenizer):
+    from model.nets.lamed import LamedConfig
+
+    return LamedConfig(
+        text_config=tiny_text_config(tokenizer), vision_family="omnict", image_size=list(TINY_OMNICT_IMAGE_SIZE),
+        patch_size=[3, 8, 8], mm_hidden_size=32, vision_num_layers=1, vision_num_heads=2, vision_mlp_dim=64,
+        token_unshuffle=2, position_dims=[8, 8, 8], organ_names=["lung_left", "lung_right", "mediastinum"],
+        organ_tokens=2,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_omnict_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random OmniCT-family model folder (save_pretrained + tokenizer + ctvqa.json)."""
+    import torch
+
+    from model.inference.loading import write_settings
+    from model.nets.lamed import LamedForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny_omnict")
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    LamedForCausalLM(tiny_omnict_config(tokenizer)).eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    write_settings(folder, prompt_style="m3d", description="tiny random OmniCT-family test model")
+    return folder

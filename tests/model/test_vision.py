@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.nets.vision import SpatialPoolingProjector, ViT3D, build_vision_encoder, num_image_tokens
+from model.nets.encoders import build_vision_encoder
+from model.nets.vision import SpatialPoolingProjector, ViT3D, num_image_tokens
 
 
 def reference_vit(vit: ViT3D, images: torch.Tensor, heads: int) -> torch.Tensor:

@@ -34,6 +34,7 @@ from napari_ctvqa.widgets.chat.overlays import (
     show_model_input,
 )
 from napari_ctvqa.widgets.chat.question import QuestionBox
+from napari_ctvqa.widgets.chat.scope import ScopeChoice
 from napari_ctvqa.widgets.chat.templates import FREE, TemplatePicker
 from napari_ctvqa.widgets.chat.transcript import Transcript
 from napari_ctvqa.widgets.chat.turn import TurnState, TurnView, turns_markdown
@@ -102,6 +103,8 @@ class ChatWidget(QWidget):
         form.addRow("Model", self.models.box)
         form.addRow("", self.models.status)
         form.addRow("", self.models.progress)
+        self.scope = ScopeChoice(self.viewer, parent=self)
+        form.addRow("Ask about", self.scope)
         self.transcript = Transcript()
         self.question = QuestionBox(self.picker)
         # the parts tests, the demo and scripts drive directly
@@ -178,6 +181,7 @@ class ChatWidget(QWidget):
         self.model_input_check.setChecked(False)
         self.model_input_check.blockSignals(False)
         self._scan_id = None
+        self.scope.set_layer(layer)
         if layer is None:
             self.picker.set_earlier_labels([])
             return
@@ -199,6 +203,7 @@ class ChatWidget(QWidget):
 
     def _on_loaded(self, info: dict) -> None:
         self.models.loaded(info)
+        self.scope.set_supported(bool(info.get("slice_questions")))
         self._update_buttons()
 
     def _on_load_failed(self, message: str) -> None:
@@ -232,7 +237,7 @@ class ChatWidget(QWidget):
         view = self.transcript.add_turn(TurnState(question=question, choices=template.choices, task=template.task))
         request_id = self.worker.ask(scan_key(self.ct_layer), question, volume=self.models.payload(self.ct_layer),
                                      choices=list(template.choices) if template.choices else None,
-                                     max_new_tokens=self.max_new_tokens)
+                                     max_new_tokens=self.max_new_tokens, slice_index=self.scope.slice_index(self.ct_layer))
         self.transcript.expect(request_id, view)
         self.question.sent()
         self.show_message("")
@@ -351,6 +356,7 @@ class ChatWidget(QWidget):
             return
         self._closed = True
         self.ct.unhook()
+        self.scope.unhook()
         if self._owns_worker:
             self.worker.shutdown()
         else:  # a shared worker lives on: stop it from calling into this closed panel
