@@ -3,8 +3,8 @@
 Every command runs inside `CLIGroup.invoke`: a failure prints `error: <message>` (the message of
 the layer's own error: `CTReadError`, `CheckpointError`, `BadInputError`, `StoreError`, or a plain
 ValueError/KeyError/OSError) and exits 1, without a traceback. `ctvqa --debug COMMAND` (or
-`CTVQA_DEBUG=1`) lets the exception through with its traceback, for bug reports. Commands need no
-try/except of their own; the few that `fail(...)` themselves still work the same way.
+`CTVQA_DEBUG=1`) lets the exception through with its traceback, for bug reports, also where a
+command catches an error and calls `fail(...)` itself. Commands need no try/except of their own.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from napari_ctvqa.cli._common import fail
+from napari_ctvqa.cli._common import debugging, fail, set_debug
 
 # The error vocabulary of each layer: (module, class). Looked up in sys.modules only, so the
 # handler never imports torch or SQLAlchemy just to classify an error.
@@ -64,7 +64,7 @@ class CLIGroup(TyperGroup):
             typer.secho("interrupted", fg=typer.colors.RED, err=True)
             raise typer.Exit(130) from None
         except Exception as exc:  # noqa: BLE001 (the one boundary where every failure becomes a message)
-            if ctx.params.get("debug"):
+            if debugging():
                 raise
             fail(user_message(exc))
 
@@ -74,6 +74,7 @@ def debug_option(
                                help="Show the full traceback when a command fails."),
 ) -> None:
     """Global options (before the command: `ctvqa --debug import ...`)."""
+    set_debug(debug)
     if debug:
         import logging
 
