@@ -63,6 +63,19 @@ class QueueItem:
 
 
 @dataclass(frozen=True)
+class BatchRecord:
+    """One `ctvqa assign` batch: who got it, how many pairs, how much of it is done."""
+
+    name: str
+    created_at: datetime
+    annotators: tuple[str, ...]
+    pairs: int  # distinct QA pairs
+    assignments: int  # queue entries, all annotators together
+    shared: int  # distinct pairs every annotator of the batch rates
+    done: int  # queue entries their annotator rated, skipped or flagged
+
+
+@dataclass(frozen=True)
 class Progress:
     done: int
     total: int

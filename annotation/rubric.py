@@ -8,6 +8,7 @@ The anchors and both scored examples are written for this project from the paper
 """
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -169,6 +170,37 @@ def validate_scores(scores: Mapping[str, object]) -> dict[str, int]:
             raise ValueError(f"missing score for {key} ({LABELS[key]})")
         clean[key] = _as_score(key, scores[key])
     return clean
+
+
+NAME_MAX_CHARS = 128  # raters.name is String(128)
+
+
+def annotator_name(name: object) -> str:
+    """The name a rating is stored under, trimmed: " alice " and "alice" are one rater, and a
+    blank, overlong or multi-line name (a stray paste) is refused rather than becoming a rater."""
+    if not isinstance(name, str):
+        raise ValueError(f"annotator name must be text, got {name!r}")
+    clean = name.strip()
+    if not clean:
+        raise ValueError(f"annotator name must not be empty or blank, got {name!r}")
+    if len(clean) > NAME_MAX_CHARS:
+        raise ValueError(f"annotator name is {len(clean)} characters long (at most {NAME_MAX_CHARS})")
+    if any(not ch.isprintable() for ch in clean):
+        raise ValueError(f"annotator name must not contain line breaks or control characters, got {clean!r}")
+    return clean
+
+
+def seconds_spent(value: object) -> float:
+    """Time spent on a pair as a finite, non-negative float: a NaN or infinite time (a broken
+    clock, a spreadsheet's #NUM!) would poison every per-annotator total."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"seconds must be a number, got {value!r}")
+    seconds = float(value)
+    if not math.isfinite(seconds):
+        raise ValueError(f"seconds must be a finite number, got {seconds!r}")
+    if seconds < 0:
+        raise ValueError(f"seconds must not be negative, got {seconds!r}")
+    return seconds
 
 
 def _as_score(key: str, value: object) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import os
 import queue
 import threading
 import time
@@ -88,8 +89,10 @@ class VLMWorker(QObject):
         if self.mode == "process":
             ctx = multiprocessing.get_context("spawn")
             self._requests, self._replies, self._cancel = ctx.Queue(), ctx.Queue(), ctx.Event()
-            self._handle = ctx.Process(target=serve_in_process, args=(self._requests, self._replies, self._cancel),
-                                       name="ctvqa-vlm", daemon=True)
+            # The model process ends with this one even when napari is killed (vlm_server.end_with_parent).
+            main_thread = threading.current_thread() is threading.main_thread()
+            self._handle = ctx.Process(target=serve_in_process, name="ctvqa-vlm", daemon=True,
+                                       args=(self._requests, self._replies, self._cancel, os.getpid(), main_thread))
         else:
             self._requests, self._replies, self._cancel = queue.Queue(), queue.Queue(), threading.Event()
             self._handle = threading.Thread(target=serve, args=(self._requests, self._replies, self._cancel),

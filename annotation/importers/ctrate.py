@@ -8,8 +8,8 @@ Sex, age and the other DICOM-derived columns of the metadata are deliberately no
 """
 from __future__ import annotations
 
-import csv
 import json
+import math
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from annotation.db import Database
-from annotation.importers import BadInputError
+from annotation.importers import BadInputError, RowProblems
+from annotation.importers.csv_input import csv_records
 from annotation.importers.bulk import (
     ensure_scans,
     existing_path,
@@ -38,72 +39,89 @@ REPORT_COLUMNS: dict[str, str] = {
 _BATCH = 2_000  # scans per QA generation batch (bounded memory, progress updates)
 
 
-def _records(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in required if c not in (reader.fieldnames or ())]
-        if missing:
-            raise BadInputError(path, 1, f"missing column(s) {missing}")
-        seen: dict[str, int] = {}
-        for record in reader:
-            line = reader.line_num
-            if None in record or any(record[c] is None for c in required):
-                raise BadInputError(path, line, "wrong number of fields")
-            name = record["VolumeName"].strip()
-            try:
-                VolumeName.parse(name)
-            except ValueError as exc:
-                raise BadInputError(path, line, str(exc)) from None
-            if name in seen:
-                raise BadInputError(path, line, f"{name} already listed on line {seen[name]}")
-            seen[name] = line
-            yield line, record
+def _records(path: Path, required: tuple[str, ...],
+             problems: RowProblems) -> Iterator[tuple[int, dict[str, str]]]:
+    seen: dict[str, int] = {}
+    for line, record in csv_records(path, required, problems):
+        name = record["VolumeName"].strip()
+        try:
+            VolumeName.parse(name)
+        except ValueError as exc:
+            problems.add(path, line, str(exc))
+            continue
+        if name in seen:
+            problems.add(path, line, f"{name} already listed on line {seen[name]}")
+            continue
+        seen[name] = line
+        yield line, record
 
 
-def read_labels(path: Path) -> dict[str, dict[str, int]]:
+def read_labels(path: Path, problems: RowProblems) -> dict[str, dict[str, int]]:
     labels = {}
-    for line, record in _records(path, ("VolumeName", *CT_RATE_LABELS)):
+    for line, record in _records(path, ("VolumeName", *CT_RATE_LABELS), problems):
         values = {}
         for label in CT_RATE_LABELS:
             raw = record[label].strip()
             if raw not in ("0", "1", "0.0", "1.0"):
-                raise BadInputError(path, line, f"label {label!r} must be 0 or 1, got {raw!r}")
+                problems.add(path, line, f"label {label!r} must be 0 or 1, got {raw!r}")
+                break
             values[label] = int(float(raw))
-        labels[record["VolumeName"].strip()] = values
+        else:
+            labels[record["VolumeName"].strip()] = values
     return labels
 
 
-def read_reports(path: Path) -> dict[str, dict[str, str | None]]:
+def read_reports(path: Path, problems: RowProblems) -> dict[str, dict[str, str | None]]:
     def section(text: str) -> str | None:
         text = text.strip()
         return None if text in ("", "Not given.") else text
 
     return {r["VolumeName"].strip(): {col: section(r[src]) for src, col in REPORT_COLUMNS.items()}
-            for _, r in _records(path, ("VolumeName", *REPORT_COLUMNS))}
+            for _, r in _records(path, ("VolumeName", *REPORT_COLUMNS), problems)}
 
 
-def read_metadata(path: Path) -> dict[str, dict[str, Any]]:
+def read_metadata(path: Path, problems: RowProblems) -> dict[str, dict[str, Any]]:
     """Spacing as (z, y, x) mm and the study date as YYYY-MM-DD; nothing personal."""
     out = {}
-    for line, r in _records(path, ("VolumeName", "XYSpacing", "ZSpacing")):
+    for line, r in _records(path, ("VolumeName", "XYSpacing", "ZSpacing"), problems):
         try:
             xy = json.loads(r["XYSpacing"]) if r["XYSpacing"].strip() else None
             z = float(r["ZSpacing"]) if r["ZSpacing"].strip() else None
-            if xy is not None and (len(xy) != 2 or not all(float(v) > 0 for v in xy)):
+            if xy is not None and (len(xy) != 2 or not all(math.isfinite(float(v)) and float(v) > 0 for v in xy)):
+                raise ValueError
+            if z is not None and not (math.isfinite(z) and z > 0):
                 raise ValueError
         except (ValueError, TypeError):
-            raise BadInputError(path, line, f"XYSpacing/ZSpacing not understood: "
-                                            f"{r['XYSpacing']!r}/{r['ZSpacing']!r}") from None
+            problems.add(path, line, f"XYSpacing/ZSpacing not understood: {r['XYSpacing']!r}/{r['ZSpacing']!r}")
+            continue
         fields: dict[str, Any] = {}
         if xy is not None and z is not None:
             fields["spacing"] = [z, float(xy[0]), float(xy[1])]
         date = (r.get("StudyDate") or "").strip()
         if date:
             if not (len(date) == 8 and date.isdigit()):
-                raise BadInputError(path, line, f"StudyDate must be YYYYMMDD, got {date!r}")
+                problems.add(path, line, f"StudyDate must be YYYYMMDD, got {date!r}")
+                continue
             fields["study_date"] = f"{date[:4]}-{date[4:6]}-{date[6:]}"
         out[r["VolumeName"].strip()] = fields
     return out
+
+
+def _read_all(reports: Path, labels: Path, metadata: Path | None) -> tuple[dict, dict, dict]:
+    """The three tables, every bad row of all of them reported together."""
+    problems = RowProblems(reports.parent)
+    tables: list[dict] = []
+    for reader, path in ((read_labels, labels), (read_reports, reports), (read_metadata, metadata)):
+        if path is None:
+            tables.append({})
+            continue
+        try:
+            tables.append(reader(path, problems))
+        except BadInputError as exc:  # an unusable header: that file's rows cannot be checked
+            problems.items += exc.problems
+            tables.append({})
+    problems.raise_if_any()
+    return tables[0], tables[1], tables[2]
 
 
 def earlier_labels(labels: dict[str, dict[str, int]]) -> dict[str, list[dict[str, int]]]:
@@ -129,9 +147,8 @@ def import_ctrate(db: Database, reports: str | Path, labels: str | Path, metadat
                   volumes: str | Path | None = None,
                   progress: Callable[[int, int | None], None] | None = None) -> ImportSummary:
     start = time.perf_counter()
-    label_map = read_labels(Path(labels))
-    report_map = read_reports(Path(reports))
-    meta_map = read_metadata(Path(metadata)) if metadata is not None else {}
+    label_map, report_map, meta_map = _read_all(Path(reports), Path(labels),
+                                                Path(metadata) if metadata is not None else None)
     names = sorted(set(label_map) | set(report_map))
     vol_dir = Path(volumes) if volumes is not None else None
     extra = {n: {**meta_map.get(n, {}), **({"path": p} if (p := existing_path(n, vol_dir)) else {})}

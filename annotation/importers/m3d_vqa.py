@@ -7,14 +7,14 @@ path is the scan's volume name; `Text` (the source report) goes to the scan's re
 """
 from __future__ import annotations
 
-import csv
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 from annotation.db import Database
-from annotation.importers import BadInputError
+from annotation.importers import RowProblems
+from annotation.importers.csv_input import csv_records
 from annotation.importers.bulk import ensure_scans, insert_ignoring_conflicts, insert_qa_rows, qa_row
 from annotation.records import ImportSummary
 from annotation.schema import Report
@@ -32,32 +32,32 @@ def _question_type(value: str) -> str | None:
     return QUESTION_TYPES.get(value)
 
 
+def _row_problem(record: dict[str, str]) -> str | None:
+    if _question_type(record["Question Type"]) is None:
+        return f"Question Type must be 1-5 or one of {list(QUESTION_TYPES)}, got {record['Question Type']!r}"
+    if record["Answer Choice"].strip().upper() not in ("A", "B", "C", "D"):
+        return f"Answer Choice must be one of A-D, got {record['Answer Choice']!r}"
+    if not record["Image Path"].strip() or not record["Question"].strip() or not record["Answer"].strip():
+        return "Image Path, Question and Answer must not be empty"
+    return None
+
+
 def import_m3d_vqa(db: Database, csv_file: str | Path, data_root: str | Path | None = None,
                    progress: Callable[[int, int | None], None] | None = None) -> ImportSummary:
-    """Import the whole CSV in one transaction (or nothing, on the first bad row)."""
+    """Import the whole CSV in one transaction, or nothing: every bad row is reported at once."""
     start = time.perf_counter()
     path = Path(csv_file)
     root = Path(data_root) if data_root is not None else None
     parsed = []
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or ())]
-        if missing:
-            raise BadInputError(path, 1, f"missing column(s) {missing}; expected {list(COLUMNS)}")
-        for record in reader:
-            line = reader.line_num
-            if None in record or any(record[c] is None for c in COLUMNS):
-                raise BadInputError(path, line, "wrong number of fields")
-            qtype = _question_type(record["Question Type"])
-            if qtype is None:
-                raise BadInputError(path, line, f"Question Type must be 1-5 or one of {list(QUESTION_TYPES)}, "
-                                                f"got {record['Question Type']!r}")
-            letter = record["Answer Choice"].strip().upper()
-            if letter not in ("A", "B", "C", "D"):
-                raise BadInputError(path, line, f"Answer Choice must be one of A-D, got {record['Answer Choice']!r}")
-            if not record["Image Path"].strip() or not record["Question"].strip() or not record["Answer"].strip():
-                raise BadInputError(path, line, "Image Path, Question and Answer must not be empty")
-            parsed.append((line, record, qtype, letter))
+    problems = RowProblems(path)
+    for line, record in csv_records(path, COLUMNS, problems):
+        problem = _row_problem(record)
+        if problem:
+            problems.add(path, line, problem)
+        else:
+            parsed.append((line, record, _question_type(record["Question Type"]),
+                           record["Answer Choice"].strip().upper()))
+    problems.raise_if_any()
 
     def work(session) -> tuple[int, int]:  # noqa: ANN001
         names = {r["Image Path"].strip() for _, r, _, _ in parsed}

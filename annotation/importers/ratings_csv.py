@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from annotation.importers import BadInputError
-from annotation.rubric import SCORE_KEYS, as_flag, validate_scores
+from annotation.importers import RowProblems
+from annotation.importers.csv_input import csv_records
+from annotation.rubric import SCORE_KEYS, annotator_name, as_flag, validate_scores
 from annotation.schema import QAPair, Rater, Rating, Scan
 from annotation.store.ratings import write_rating
 
@@ -29,52 +30,61 @@ CSV_COLUMNS: tuple[str, ...] = (*REQUIRED_COLUMNS, "Note")
 
 
 def read_ratings_csv(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line, parsed row) for every row; raises BadInputError at the first bad row."""
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or ())]
-        if missing:
-            raise BadInputError(path, 1, f"missing column(s) {missing}; expected {list(CSV_COLUMNS)}")
-        rows, seen = [], {}
-        for record in reader:
-            line = reader.line_num
-            if None in record or any(record[c] is None for c in REQUIRED_COLUMNS):
-                raise BadInputError(path, line, "wrong number of fields")
-            annotator = record["Annotator"].strip()
-            if not annotator or not record["VolumeName"].strip() or not record["Question"].strip():
-                raise BadInputError(path, line, "VolumeName, Question and Annotator must not be empty")
-            try:
-                scores = validate_scores({key: record[col] for col, key in SCORE_COLUMNS.items()})
-            except ValueError as exc:
-                raise BadInputError(path, line, str(exc)) from None
-            consistent = as_flag(record["Consistent"])
-            if consistent is None:
-                raise BadInputError(path, line, f"Consistent must be 0/1 or true/false, got {record['Consistent']!r}")
-            key = (record["VolumeName"].strip(), record["Question"], annotator)
+    """(line, parsed row) for every row; raises one BadInputError listing every bad row."""
+    problems = RowProblems(path)
+    rows, seen = [], {}
+    for line, record in csv_records(path, REQUIRED_COLUMNS, problems):
+        problem, row = _parse_row(record)
+        if problem is None:
+            key = (row["volume_name"], row["question"], row["annotator"])
             if key in seen:
-                raise BadInputError(path, line, f"repeats the rating of line {seen[key]} "
-                                                "(same volume, question and annotator)")
-            seen[key] = line
-            rows.append((line, {"volume_name": key[0], "question": key[1], "annotator": annotator,
-                                "scores": scores, "consistent": consistent,
-                                "note": (record.get("Note") or "").strip()}))
+                problem = f"repeats the rating of line {seen[key]} (same volume, question and annotator)"
+            else:
+                seen[key] = line
+        if problem is not None:
+            problems.add(path, line, problem)
+        else:
+            rows.append((line, row))
+    problems.raise_if_any()
     return rows
 
 
+def _parse_row(record: dict[str, str]) -> tuple[str | None, dict[str, Any]]:
+    """(problem, parsed row) of one CSV record; the problem is None for a good row."""
+    if not record["VolumeName"].strip() or not record["Question"].strip():
+        return "VolumeName, Question and Annotator must not be empty", {}
+    try:
+        annotator = annotator_name(record["Annotator"])
+        scores = validate_scores({key: record[col] for col, key in SCORE_COLUMNS.items()})
+    except ValueError as exc:
+        return f"{exc}", {}
+    consistent = as_flag(record["Consistent"])
+    if consistent is None:
+        return f"Consistent must be 0/1 or true/false, got {record['Consistent']!r}", {}
+    return None, {"volume_name": record["VolumeName"].strip(), "question": record["Question"],
+                  "annotator": annotator, "scores": scores, "consistent": consistent,
+                  "note": (record.get("Note") or "").strip()}
+
+
 def import_ratings_csv(store: Store, path: str | Path) -> dict[str, int]:
-    """Import a ratings CSV into `store`; returns counts of inserted/updated/unchanged ratings."""
+    """Import a ratings CSV into `store`; returns counts of inserted/updated/unchanged ratings.
+    Rows naming a QA pair the database does not have are all reported, and nothing is written."""
     path = Path(path)
     rows = read_ratings_csv(path)
 
     def work(session) -> dict[str, int]:  # noqa: ANN001
         counts = {"rows": len(rows), "inserted": 0, "updated": 0, "unchanged": 0}
+        problems = RowProblems(path)
         for line, row in rows:
             qa_id = session.scalar(select(QAPair.id).join(Scan, Scan.id == QAPair.scan_id)
                                    .where(Scan.volume_name == row["volume_name"],
                                           QAPair.question == row["question"]).order_by(QAPair.id).limit(1))
             if qa_id is None:
-                raise BadInputError(path, line, f"no QA pair of scan {row['volume_name']!r} has the "
-                                                f"question {row['question']!r}")
+                problems.add(path, line, f"no QA pair of scan {row['volume_name']!r} has the "
+                                         f"question {row['question']!r}")
+                continue
+            if problems:
+                continue  # the file will be refused: only look for further unknown pairs
             values = {**row["scores"], "consistent": row["consistent"], "note": row["note"],
                       "status": "rated", "reason": None}
             before = session.scalars(select(Rating).join(Rater, Rater.id == Rating.rater_id)
@@ -82,6 +92,7 @@ def import_ratings_csv(store: Store, path: str | Path) -> dict[str, int]:
             old = None if before is None else {k: getattr(before, k) for k in values}
             write_rating(session, row["annotator"], qa_id, values)
             counts["inserted" if old is None else "unchanged" if old == values else "updated"] += 1
+        problems.raise_if_any()  # inside the transaction: rolls back whatever was written
         return counts
 
     return store.db.write(work)

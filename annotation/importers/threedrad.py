@@ -6,7 +6,6 @@ prior label sequence is parsed out of the question text into `priors`.
 """
 from __future__ import annotations
 
-import csv
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -14,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from annotation.db import Database
-from annotation.importers import BadInputError
+from annotation.importers import BadInputError, RowProblems
+from annotation.importers.csv_input import csv_records
 from annotation.importers.bulk import ensure_scans, existing_path, insert_qa_rows, qa_row
 from annotation.qa_templates import CSV_COLUMNS, QARow, Task, VolumeName, task_by_folder
 from model.inference.prompts import priors_in_question
@@ -33,44 +33,52 @@ class ParsedFile:
     rows: list[tuple[int, QARow, list[int] | None]]
 
 
-def parse_file(path: Path, root: Path) -> ParsedFile:
-    """Read and check one CSV completely; raises BadInputError naming file and line."""
+def parse_file(path: Path, root: Path, problems: RowProblems | None = None) -> ParsedFile:
+    """Read and check one CSV completely. Bad rows go to `problems` (all of them, with file and
+    line) and are left out; without `problems`, the file's bad rows raise one BadInputError."""
+    own = problems is None
+    problems = RowProblems(path) if problems is None else problems
     try:
         task = task_by_folder(path.parent.name)
     except KeyError as exc:
         raise BadInputError(path, None, exc.args[0]) from None
     rows = []
     checked_names: set[str] = set()
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        if tuple(reader.fieldnames or ()) != CSV_COLUMNS:
-            raise BadInputError(path, 1, f"header {reader.fieldnames} differs from {list(CSV_COLUMNS)}")
-        for record in reader:
-            line = reader.line_num
-            try:
-                row = QARow.from_csv_dict(record)
-                if row.volume_name not in checked_names:
-                    VolumeName.parse(row.volume_name)
-                    checked_names.add(row.volume_name)
-            except ValueError as exc:
-                raise BadInputError(path, line, str(exc)) from None
-            if row.task != task.number:
-                raise BadInputError(path, line, f"Task is {row.task} but folder {task.folder} holds "
-                                                f"task {task.number} ({task.key})")
-            if row.question_type != task.question_type:
-                raise BadInputError(path, line, f"QuestionType {row.question_type!r} in {task.folder} "
-                                                f"(expected {task.question_type!r})")
-            if not task.open and row.answer_choice == "-":
-                raise BadInputError(path, line, "closed question without an AnswerChoice (A-D)")
-            priors = None
-            if task.key == "longitudinal_temporal_diagnosis":
-                priors = priors_in_question(row.question)
-                if priors is None:
-                    raise BadInputError(path, line, "task 6 question has no prior sequence like [0, 1]")
-            if not row.question.strip() or not row.answer.strip():
-                raise BadInputError(path, line, "empty Question or Answer")
+    for line, record in csv_records(path, CSV_COLUMNS, problems, exact=True):
+        problem, row, priors = _check_row(record, task, checked_names)
+        if problem:
+            problems.add(path, line, problem)
+        else:
             rows.append((line, row, priors))
+    if own:
+        problems.raise_if_any()
     return ParsedFile(path, path.relative_to(root).as_posix(), task, rows)
+
+
+def _check_row(record: dict[str, str], task: Task,
+               checked_names: set[str]) -> tuple[str | None, QARow | None, list[int] | None]:
+    """(problem, row, priors) of one CSV record: the problem is None for a good row."""
+    try:
+        row = QARow.from_csv_dict(record)
+        if row.volume_name not in checked_names:
+            VolumeName.parse(row.volume_name)
+            checked_names.add(row.volume_name)
+    except ValueError as exc:
+        return str(exc), None, None
+    if row.task != task.number:
+        return f"Task is {row.task} but folder {task.folder} holds task {task.number} ({task.key})", None, None
+    if row.question_type != task.question_type:
+        return f"QuestionType {row.question_type!r} in {task.folder} (expected {task.question_type!r})", None, None
+    if not task.open and row.answer_choice == "-":
+        return "closed question without an AnswerChoice (A-D)", None, None
+    priors = None
+    if task.key == "longitudinal_temporal_diagnosis":
+        priors = priors_in_question(row.question)
+        if priors is None:
+            return "task 6 question has no prior sequence like [0, 1]", None, None
+    if not row.question.strip() or not row.answer.strip():
+        return "empty Question or Answer", None, None
+    return None, row, priors
 
 
 def write_file(db: Database, parsed: ParsedFile, volumes: Path | None,
@@ -119,10 +127,15 @@ def import_3drad(db: Database, directory: str | Path, volumes: str | Path | None
         raise BadInputError(root, None, "no 3D-RAD CSVs found (expected TaskN_Name/*.csv inside)")
     steps = 2 * len(files)  # progress counts checking, then writing, each file
     parsed = []
+    problems = RowProblems(root)
     for i, path in enumerate(files):
-        parsed.append(parse_file(path, root))
+        try:
+            parsed.append(parse_file(path, root, problems))
+        except BadInputError as exc:  # an unusable header: the file's other rows cannot be checked
+            problems.items += exc.problems
         if progress:
             progress(i + 1, steps)
+    problems.raise_if_any()
     volumes_dir = Path(volumes) if volumes is not None else None
     added = scans = 0
     per_task: Counter = Counter()

@@ -1,10 +1,17 @@
 """Alembic environment: migrates the database named by the Config's `sqlalchemy.url` (set by
-`annotation.db.alembic_config`) using the project's own engine settings."""
+`annotation.db.alembic_config`) using the project's own engine settings.
+
+The whole run is one transaction that holds the write lock from its first statement (`BEGIN
+IMMEDIATE` on SQLite, an advisory lock on PostgreSQL), and alembic reads the current revision
+inside it: of two processes migrating a brand-new database at once, the second waits, then finds
+the schema already at head and does nothing (alembic's own per-migration transactions on SQLite
+would let both create the tables).
+"""
 from __future__ import annotations
 
 from alembic import context
 
-from annotation.db import make_engine
+from annotation.db import MIGRATION_LOCK_KEY, WRITE_OPTION, make_engine
 from annotation.schema import Base
 
 config = context.config
@@ -23,11 +30,16 @@ def run_migrations_online() -> None:
     engine = make_engine(config.get_main_option("sqlalchemy.url"))
     try:
         with engine.connect() as connection:
-            # SQLite cannot ALTER most things: batch mode rebuilds tables instead.
-            context.configure(connection=connection, target_metadata=target_metadata,
-                              render_as_batch=connection.dialect.name == "sqlite")
-            with context.begin_transaction():
-                context.run_migrations()
+            connection.execution_options(**{WRITE_OPTION: True})  # BEGIN IMMEDIATE on SQLite
+            with connection.begin():
+                if connection.dialect.name == "postgresql":
+                    connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
+                # SQLite cannot ALTER most things: batch mode rebuilds tables instead.
+                context.configure(connection=connection, target_metadata=target_metadata,
+                                  render_as_batch=connection.dialect.name == "sqlite",
+                                  transactional_ddl=True)
+                with context.begin_transaction():
+                    context.run_migrations()
     finally:
         engine.dispose()
 

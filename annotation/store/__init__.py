@@ -14,8 +14,18 @@ shared in rows.py, write-error handling in base.py.
 from __future__ import annotations
 
 from sqlalchemy import inspect
+from sqlalchemy.exc import DBAPIError
 
-from annotation.db import Database, default_db_url, head_revision, run_migrations
+from annotation.db import (
+    Database,
+    StoreError,
+    as_store_error,
+    check_not_newer,
+    default_db_url,
+    describe,
+    head_revision,
+    run_migrations,
+)
 from annotation.store.chat import ChatArea
 from annotation.store.exports import ExportsArea
 from annotation.store.models import ModelsArea
@@ -24,7 +34,7 @@ from annotation.store.ratings import RatingsArea
 from annotation.store.ratings import write_rating as write_rating  # the ratings CSV importer's entry
 from annotation.store.scans import ScansArea
 
-__all__ = ["Store", "default_db_url"]
+__all__ = ["Store", "StoreError", "default_db_url"]
 
 
 class Store(ChatArea, ExportsArea, ScansArea, QueuesArea, RatingsArea, ModelsArea):
@@ -46,20 +56,29 @@ class Store(ChatArea, ExportsArea, ScansArea, QueuesArea, RatingsArea, ModelsAre
         schema, or holding someone else's tables, fails here with what to do, not at a query."""
         from alembic.migration import MigrationContext  # deferred: alembic is only needed here
 
-        with self.db.engine.connect() as conn:
-            current = MigrationContext.configure(conn).get_current_revision()
-            empty = current is None and not inspect(conn).get_table_names()
+        try:
+            with self.db.engine.connect() as conn:
+                current = MigrationContext.configure(conn).get_current_revision()
+                empty = current is None and not inspect(conn).get_table_names()
+        except DBAPIError as exc:
+            wrapped = as_store_error(exc, self.url)
+            if wrapped is None:
+                raise
+            raise wrapped from None
         head = head_revision()
         if current == head:
             return
+        check_not_newer(self.url, current)
         if empty:
+            if self.db.read_only:
+                raise StoreError(f"database {describe(self.url)} is empty and was opened read-only "
+                                 f"because {self.db.read_only}: it cannot get its schema")
             self.init_schema()
             return
-        where = self.db.engine.url.render_as_string(hide_password=True)
         state = (f"is at schema {current}, this version needs {head}" if current is not None
                  else "holds tables that are not a napari-ctvqa schema")
-        raise RuntimeError(f"database {where} {state}: run `ctvqa db upgrade --db URL` "
-                           "(back it up first) or point --db/CTVQA_DB elsewhere")
+        raise StoreError(f"database {describe(self.url)} {state}: run `ctvqa db upgrade --db URL` "
+                         "(back it up first) or point --db/CTVQA_DB elsewhere")
 
     @classmethod
     def create(cls, url: str | None = None) -> Store:

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from annotation.records import RatingRecord, RatingVersion
-from annotation.rubric import SCORE_KEYS, validate_scores
+from annotation.rubric import SCORE_KEYS, annotator_name, seconds_spent, validate_scores
 from annotation.schema import QAPair, Rater, Rating, RatingHistory, utcnow
 from annotation.store.base import StoreArea
 from annotation.store.rows import get_or_create_rater_id, rating_record, rating_version
@@ -30,6 +30,7 @@ class RatingsArea(StoreArea):
 
     def rating(self, annotator: str, qa_id: int) -> RatingRecord | None:
         """The annotator's own rating of the pair (never anybody else's)."""
+        annotator = annotator_name(annotator)
         with self.db.reading() as s:
             r = s.scalars(select(Rating).join(Rater, Rater.id == Rating.rater_id)
                           .where(Rater.name == annotator, Rating.qa_id == qa_id)).one_or_none()
@@ -48,6 +49,8 @@ class RatingsArea(StoreArea):
         clean = validate_scores(scores)
         if not isinstance(consistent, bool):
             raise ValueError(f"consistent must be True or False, got {consistent!r}")
+        if not isinstance(note, str):
+            raise ValueError(f"note must be text, got {note!r}")
         return self._upsert_rating(annotator, qa_id, {**clean, "consistent": consistent, "note": note,
                                                       "status": "rated", "reason": None}, seconds)
 
@@ -60,14 +63,13 @@ class RatingsArea(StoreArea):
         return self._mark(annotator, qa_id, "flagged", reason, seconds)
 
     def _mark(self, annotator: str, qa_id: int, status: str, reason: str, seconds: float) -> RatingRecord:
-        if not reason or not reason.strip():
+        if not isinstance(reason, str) or not reason.strip():
             raise ValueError(f"a reason is required to mark a pair {status}")
         return self._upsert_rating(annotator, qa_id, {"status": status, "reason": reason.strip()}, seconds)
 
     def _upsert_rating(self, annotator: str, qa_id: int, values: dict[str, Any],
                        seconds: float) -> RatingRecord:
-        if seconds < 0:
-            raise ValueError(f"seconds must not be negative, got {seconds}")
+        annotator, seconds = annotator_name(annotator), seconds_spent(seconds)
 
         def work(session: Session) -> RatingRecord:
             return rating_record(write_rating(session, annotator, qa_id, values, seconds), annotator)
@@ -101,7 +103,9 @@ def write_rating(session: Session, annotator: str, qa_id: int, values: Mapping[s
                  seconds: float = 0.0) -> Rating:
     """Insert or update one rating inside the caller's transaction (the ratings CSV importer
     writes a whole file in one). A real change first copies the old version to rating_history;
-    `seconds` is added to the time spent."""
+    `seconds` is added to the time spent. The annotator's name is trimmed and both it and the time
+    are checked here too, since importers call this directly."""
+    annotator, seconds = annotator_name(annotator), seconds_spent(seconds)
     if session.scalar(select(QAPair.id).where(QAPair.id == qa_id)) is None:
         raise KeyError(f"no QA pair with id {qa_id}")
     rater_id = get_or_create_rater_id(session, annotator, "human")

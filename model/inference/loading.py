@@ -15,8 +15,9 @@ import torch
 from model.data.json_files import read_json_file
 from model.inference import prompts
 from model.inference.vlm import VLM
-from model.nets.lamed import LamedForCausalLM
-from model.nets.published import CheckpointError, is_published_lamed, load_published
+from model.nets.lamed import LamedConfig, LamedForCausalLM
+from model.nets.published import CheckpointError, checkpoint_files, is_published_lamed, load_published
+from model.nets.weights import check_tensors, expected_shapes, tensor_shapes
 
 PROVENANCE_FILE = "finetune.json"
 
@@ -120,9 +121,38 @@ def load_vlm(path: str | Path | None = None, dtype: torch.dtype | str | None = N
         if is_published_lamed(folder):
             model = load_published(folder, dtype=dtype, device=device)
         else:
-            model = LamedForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True).to(device)
+            model = load_own(folder, dtype).to(device)
     except CheckpointError:
         raise
-    except (OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"{folder}: cannot load the model ({exc})") from None
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{folder}: cannot load the model ({_first_line(exc)})") from None
     return VLM(model, load_tokenizer(folder), read_settings(folder), name=str(folder))
+
+
+def load_own(folder: Path, dtype: torch.dtype | None = None) -> LamedForCausalLM:
+    """One of our save_pretrained folders, with the same strict checks as a published one: every
+    weight file is checked (header, size, pickle) and its tensors must be exactly the model's, so a
+    folder missing a tensor is refused instead of answering with that layer random."""
+    from accelerate import init_empty_weights  # deferred: accelerate is only needed to load
+
+    try:
+        config = LamedConfig.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{folder / 'config.json'}: not a usable model config ({_first_line(exc)})") from None
+    with init_empty_weights(include_buffers=False):
+        skeleton = LamedForCausalLM(config)
+    tied = frozenset(getattr(skeleton, "all_tied_weights_keys", None) or ())
+    check_tensors(folder, tensor_shapes(checkpoint_files(folder)), expected_shapes(skeleton), tied)
+    del skeleton
+    model, info = LamedForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True,
+                                                   output_loading_info=True)
+    if info.get("missing_keys") or info.get("mismatched_keys"):  # what the file check cannot see
+        raise CheckpointError(f"{folder}: cannot load the checkpoint; missing tensors: "
+                              f"{sorted(info.get('missing_keys') or ())[:10]}, wrong shapes: "
+                              f"{sorted(info.get('mismatched_keys') or ())[:10]}")
+    return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -19,6 +19,9 @@ from torch import nn
 
 from model.data.json_files import read_json_file
 from model.nets.lamed import LamedConfig, LamedForCausalLM
+from model.nets.weights import CheckpointError, iter_tensors
+
+__all__ = ["CheckpointError", "checkpoint_files", "is_published_lamed", "load_published", "save_published"]
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +45,6 @@ _LAMED_FIELDS = {
     "img_token_id", "seg_token_id", "vision_num_layers", "vision_num_heads", "vision_mlp_dim",
 }
 _FILE_FIELDS = {"architectures", "auto_map", "_name_or_path", "transformers_version", "model_type", "torch_dtype", "dtype"}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder cannot be loaded; the message names the folder and what is wrong."""
 
 
 def read_config(folder: Path) -> dict[str, Any]:
@@ -106,21 +105,6 @@ def checkpoint_files(folder: Path) -> list[Path]:
     raise CheckpointError(f"{folder}: no weights (model.safetensors[.index.json] or pytorch_model.bin)")
 
 
-def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor of every file, one file open at a time."""
-    from safetensors import safe_open
-
-    for file in files:
-        if file.suffix == ".safetensors":
-            with safe_open(str(file), framework="pt") as handle:
-                for name in handle.keys():
-                    yield name, handle.get_tensor(name)
-        else:
-            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-            yield from state.items()
-            del state
-
-
 def _checkpoint_dtype(raw: dict[str, Any]) -> torch.dtype | None:
     name = raw.get("torch_dtype") or raw.get("dtype")
     return getattr(torch, name) if isinstance(name, str) and hasattr(torch, name) else None
@@ -149,7 +133,7 @@ def load_published(folder: str | Path, dtype: torch.dtype | None = None, device:
     unexpected: list[str] = []
     mismatched: list[str] = []
     skipped = 0
-    for name, tensor in iter_tensors(checkpoint_files(folder)):
+    for name, tensor, file in iter_tensors(checkpoint_files(folder)):
         try:
             target = map_key(name)
         except KeyError:
@@ -162,7 +146,8 @@ def load_published(folder: str | Path, dtype: torch.dtype | None = None, device:
             unexpected.append(name)
             continue
         if tuple(tensor.shape) != tuple(expected[target].shape):
-            mismatched.append(f"{name} {tuple(tensor.shape)} (model expects {tuple(expected[target].shape)})")
+            mismatched.append(f"{name} in {file.name} is {tuple(tensor.shape)}, the model expects "
+                              f"{tuple(expected[target].shape)}")
             continue
         _assign(model, target, tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype))
         loaded.add(target)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import typer
 
 from napari_ctvqa.cli import demo, finetune, rate, store, synth, viewer, vlm
+from napari_ctvqa.cli.errors import CLIGroup, debug_option
 
 app = typer.Typer(
     name="ctvqa",
@@ -14,7 +15,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=CLIGroup,  # every failure: one line and exit 1, the traceback only with --debug
 )
+app.callback()(debug_option)
 
 for _module in (viewer, synth, store, vlm, rate, finetune, demo):
     _module.register(app)

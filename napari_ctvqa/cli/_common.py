@@ -1,6 +1,7 @@
 """Small pieces every CLI module shares: clean failures and progress bars."""
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,8 +13,24 @@ if TYPE_CHECKING:
     import napari
 
 
+_DEBUG = {"on": False}  # set by the global --debug option for the command being run
+
+
+def set_debug(on: bool) -> None:
+    _DEBUG["on"] = on
+
+
+def debugging() -> bool:
+    return _DEBUG["on"]
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
-    """Print a one-line error (no traceback) and exit non-zero: users read messages, not stacks."""
+    """Print a one-line error (no traceback) and exit non-zero: users read messages, not stacks.
+    Under `ctvqa --debug`, a call made while handling an exception lets that exception through
+    instead, traceback and all."""
+    active = sys.exc_info()[1]
+    if _DEBUG["on"] and active is not None:
+        raise active
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 

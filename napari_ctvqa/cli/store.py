@@ -1,5 +1,5 @@
 """`ctvqa` commands around the annotation database: `db init|upgrade`, `import 3drad|ctrate|m3d-vqa`,
-`ratings import|export`, `assign`, `progress`, `agreement`, `export`.
+`ratings import|export`, `assign`, `batches list|remove`, `progress`, `agreement`, `export`.
 
 Every command takes `--db` (else `$CTVQA_DB`, else the per-user SQLite file) and calls the same
 Store/importer functions the widgets use. A fresh database gets its schema on first use; an
@@ -28,19 +28,19 @@ import_app = typer.Typer(help="Import QA pairs and CT metadata (3D-RAD, CT-RATE,
                          no_args_is_help=True)
 ratings_app = typer.Typer(help="Ratings in and out as CSV (spreadsheets, other tools).",
                           no_args_is_help=True)
+batches_app = typer.Typer(help="List or remove rating-queue batches made by `ctvqa assign`.",
+                          no_args_is_help=True)
 
 _USER_ERRORS: tuple[type[Exception], ...] = (ValueError, KeyError, FileNotFoundError)
 
 
 def _open(db: str | None, migrate: bool = False) -> Store:
     """The Store at `db`: `migrate` runs the migrations (db init/upgrade); otherwise an empty
-    database gets the schema and an outdated one is refused with a message."""
+    database gets the schema and an outdated one is refused with a message (a StoreError, which
+    the CLI's error handler prints as one line)."""
     from annotation.store import Store
 
-    try:
-        return Store.create(db) if migrate else Store(db)
-    except Exception as exc:  # noqa: BLE001 (any connection/migration failure is one clear line)
-        fail(f"cannot open database {db or '(default)'}: {str(exc).splitlines()[0]}")
+    return Store.create(db) if migrate else Store(db)
 
 
 def _run(action: Any) -> Any:  # noqa: ANN401
@@ -78,12 +78,9 @@ def db_upgrade(db: DbOption = None, as_json: JsonOption = False) -> None:
     from annotation.db import resolve_url, run_migrations
 
     url = resolve_url(db, create_dir=True)
-    try:
-        before = current_revision(url)
-        run_migrations(url)
-        after = current_revision(url)
-    except Exception as exc:  # noqa: BLE001 (connection or migration failure: one clear line)
-        fail(f"cannot upgrade {url}: {str(exc).splitlines()[0]}")
+    before = current_revision(url)
+    run_migrations(url)
+    after = current_revision(url)
     _print({"url": url, "from": before, "to": after}, as_json, f"{url}: {before or 'empty'} -> {after}")
 
 
@@ -174,16 +171,55 @@ def assign_cmd(
     overlap: Annotated[int, typer.Option(help="Pairs rated by every annotator (for agreement).")] = 0,
     seed: Annotated[int, typer.Option(help="Random seed of the draw.")] = 0,
     tasks: Annotated[str | None, typer.Option(help="Comma-separated task keys to draw from (default all).")] = None,
+    batch: Annotated[str | None, typer.Option(help="Batch name (default: named after the request).")] = None,
+    add: Annotated[bool, typer.Option("--add", help="Draw a further batch even if this one exists.")] = False,
     db: DbOption = None, as_json: JsonOption = False,
 ) -> None:
-    """Build rating queues: new pairs per annotator, `--overlap` of them shared, evenly across tasks."""
+    """Build rating queues: new pairs per annotator, `--overlap` of them shared, evenly across tasks.
+    The same request again changes nothing; `--add` draws more; `ctvqa batches` lists and removes."""
     store = _open(db)
     names = [a.strip() for a in annotators.split(",") if a.strip()]
-    task_list = [t.strip() for t in tasks.split(",")] if tasks else None
-    plan = _run(lambda: store.assign(names, per_annotator, overlap, seed=seed, tasks=task_list))
-    text = (f"{plan['batch']}: {len(names)} annotator(s) x {per_annotator} pairs, {len(plan['shared'])} "
-            f"shared; per task {plan['per_task']}")
+    task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    plan = _run(lambda: store.assign(names, per_annotator, overlap, seed=seed, tasks=task_list,
+                                     batch=batch, add=add))
+    if not plan["changed"]:
+        text = (f"{plan['batch']}: already assigned ({sum(map(len, plan['annotators'].values()))} queue "
+                "entries); nothing changed (--add draws more)")
+    else:
+        text = (f"{plan['batch']}: {len(names)} annotator(s) x {per_annotator} pairs, {len(plan['shared'])} "
+                f"shared; per task {plan['per_task']}")
     _print(plan, as_json, text)
+
+
+@batches_app.command("list")
+def batches_list_cmd(db: DbOption = None, as_json: JsonOption = False) -> None:
+    """Every assignment batch: annotators, pairs, shared pairs, how many are done."""
+    found = _open(db).batches()
+    if as_json:
+        _print([asdict(b) for b in found], True, "")
+        return
+    if not found:
+        typer.echo("no assignment batches yet (ctvqa assign makes them)")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("batch", "created (UTC)", "annotators", "pairs", "shared", "done")
+    for b in found:
+        table.add_row(b.name, f"{b.created_at:%Y-%m-%d %H:%M}", ",".join(b.annotators), str(b.pairs),
+                      str(b.shared), f"{b.done}/{b.assignments}")
+    Console().print(table)
+
+
+@batches_app.command("remove")
+def batches_remove_cmd(
+    name: Annotated[str, typer.Argument(help="The batch to take out of the queues (see `batches list`).")],
+    db: DbOption = None, as_json: JsonOption = False,
+) -> None:
+    """Remove a batch from its annotators' queues; entries already rated, skipped or flagged stay."""
+    result = _run(lambda: _open(db).remove_batch(name))
+    _print(result, as_json, f"{name}: removed {result['removed']} queue entries"
+                            + (f", kept {result['kept']} already rated" if result["kept"] else ""))
 
 
 def progress_cmd(db: DbOption = None, as_json: JsonOption = False) -> None:
@@ -268,6 +304,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(db_app, name="db")
     app.add_typer(import_app, name="import")
     app.add_typer(ratings_app, name="ratings")
+    app.add_typer(batches_app, name="batches")
     app.command("assign")(assign_cmd)
     app.command("progress")(progress_cmd)
     app.command("agreement")(agreement_cmd)

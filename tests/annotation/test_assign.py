@@ -49,7 +49,7 @@ def test_store_assign_appends_new_pairs_and_cli_reports(seeded) -> None:
 
     store, ids = seeded
     first = store.assign(["ann", "bob"], 10, 4, seed=1)
-    second = store.assign(["ann", "bob"], 10, 4, seed=1)
+    second = store.assign(["ann", "bob"], 10, 4, seed=1, add=True)
     ann = store.queue("ann")
     assert [i.position for i in ann] == list(range(20))
     assert len({i.qa_id for i in ann}) == 20  # the second batch drew pairs not given before
