@@ -1,5 +1,5 @@
 """Import CT-RATE tables: scans/patients/timepoints from volume names, the 18 abnormality labels,
-reports, non-personal metadata (spacing, study date), and QA pairs for all six tasks:
+reports, non-personal metadata (spacing, rescale slope/intercept, orientation, study date), and QA pairs for all six tasks:
 tasks 4-6 from the labels with the exact 3D-RAD templates (`closed_qa_for_scan`, source
 "template"), tasks 1-3 from the report findings (`open_qa_from_findings`, source "generated").
 
@@ -26,6 +26,7 @@ from annotation.importers.bulk import (
     qa_row,
 )
 from annotation.importers.open_qa_from_report import open_qa_from_findings
+from model.ct.metadata import parse_metadata_row
 from model.inference.prompts import priors_in_question
 from annotation.qa_templates import CT_RATE_LABELS, TASKS, VolumeName, closed_qa_for_scan, task_by_number
 from annotation.records import ImportSummary
@@ -83,20 +84,24 @@ def read_reports(path: Path) -> dict[str, dict[str, str | None]]:
 
 
 def read_metadata(path: Path) -> dict[str, dict[str, Any]]:
-    """Spacing as (z, y, x) mm and the study date as YYYY-MM-DD; nothing personal."""
+    """Per scan: spacing as (z, y, x) mm, rescale slope/intercept and orientation (what the
+    readers apply where a volume file lacks them, `model.ct.metadata`) and the study date as
+    YYYY-MM-DD; nothing personal."""
     out = {}
     for line, r in _records(path, ("VolumeName", "XYSpacing", "ZSpacing")):
         try:
-            xy = json.loads(r["XYSpacing"]) if r["XYSpacing"].strip() else None
-            z = float(r["ZSpacing"]) if r["ZSpacing"].strip() else None
-            if xy is not None and (len(xy) != 2 or not all(float(v) > 0 for v in xy)):
-                raise ValueError
-        except (ValueError, TypeError):
-            raise BadInputError(path, line, f"XYSpacing/ZSpacing not understood: "
-                                            f"{r['XYSpacing']!r}/{r['ZSpacing']!r}") from None
+            row = parse_metadata_row(r, f"{path}, line {line}")
+        except ValueError as exc:
+            raise BadInputError(path, line, str(exc).split(": ", 1)[-1]) from None
         fields: dict[str, Any] = {}
-        if xy is not None and z is not None:
-            fields["spacing"] = [z, float(xy[0]), float(xy[1])]
+        if row.spacing is not None:
+            fields["spacing"] = list(row.spacing)
+        if row.slope is not None:
+            fields["rescale_slope"] = row.slope
+        if row.intercept is not None:
+            fields["rescale_intercept"] = row.intercept
+        if row.orientation is not None:
+            fields["orientation"] = list(row.orientation)
         date = (r.get("StudyDate") or "").strip()
         if date:
             if not (len(date) == 8 and date.isdigit()):
