@@ -273,3 +273,29 @@ def rescale_from_row(stored: np.ndarray, row: ScanMetadata | None, header_scaled
     if row is None or not row.has_rescale or header_scaled or not rescale_needed(stored, row):
         return None
     return row
+
+
+#: The file beside a training/evaluation set that carries its scans' rows (`write_metadata_table`).
+TABLE_FILE = "metadata.csv"
+
+
+def write_metadata_table(path: str | Path, rows: Mapping[str, Mapping[str, Any]]) -> Path:
+    """Rows by VolumeName as a CT-RATE-style metadata.csv (list cells as JSON), readable by
+    `read_metadata_table`: how calibration travels to another process (finetuning under torchrun)."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for name, row in sorted(rows.items()):
+            writer.writerow({"VolumeName": name, **{k: json.dumps(v) if isinstance(v, list | tuple) else v
+                                                    for k, v in row.items() if k in COLUMNS and k != "VolumeName"}})
+    return path
+
+
+def table_beside(folder: str | Path) -> dict[str, dict[str, str]] | None:
+    """The `TABLE_FILE` rows in `folder`, or None when there is none."""
+    path = Path(folder) / TABLE_FILE
+    return read_metadata_table(path) if path.is_file() else None

@@ -22,6 +22,13 @@ def is_ct(meta: dict[str, Any] | None) -> bool:
     return modality is None or str(modality).upper() == "CT"
 
 
+def shows_hu(meta: dict[str, Any] | None) -> bool:
+    """Whether the HU window presets mean anything for a volume (not for M3D's normalised arrays,
+    nor for MR and other non-CT series)."""
+    meta = meta or {}
+    return not meta.get("normalised") and meta.get("hu", True) is not False
+
+
 def mark_modality(meta: dict[str, Any]) -> None:
     """Tell a non-CT read what it is: no HU windows, and the model's refusal."""
     if not is_ct(meta):

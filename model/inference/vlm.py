@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from model.ct.modality import require_ct
 from model.ct.preprocess import InputGeometry, to_model_input_with_crop
 from model.inference import boxes, prompts
 
@@ -154,13 +155,15 @@ class VLM:
             return f"data:{digest}:{data.shape}:{normalised}:{window}", False
         return f"obj:{id(volume)}:{window}", True
 
-    def prepare(self, volume_or_tensor: Any, window: Any = None) -> PreparedImage:
+    def prepare(self, volume_or_tensor: Any, window: Any = None, allow_non_ct: bool | None = None) -> PreparedImage:
         """Preprocess and encode a volume once; later calls with the same volume return the cached result.
 
         Accepts a CTVolume or HU array (preprocessed here), a ready model input tensor (1,D,H,W) or
-        (1,1,D,H,W) in [0, 1], or a PreparedImage (returned as is)."""
+        (1,1,D,H,W) in [0, 1], or a PreparedImage (returned as is). A volume of another modality
+        than CT raises `NotCTError` unless `allow_non_ct` (else env CTVQA_ALLOW_NON_CT) says so."""
         if isinstance(volume_or_tensor, PreparedImage):
             return volume_or_tensor
+        require_ct(volume_or_tensor, allow_non_ct)
         window = window if window is not None else self.settings.get("window")
         with self._lock:
             key, by_identity = self._key(volume_or_tensor, window)

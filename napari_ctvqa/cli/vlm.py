@@ -56,13 +56,15 @@ def _register_ask(app: typer.Typer) -> None:
         max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Longest answer, in tokens."),
         window: str | None = typer.Option(None, "--window", help="CT window before normalising: lung, mediastinum, bone, full."),
         as_json: bool = typer.Option(False, "--json", help='Also print {"text", "choice", "choice_scores", "box"} as the last line.'),
+        metadata: Path | None = typer.Option(None, "--metadata", help="CT-RATE metadata.csv whose row for VOLUME applies where the file lacks slope/intercept/spacing."),
+        allow_non_ct: bool = typer.Option(False, "--allow-non-ct", help="Answer about an MR/PET/... series too (the model knows CT only)."),
     ) -> None:
         """Ask the model one question about one CT; the answer streams to stdout as it is generated.
 
         Closed questions (--choices) also get a likelihood score per choice and the chosen letter.
         A box the model draws is printed in voxel coordinates (z1, y1, x1, z2, y2, x2) of VOLUME.
         """
-        from napari_ctvqa.cli._common import fail
+        from napari_ctvqa.cli._common import fail, finite_json, metadata_table_or_fail
 
         try:
             choice_list = split_choices(choices)
@@ -70,13 +72,17 @@ def _register_ask(app: typer.Typer) -> None:
         except ValueError as exc:
             fail(str(exc))
         from model import CTReadError, load_vlm, read_ct
+        from model.ct.metadata import row_for
 
         if not volume.exists():
             fail(f"volume {volume} does not exist")
+        table = metadata_table_or_fail(metadata)
         try:
-            ct = read_ct(volume)
+            ct = read_ct(volume, metadata=row_for(table, volume))
         except CTReadError as exc:
             fail(str(exc))
+        for note in ct.meta.get("notes", []):
+            typer.echo(f"note: {note}", err=True)
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # stdout/stderr carry the answer, not weight-loading bars
@@ -85,7 +91,7 @@ def _register_ask(app: typer.Typer) -> None:
         except (OSError, ValueError) as exc:
             fail(f"cannot load model {model or '(embedded default)'}: {exc}")
         try:
-            prepared = vlm.prepare(ct, window=window)
+            prepared = vlm.prepare(ct, window=window, allow_non_ct=allow_non_ct)
             result = vlm.answer(
                 prepared, question, choices=choice_list, priors=prior_list, prior_label=prior_label,
                 max_new_tokens=max_new_tokens, on_text=lambda piece: typer.echo(piece, nl=False),
@@ -99,10 +105,10 @@ def _register_ask(app: typer.Typer) -> None:
         if result.box is not None and not as_json:
             typer.echo("box (voxels z1, y1, x1, z2, y2, x2): " + ", ".join(f"{v:.1f}" for v in result.box))
         if as_json:
-            typer.echo(json.dumps({
+            typer.echo(json.dumps(finite_json({
                 "text": result.text, "choice": result.choice, "choice_scores": result.choice_scores,
                 "box": list(result.box) if result.box is not None else None,
-            }))
+            }), allow_nan=False))
 
 
 # ----- ctvqa evaluate (H4b) -----------------------------------------------------------------
@@ -121,6 +127,7 @@ def _register_evaluate(app: typer.Typer) -> None:
         tasks: str | None = typer.Option(None, "--tasks", help="Comma-separated task keys, e.g. existence_detection,image_observation."),
         robustness: bool = typer.Option(False, "--robustness", help="Also ask with the wrong volume and with noise (3x the time)."),
         max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Generation length per answer."),
+        metadata: Path | None = typer.Option(None, "--metadata", help="CT-RATE metadata.csv: slope/intercept/spacing/orientation per volume, applied where a file lacks them."),
     ) -> None:
         """Score a model on 3D-RAD-style questions: BLEU-1, ROUGE-1, METEOR, BERTScore-F1 (open), accuracy (closed).
 
@@ -130,7 +137,7 @@ def _register_evaluate(app: typer.Typer) -> None:
         from model.data.qa_folders import QAFolderError, read_qa_folder
         from model.evaluation.evaluate import evaluate_vlm
 
-        from napari_ctvqa.cli._common import fail, progress_bar
+        from napari_ctvqa.cli._common import fail, metadata_table_or_fail, progress_bar
 
         task_list = tasks.split(",") if tasks else None
         try:
@@ -139,6 +146,7 @@ def _register_evaluate(app: typer.Typer) -> None:
             fail(str(exc))
         if not volumes.is_dir():
             fail(f"{volumes}: volumes folder not found")
+        table = metadata_table_or_fail(metadata)
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # one progress bar (ours) on stderr, not weight-loading bars
@@ -150,7 +158,7 @@ def _register_evaluate(app: typer.Typer) -> None:
             with progress_bar("evaluating") as update:
                 report = evaluate_vlm(vlm, qa, volumes, limit=limit, tasks=list(selected), robustness=robustness,
                                       progress=update, model_name=str(model or "embedded default"),
-                                      max_new_tokens=max_new_tokens)
+                                      max_new_tokens=max_new_tokens, metadata=table)
         except QAFolderError as exc:
             fail(str(exc))
         if report["n"] == 0:
