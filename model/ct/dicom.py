@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 _DICOM_TAGS = (
     "SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "Modality", "StudyDate", "Rows", "Columns",
     "PixelSpacing", "ImagePositionPatient", "ImageOrientationPatient", "NumberOfFrames", "GantryDetectorTilt",
-    "SamplesPerPixel",
+    "SamplesPerPixel", "SOPClassUID",
 )
 
 
@@ -244,11 +244,22 @@ def _scan_dicom_headers(path: Path, folder: Path) -> list[_Slice]:
             continue
         if rows and cols:
             slices.append(_Slice(child, header))
+        elif not _is_non_image_object(header):  # an image file whose header broke off
+            unreadable.append(f"{child.name} (corrupt header: no image size)")
     if unreadable:
         more = f" and {len(unreadable) - 1} more" if len(unreadable) > 1 else ""
         raise CTReadError(path, f"DICOM file {unreadable[0]}{more} cannot be read; the series would be incomplete "
                                 "(fix or remove the file)")
     return slices
+
+
+
+def _is_non_image_object(header: Any) -> bool:
+    """A structured report, presentation state, DICOMDIR...: DICOM files that hold no image."""
+    meta = getattr(header, "file_meta", None)
+    uid = header.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta is not None else None)
+    name = getattr(uid, "name", "") or ""
+    return bool(uid) and name != str(uid) and "Image" not in name
 
 
 

@@ -136,8 +136,9 @@ def regular_grid_image(plan: StackPlan, sorted_slices: np.ndarray) -> tuple[Any,
     transform.SetCenter(tuple(float(v) for v in origins[0]))
     transform.SetMatrix(tuple((np.eye(3) - np.outer(shear, plan.normal) / dz).flatten().tolist()))
     rows, cols = sorted_slices.shape[1:]
-    lo = np.minimum(shifts.min(axis=0), 0.0)
-    hi = shifts.max(axis=0) + np.array([(cols - 1) * sx, (rows - 1) * sy])
+    pixel = np.array([sx, sy])  # whole pixels of the first slice's lattice, as dcm2niix keeps it
+    lo = np.floor(np.minimum(shifts.min(axis=0), 0.0) / pixel - 1e-6) * pixel
+    hi = np.ceil((shifts.max(axis=0) + np.array([(cols - 1) * sx, (rows - 1) * sy])) / pixel - 1e-6) * pixel
     out_cols, out_rows = (int(round((hi[0] - lo[0]) / sx)) + 1), (int(round((hi[1] - lo[1]) / sy)) + 1)
     reference = sitk.Image([out_cols, out_rows, n_out], sitk.sitkFloat32)
     reference.SetSpacing((sx, sy, dz))

@@ -12,10 +12,12 @@ rather than (reliably) in the NIfTI header, and its own preprocessing applies th
   are then taken to run along the row's ImageOrientationPatient row direction, column direction
   and their cross product, as DICOM stores them.
 * **Rescale** comes from the row when the header has no scaling of its own (NIfTI scl_slope
-  unset or 1/0; NRRD and MetaImage have none) and the values are not already in HU: the stored
-  values are compared with air (-1000 HU) as they are and after rescaling, and the rescale is
-  applied only if it makes more voxels air (a CT-RATE row's intercept of -1024 on a volume
-  already in HU would shift it by a kilo-HU otherwise).
+  unset or 1/0; NRRD and MetaImage have none) and the values are not already in HU. Stored CT
+  values are non-negative apart from the padding outside the field of view (the lowest value,
+  -1024 or below), while a chest CT in HU has air or lung between -1100 and -200: if more than
+  1 % of the voxels (padding aside) lie there as stored, the volume is taken to be in HU already and the rescale is not
+  applied (a CT-RATE row's intercept of -1024 would shift it by a kilo-HU otherwise); the
+  volume's meta says so.
 * DICOM headers always carry their geometry and rescale, so a row never changes a DICOM series.
 """
 from __future__ import annotations
@@ -37,8 +39,9 @@ log = logging.getLogger(__name__)
 #: CT-RATE column names read here (the others, personal ones included, are never read).
 COLUMNS = ("VolumeName", "RescaleSlope", "RescaleIntercept", "XYSpacing", "ZSpacing", "ImageOrientationPatient",
            "ImagePositionPatient")
-#: Stored values within this many HU of air count as air in the rescale test.
-_AIR_HU, _AIR_BAND = -1000.0, 100.0
+#: Values from air to fat (HU) do not occur in stored CT values, padding aside (module doc);
+#: padding is the lowest value and at most -1024.
+_AIR_HU_AT_LEAST, _HU_BELOW_STORED, _PADDING_AT_MOST = -1100, -200, -1024
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
@@ -194,18 +197,18 @@ def geometry_affine(meta: ScanMetadata, header_affine: np.ndarray) -> np.ndarray
 
 
 def rescale_needed(stored: np.ndarray, meta: ScanMetadata) -> bool:
-    """Whether the row's rescale turns more voxels into air than the values as stored (module doc).
-
-    A strided sample keeps this cheap on a 500-slice volume."""
+    """Whether the row's rescale applies to these stored values (module doc). A strided sample
+    keeps this cheap on a 500-slice volume."""
     slope = meta.slope if meta.slope is not None else 1.0
     intercept = meta.intercept if meta.intercept is not None else 0.0
     if slope == 1.0 and intercept == 0.0:
         return False
     flat = np.asarray(stored).reshape(-1)
-    sample = flat[:: max(1, flat.size // 2_000_000)].astype(np.float64)
-    as_is = np.count_nonzero(np.abs(sample - _AIR_HU) <= _AIR_BAND)
-    rescaled = np.count_nonzero(np.abs(sample * slope + intercept - _AIR_HU) <= _AIR_BAND)
-    return rescaled >= as_is
+    sample = flat[:: max(1, flat.size // 2_000_000)]
+    lowest = sample.min()
+    body = sample[sample != lowest] if lowest <= _PADDING_AT_MOST else sample  # padding outside the field of view
+    hu_like = np.count_nonzero((body >= _AIR_HU_AT_LEAST) & (body < _HU_BELOW_STORED))
+    return body.size == 0 or hu_like <= 0.01 * body.size
 
 
 def apply_rescale(array: np.ndarray, meta: ScanMetadata) -> None:

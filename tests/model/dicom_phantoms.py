@@ -84,8 +84,12 @@ def write_phantom_series(folder: Path, z_positions: Sequence[float], *, tilt_deg
     row_dir, col_dir = iop[:3], iop[3:]
     x0, y0 = -(cols - 1) * pixel_spacing[1] / 2, -(rows - 1) * pixel_spacing[0] / 2
     paths = []
+    normal = np.cross(row_dir, col_dir)
     for k, z in enumerate(z_positions):
-        origin = np.array([x0, y0 * np.cos(t), z - y0 * np.sin(t)]) if orientation is None else np.array([x0, y0, z])
+        if orientation is None:
+            origin = np.array([x0, y0 * np.cos(t), z - y0 * np.sin(t)])
+        else:  # centred on the isocentre, slices along the normal
+            origin = x0 * np.asarray(row_dir) + y0 * np.asarray(col_dir) + z * normal
         hu = phantom(slice_grid(origin, row_dir, col_dir, rows, cols, pixel_spacing))
         stored = hu - (intercept if modality == "CT" else -1000.0)
         sop = CT_IMAGE_STORAGE if modality == "CT" else MR_IMAGE_STORAGE
