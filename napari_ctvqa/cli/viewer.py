@@ -63,8 +63,12 @@ def view(
         layer = viewer.add_image(data, **kwargs)
         layer.contrast_limits_range = window_limits("full", data)  # the slider spans all HU, not the window
     viewer.window.add_dock_widget(WindowWidget(viewer), name="CT window", area="right")
-    if notes:
-        viewer.text_overlay.text = "\n".join(notes)
+    if notes:  # on the canvas, wrapped to fit it: what the read did is part of what the user looks at
+        import textwrap
+
+        viewer.text_overlay.text = "\n".join(textwrap.fill(note, 90) for note in notes)
+        viewer.text_overlay.position = "top_left"
+        viewer.text_overlay.font_size = 9
         viewer.text_overlay.visible = True
     if screenshot is not None:
         screenshot_window(viewer, screenshot, (1400, 900))
