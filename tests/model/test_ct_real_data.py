@@ -331,3 +331,21 @@ def test_a_malformed_row_names_the_key(tmp_path: Path) -> None:
     bad.write_text("VolumeName,ZSpacing,XYSpacing\na.nii.gz,1.5,\"[0.7, 0.7]\"\nb.nii.gz,-1,\"[0.7, 0.7]\"\n")
     with pytest.raises(ValueError, match=r"bad.csv, line 3: spacing must be positive"):
         read_metadata_table(bad)
+
+
+def test_finetuning_features_use_the_table_beside_the_data(tmp_path: Path, tiny_vlm_dir: Path) -> None:
+    """The metadata.csv `ctvqa finetune --from-db` writes beside train.jsonl calibrates the scans."""
+    import torch
+
+    from model.ct.metadata import TABLE_FILE, table_beside, write_metadata_table
+    from model.inference.loading import load_vlm
+    from model.training.finetune.samples import FeatureCache
+
+    original, raw, _ = write_ctrate_like(tmp_path / "c")
+    store_row = {"ZSpacing": 1.5, "XYSpacing": [0.75, 0.8], "RescaleSlope": 1.0, "RescaleIntercept": -1024.0,
+                 "ImageOrientationPatient": [1, 0, 0, 0, 1, 0]}  # what ScanRecord.ct_metadata gives
+    write_metadata_table(tmp_path / "data" / TABLE_FILE, {raw.name: store_row})
+    vlm = load_vlm(tiny_vlm_dir)
+    calibrated = FeatureCache(vlm, table_beside(tmp_path / "data"))(str(raw))
+    assert torch.allclose(calibrated, FeatureCache(vlm)(str(original)), atol=1e-5)
+    assert not torch.allclose(FeatureCache(vlm)(str(raw)), calibrated, atol=1e-3)
