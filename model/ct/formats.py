@@ -96,7 +96,7 @@ def read_nifti(path: Path, metadata: ScanMetadata | None = None) -> CTVolume:
         "normalised": False,
     }
     resolved.record(meta, rescale)
-    finish_values(path, array, meta)
+    finish_values(path, array, meta, stored_as_float=dtype.kind == "f" or bool(header_scaled) or rescale is not None)
     return CTVolume(array=array, spacing=spacing_of(affine), affine=affine, meta=meta)
 
 
@@ -182,7 +182,7 @@ def read_itk_file(path: Path, metadata: ScanMetadata | None = None) -> CTVolume:
     if rescale is not None:
         apply_rescale(volume.array, rescale)
     resolved.record(volume.meta, rescale)
-    finish_values(path, volume.array, volume.meta)
+    finish_values(path, volume.array, volume.meta, stored_as_float=sitk.GetArrayViewFromImage(image).dtype.kind == "f")
     return volume
 
 

@@ -70,10 +70,11 @@ def check_budget(path: str | Path, size_xyz: tuple[int, ...], stored_itemsize: i
                                 f"over the memory budget of {budget / 2**30:.2f} GiB (set {BUDGET_ENV} to raise it)")
 
 
-def finish_values(path: str | Path, array: np.ndarray, meta: dict) -> None:
-    """The checks every reader ends with: something to show, and only finite values (in place)."""
+def finish_values(path: str | Path, array: np.ndarray, meta: dict, stored_as_float: bool = True) -> None:
+    """The checks every reader ends with: something to show, and only finite values (in place).
+    Integer voxels (with a finite rescale) cannot be NaN, so `stored_as_float=False` skips the pass."""
     if array.size == 0:
         raise CTReadError(path, f"empty volume (shape {array.shape})")
-    note = replace_nonfinite(path, array)
+    note = replace_nonfinite(path, array) if stored_as_float else None
     if note is not None:
         add_note(meta, note)
