@@ -9,7 +9,6 @@ Sex, age and the other DICOM-derived columns of the metadata are deliberately no
 from __future__ import annotations
 
 import csv
-import json
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
