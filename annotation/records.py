@@ -19,6 +19,28 @@ class ScanRecord:
     spacing: tuple[float, ...] | None
     shape: tuple[int, ...] | None
     split: str | None
+    rescale_slope: float | None = None
+    rescale_intercept: float | None = None
+    orientation: tuple[float, ...] | None = None
+
+    @property
+    def ct_metadata(self) -> dict[str, Any] | None:
+        """The scan's calibration as a CT-RATE metadata row, for `model.read_ct(path, metadata=...)`."""
+        return metadata_row(self.spacing, self.rescale_slope, self.rescale_intercept, self.orientation)
+
+
+def metadata_row(spacing: Any, slope: float | None, intercept: float | None, orientation: Any) -> dict[str, Any] | None:
+    """What the store keeps of a scan's metadata table row, under CT-RATE's column names (None if nothing)."""
+    row: dict[str, Any] = {}
+    if spacing:
+        row["ZSpacing"], row["XYSpacing"] = float(spacing[0]), [float(spacing[1]), float(spacing[2])]
+    if slope is not None:
+        row["RescaleSlope"] = float(slope)
+    if intercept is not None:
+        row["RescaleIntercept"] = float(intercept)
+    if orientation:
+        row["ImageOrientationPatient"] = [float(v) for v in orientation]
+    return row or None
 
 
 @dataclass(frozen=True)
@@ -48,6 +70,8 @@ class QAPairRecord:
     priors: tuple[int, ...] | None
     source: str
     provenance: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+    #: The scan's calibration (`ScanRecord.ct_metadata`), passed to `read_ct` wherever the pair's scan is opened.
+    ct_metadata: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
 
 @dataclass(frozen=True)

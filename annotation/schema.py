@@ -95,7 +95,11 @@ class Scan(Base):
     timepoint: Mapped[str | None] = mapped_column(String(8))
     reconstruction: Mapped[int | None] = mapped_column(Integer)
     study_date: Mapped[str | None] = mapped_column(String(10))
-    spacing: Mapped[list[Any] | None] = mapped_column(JSON)
+    spacing: Mapped[list[Any] | None] = mapped_column(JSON)  # (z, y, x) mm, from the metadata table
+    # Calibration from the metadata table (CT-RATE metadata.csv), applied where the file lacks it.
+    rescale_slope: Mapped[float | None] = mapped_column(Float)
+    rescale_intercept: Mapped[float | None] = mapped_column(Float)
+    orientation: Mapped[list[Any] | None] = mapped_column(JSON)  # DICOM ImageOrientationPatient
     shape: Mapped[list[Any] | None] = mapped_column(JSON)
     content_hash: Mapped[str | None] = mapped_column(String(64))
     split: Mapped[str | None] = mapped_column(String(32))

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from annotation.curation import FilterRule
 from annotation.qa_templates import CSV_COLUMNS, TASKS, QARow
+from model.ct.metadata import TABLE_FILE, table_beside, write_metadata_table
 from model.data.json_files import read_json_file
 from model.evaluation.evaluate import evaluate_vlm
 from model.inference.loading import load_vlm
@@ -90,7 +91,11 @@ def build_training_set(store: Store, out_dir: str | Path, rule: FilterRule | Non
     """The curated pairs of the store (export filter, patient-level split), optionally only some tasks."""
     export_dir = Path(out_dir) / "export"
     store.export("jsonl", export_dir, rule, val_frac=val_frac, seed=seed, progress=progress)
-    return training_set_from_folder(export_dir, out_dir, tasks=tasks)
+    training_set = training_set_from_folder(export_dir, out_dir, tasks=tasks)
+    calibration = {Path(scan.path).name: scan.ct_metadata for scan in store.scans() if scan.path and scan.ct_metadata}
+    if calibration:  # the scans' CT-RATE rows travel with the data to the training processes
+        write_metadata_table(training_set.data_dir / TABLE_FILE, calibration)
+    return training_set
 
 
 def training_set_from_folder(data_dir: str | Path, out_dir: str | Path, volumes_dir: str | Path | None = None,
@@ -385,7 +390,8 @@ def _evaluate(record: dict[str, Any], model_path: Path, limit: int | None, say: 
     reports = {}
     for key, path in (("base", record["base_path"]), ("finetuned", str(model_path))):
         say(f"evaluating the {key} model on the held-out split")
-        reports[key] = evaluate_vlm(load_vlm(path), qa, volumes, limit=limit, model_name=key)
+        reports[key] = evaluate_vlm(load_vlm(path), qa, volumes, limit=limit, model_name=key,
+                                    metadata=table_beside(record["training_set"]["data_dir"]))
     return {"heldout": {"n": reports["finetuned"]["n"]}, **reports, "delta": metric_deltas(reports["base"],
                                                                                          reports["finetuned"])}
 

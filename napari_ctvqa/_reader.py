@@ -16,6 +16,7 @@ import numpy as np
 from model.ct.io import SUPPORTED_SUFFIXES, read_ct
 from model.ct.volume import CTReadError, CTVolume, suffix_of
 from model.ct.dicom import looks_like_dicom_folder
+from model.ct.modality import shows_hu
 from model.ct.windows import window_limits
 
 log = logging.getLogger(__name__)
@@ -57,12 +58,17 @@ def read_ct_layers(path: str | Path | list) -> list[LayerData]:
         log.warning("%s", exc)
         show_error(str(exc))
         return [(None,)]  # type: ignore[list-item]  # napari's documented "nothing to add" value
+    if volume.meta.get("notes"):
+        from napari.utils.notifications import show_info
+
+        show_info(f"{Path(path).name}: " + "; ".join(volume.meta["notes"]))
     return [layer_data(volume, Path(path))]
 
 
 def layer_data(volume: CTVolume, path: Path) -> LayerData:
-    """Image layer data for `volume`: mm scale, world position, mediastinal window, metadata."""
-    window = "full" if volume.meta.get("normalised") else "mediastinum"
+    """Image layer data for `volume`: mm scale, world position, mediastinal window (the full
+    range for values that are not HU), metadata (its `notes` are what the viewer tells the user)."""
+    window = "mediastinum" if shows_hu(volume.meta) else "full"
     kwargs = {
         "name": layer_name(path),
         "scale": tuple(volume.spacing),

@@ -8,7 +8,7 @@ APT_PACKAGES=(
   xvfb xauth x11-utils libgl1-mesa-dri libegl1 libglib2.0-0 libdbus-1-3 libfontconfig1
   libxkbcommon-x11-0 libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-cursor0
   libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-image0
-  postgresql
+  postgresql dcm2niix
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

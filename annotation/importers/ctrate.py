@@ -1,5 +1,5 @@
 """Import CT-RATE tables: scans/patients/timepoints from volume names, the 18 abnormality labels,
-reports, non-personal metadata (spacing, study date), and QA pairs for all six tasks:
+reports, non-personal metadata (spacing, rescale slope/intercept, orientation, study date), and QA pairs for all six tasks:
 tasks 4-6 from the labels with the exact 3D-RAD templates (`closed_qa_for_scan`, source
 "template"), tasks 1-3 from the report findings (`open_qa_from_findings`, source "generated").
 
@@ -8,8 +8,6 @@ Sex, age and the other DICOM-derived columns of the metadata are deliberately no
 """
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -27,6 +25,7 @@ from annotation.importers.bulk import (
     qa_row,
 )
 from annotation.importers.open_qa_from_report import open_qa_from_findings
+from model.ct.metadata import parse_metadata_row
 from model.inference.prompts import priors_in_question
 from annotation.qa_templates import CT_RATE_LABELS, TASKS, VolumeName, closed_qa_for_scan, task_by_number
 from annotation.records import ImportSummary
@@ -81,22 +80,25 @@ def read_reports(path: Path, problems: RowProblems) -> dict[str, dict[str, str |
 
 
 def read_metadata(path: Path, problems: RowProblems) -> dict[str, dict[str, Any]]:
-    """Spacing as (z, y, x) mm and the study date as YYYY-MM-DD; nothing personal."""
+    """Per scan: spacing as (z, y, x) mm, rescale slope/intercept and orientation (what the
+    readers apply where a volume file lacks them, `model.ct.metadata`) and the study date as
+    YYYY-MM-DD; nothing personal."""
     out = {}
     for line, r in _records(path, ("VolumeName", "XYSpacing", "ZSpacing"), problems):
         try:
-            xy = json.loads(r["XYSpacing"]) if r["XYSpacing"].strip() else None
-            z = float(r["ZSpacing"]) if r["ZSpacing"].strip() else None
-            if xy is not None and (len(xy) != 2 or not all(math.isfinite(float(v)) and float(v) > 0 for v in xy)):
-                raise ValueError
-            if z is not None and not (math.isfinite(z) and z > 0):
-                raise ValueError
-        except (ValueError, TypeError):
-            problems.add(path, line, f"XYSpacing/ZSpacing not understood: {r['XYSpacing']!r}/{r['ZSpacing']!r}")
+            row = parse_metadata_row(r, f"{path}, line {line}")
+        except ValueError as exc:
+            problems.add(path, line, str(exc).split(": ", 1)[-1])
             continue
         fields: dict[str, Any] = {}
-        if xy is not None and z is not None:
-            fields["spacing"] = [z, float(xy[0]), float(xy[1])]
+        if row.spacing is not None:
+            fields["spacing"] = list(row.spacing)
+        if row.slope is not None:
+            fields["rescale_slope"] = row.slope
+        if row.intercept is not None:
+            fields["rescale_intercept"] = row.intercept
+        if row.orientation is not None:
+            fields["orientation"] = list(row.orientation)
         date = (r.get("StudyDate") or "").strip()
         if date:
             if not (len(date) == 8 and date.isdigit()):

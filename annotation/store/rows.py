@@ -21,6 +21,7 @@ from annotation.records import (
     RatingVersion,
     ReportRecord,
     ScanRecord,
+    metadata_row,
 )
 from annotation.rubric import SCORE_KEYS
 from annotation.schema import (
@@ -73,7 +74,8 @@ def scan_query() -> Select:
 def scan_record(scan: Scan, patient: str | None) -> ScanRecord:
     return ScanRecord(scan.id, scan.volume_name, scan.path, patient, scan.timepoint, scan.reconstruction,
                       scan.study_date, tuple(scan.spacing) if scan.spacing else None,
-                      tuple(scan.shape) if scan.shape else None, scan.split)
+                      tuple(scan.shape) if scan.shape else None, scan.split, scan.rescale_slope,
+                      scan.rescale_intercept, tuple(scan.orientation) if scan.orientation else None)
 
 
 def report_record(r: Report) -> ReportRecord:
@@ -82,16 +84,21 @@ def report_record(r: Report) -> ReportRecord:
 
 def qa_query() -> Select:
     """QA pairs with the scan fields a QAPairRecord carries (volume, path, patient)."""
-    return (select(QAPair, Scan.volume_name, Scan.path, Patient.name)
+    return (select(QAPair, Scan.volume_name, Scan.path, Patient.name, *CALIBRATION)
             .join(Scan, Scan.id == QAPair.scan_id).outerjoin(Patient, Patient.id == Scan.patient_id))
 
 
-def qa_record(qa: QAPair, volume_name: str, path: str | None, patient: str | None) -> QAPairRecord:
+#: The scan columns a QAPairRecord's `ct_metadata` is made of (selected after the patient's name).
+CALIBRATION = (Scan.spacing, Scan.rescale_slope, Scan.rescale_intercept, Scan.orientation)
+
+
+def qa_record(qa: QAPair, volume_name: str, path: str | None, patient: str | None, *calibration: Any) -> QAPairRecord:
     choices = (qa.choice_a, qa.choice_b, qa.choice_c, qa.choice_d)
     return QAPairRecord(
         qa.id, qa.scan_id, volume_name, path, patient, qa.task, qa.task_number, qa.subtask, qa.question,
         qa.answer, qa.question_type, choices if qa.question_type == "closed" else None, qa.answer_choice,
-        tuple(qa.priors) if qa.priors is not None else None, qa.source, qa.provenance)
+        tuple(qa.priors) if qa.priors is not None else None, qa.source, qa.provenance,
+        metadata_row(*calibration) if calibration else None)
 
 
 # ---------------------------------------------------------------------- ratings

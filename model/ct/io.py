@@ -2,12 +2,15 @@
 for the canonical orientation every reader returns)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from model.ct.dicom import has_dicom_preamble, read_dicom_series
 from model.ct.formats import read_itk_file, read_m3d_npy, read_nifti
+from model.ct.metadata import ScanMetadata, metadata_for
 from model.ct.volume import CTReadError, CTVolume, first_line, itk_geometry, suffix_of
 
 #: File name endings `write_ct` writes; `read_ct` reads these, SUPPORTED_SUFFIXES and DICOM folders.
@@ -19,8 +22,13 @@ SUPPORTED_SUFFIXES = WRITABLE_SUFFIXES + (".npy", ".dcm")
 
 
 
-def read_ct(path: str | Path) -> CTVolume:
+def read_ct(path: str | Path, metadata: Mapping[str, Any] | ScanMetadata | None = None) -> CTVolume:
     """Read any supported CT file or DICOM folder into a canonical `CTVolume` (see module doc).
+
+    `metadata`: the scan's CT-RATE `metadata.csv` row (a mapping with CT-RATE's column names:
+    RescaleSlope, RescaleIntercept, XYSpacing, ZSpacing, ImageOrientationPatient,
+    ImagePositionPatient); it applies where the file lacks them (model/ct/metadata.py says which
+    wins), and ``meta["metadata_applied"]`` lists what it changed.
 
     Raises `CTReadError` (naming the path and the reason) for anything that is not a readable 3D
     volume; library exceptions never leak out.
@@ -28,16 +36,17 @@ def read_ct(path: str | Path) -> CTVolume:
     path = Path(path)
     if not path.exists():
         raise CTReadError(path, "no such file or directory")
+    row = metadata_for(path, metadata)
     try:
         suffix = suffix_of(path)
         if path.is_dir() or suffix == ".dcm" or (suffix not in SUPPORTED_SUFFIXES and has_dicom_preamble(path)):
-            return read_dicom_series(path)  # DICOM files often have no extension at all
+            return read_dicom_series(path)  # DICOM files often have no extension at all; headers win over a row
         if suffix == ".npy":
             return read_m3d_npy(path)
         if suffix in (".nii", ".nii.gz"):
-            return read_nifti(path)
+            return read_nifti(path, row)
         if suffix in WRITABLE_SUFFIXES:
-            return read_itk_file(path)
+            return read_itk_file(path, row)
     except CTReadError:
         raise
     except MemoryError:

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model.ct.values import replace_nonfinite
+from model.ct.volume import CTReadError
 from model.ct.windows import WINDOW_NAMES, WINDOW_PRESETS
 
 BODY_THRESHOLD_HU = -500.0  # air is -1000, fat -100: everything of the patient lies above this
@@ -119,7 +121,7 @@ def _input_from_array(array: np.ndarray, normalised: bool, size: Sequence[int],
     if normalised:
         crop = (0, 0, 0, *array.shape)
     else:
-        sample_min = float(array[::2, ::4, ::4].min())
+        sample_min = float(np.nanmin(array[::2, ::4, ::4]))
         crop = body_box(array, BODY_THRESHOLD_HU if sample_min < -200.0 else sample_min)
     z0, y0, x0, z1, y1, x1 = crop
     region = torch.from_numpy(array[z0:z1, y0:y1, x0:x1])  # a view: interpolate reads only what it needs
@@ -129,6 +131,14 @@ def _input_from_array(array: np.ndarray, normalised: bool, size: Sequence[int],
             width, level = bounds
             region = region.clamp(level - width / 2, level + width / 2)
     lo, hi = region.amin(), region.amax()  # (aminmax is several times slower on a strided view)
+    if not bool(torch.isfinite(lo) & torch.isfinite(hi)):  # an array not from read_ct: its rule, on a copy
+        finite = region.numpy().copy()
+        try:
+            replace_nonfinite("the volume", finite)
+        except CTReadError:
+            raise ValueError("the volume has no finite voxel (all NaN or infinite): nothing to show the model") from None
+        region = torch.from_numpy(finite)
+        lo, hi = region.amin(), region.amax()
     resized = F.interpolate(region[None, None], size=size, mode="trilinear", align_corners=False)[0]
     if not normalised:
         span = float(hi - lo)

@@ -134,17 +134,17 @@ def affine_from_itk(image: Any) -> np.ndarray:
     return affine
 
 
-def volume_from_itk(image: Any, path: Path, meta: dict[str, Any]) -> CTVolume:
-    """Turn a 3D SimpleITK image (rescale already applied by ITK) into a canonical CTVolume."""
+def volume_from_itk(image: Any, path: Path, meta: dict[str, Any], affine: np.ndarray | None = None) -> CTVolume:
+    """Turn a 3D SimpleITK image (rescale already applied by ITK) into a canonical CTVolume;
+    `affine` ((k, j, i) -> RAS) replaces the image's own geometry where the caller knows better."""
     import SimpleITK as sitk
 
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise CTReadError(path, f"{image.GetNumberOfComponentsPerPixel()} components per voxel (colour or vector image), not a CT")
     view = sitk.GetArrayViewFromImage(image)
-    affine = affine_from_itk(image)
+    affine = affine_from_itk(image) if affine is None else affine
     check_affine(path, affine)
     array, affine = canonicalise(view, affine)
-    check_values(path, array)
     meta = {**meta, "shape": tuple(int(n) for n in array.shape)}
     return CTVolume(array=array, spacing=spacing_of(affine), affine=affine, meta=meta)
 
@@ -153,15 +153,15 @@ def check_affine(path: Path, affine: np.ndarray) -> None:
     """Refuse geometry that cannot place a voxel in space (zero/NaN spacing or direction)."""
     matrix = affine[:3, :3]
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(matrix)) < 1e-9:
+        norms = np.linalg.norm(matrix, axis=0) if np.all(np.isfinite(matrix)) else None
+        if norms is not None and norms.min() < 1e-6:
+            raise CTReadError(path, f"zero voxel size (spacing {np.round(norms, 4).tolist()} mm along the stored axes)")
         raise CTReadError(path, f"degenerate geometry (spacing/direction): {np.round(matrix, 4).tolist()}")
 
 
-def check_values(path: Path, array: np.ndarray) -> None:
-    """Refuse data with nothing to show. Cheap: the full NaN scan runs only if voxel 0 is NaN."""
-    if array.size == 0:
-        raise CTReadError(path, f"empty volume (shape {array.shape})")
-    if np.isnan(array.flat[0]) and np.isnan(array).all():
-        raise CTReadError(path, "every voxel is NaN")
+def add_note(meta: dict[str, Any], text: str) -> None:
+    """Something the user must be told about this read (shown by the viewer, printed by the CLI)."""
+    meta.setdefault("notes", []).append(text)
 
 
 def check_shape(path: Path, size_xyz: tuple[int, ...]) -> tuple[int, ...]:

@@ -9,12 +9,14 @@ image loses accuracy there, one that answers from the text alone does not.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model import read_ct
+from model.ct.metadata import row_for
+from model.ct.modality import NotCTError
 from model.ct.volume import CTReadError
 from model.data.qa_folders import (
     TASK_KEYS,
@@ -49,7 +51,8 @@ def _ask(vlm: VLM, image: Any, item: QAItem, max_new_tokens: int) -> Any:
 
 
 def _run_questions(vlm: VLM, by_volume: dict[str, list[QAItem]], paths: dict[str, Path], robustness: bool,
-                   max_new_tokens: int, progress: Progress | None, seed: int) -> tuple[list[_Outputs], list[dict]]:
+                   max_new_tokens: int, progress: Progress | None, seed: int,
+                   metadata: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[list[_Outputs], list[dict]]:
     """Answer every question, reading and encoding each volume once.
 
     For the wrong-volume run, volume k's questions see volume k+1's image (cyclic) in a seeded
@@ -81,12 +84,12 @@ def _run_questions(vlm: VLM, by_volume: dict[str, list[QAItem]], paths: dict[str
     noise = None
     for volume in order:
         try:
-            ct = read_ct(paths[volume])
-        except CTReadError as exc:
+            ct = read_ct(paths[volume], metadata=row_for(metadata, volume))
+            image = vlm.prepare(ct)  # preprocessed and encoded once; every question reuses it
+        except (CTReadError, NotCTError) as exc:
             unreadable.append({"name": volume, "reason": str(exc)})
             done += len(by_volume[volume]) * runs_per_question
             continue
-        image = vlm.prepare(ct)  # preprocessed and encoded once; every question reuses it
         answer_all(volume, image, "normal")
         if robustness:
             if noise is None:
@@ -153,8 +156,11 @@ def evaluate_vlm(vlm: VLM, qa_dir: str | Path, volumes_dir: str | Path, limit: i
                  tasks: Iterable[str] | None = None, robustness: bool = False,
                  progress: Progress | None = None, *, model_name: str | None = None,
                  encoder: metrics.TokenEncoder | None = None, max_new_tokens: int = 64,
-                 seed: int = 0) -> dict[str, Any]:
+                 seed: int = 0, metadata: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Per-task (and per-subtask) figures in percent, as `ctvqa evaluate --json` writes them.
+
+    `metadata`: CT-RATE metadata rows by volume name (`model.ct.metadata.read_metadata_table`),
+    handed to `read_ct` for each volume.
 
     Questions whose volume is missing or unreadable are skipped and reported (count and first
     names) rather than failing the whole run: a partial volume download is the common case.
@@ -168,7 +174,7 @@ def evaluate_vlm(vlm: VLM, qa_dir: str | Path, volumes_dir: str | Path, limit: i
         if item.volume_name in paths:
             by_volume.setdefault(item.volume_name, []).append(item)
 
-    outputs, unreadable = _run_questions(vlm, by_volume, paths, robustness, max_new_tokens, progress, seed)
+    outputs, unreadable = _run_questions(vlm, by_volume, paths, robustness, max_new_tokens, progress, seed, metadata)
     needs_text_encoder = any(not o.item.closed for o in outputs)
     if needs_text_encoder and encoder is None:
         encoder = _text_encoder(vlm)

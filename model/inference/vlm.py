@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from model.ct.modality import require_ct
 from model.ct.preprocess import InputGeometry, masks_to_input, slice_input_with_crop, to_model_input_with_crop
 from model.ct.rois import rois_for
 from model.inference import boxes, prompts
@@ -179,14 +180,16 @@ class VLM:
         return f"obj:{id(volume)}:{window}", True
 
     def prepare(self, volume_or_tensor: Any, window: Any = None, slice_index: int | None = None,
-                rois: dict[str, np.ndarray] | None = None) -> PreparedImage:
+                rois: dict[str, np.ndarray] | None = None, allow_non_ct: bool | None = None) -> PreparedImage:
         """Preprocess and encode a volume (or its axial slice `slice_index`) once; later calls with
         the same volume return the cached result.
 
         Accepts a CTVolume or HU array (preprocessed here), a ready model input tensor (1,D,H,W) or
         (1,1,D,H,W) in [0, 1] (a slice index then counts its depth), or a PreparedImage (returned
         as is). OmniCT-family models also need organ masks: `rois` (organ -> bool mask in the
-        volume's grid, e.g. from `model.ct.rois.read_roi_labels`), the rest found by `find_rois`."""
+        volume's grid, e.g. from `model.ct.rois.read_roi_labels`), the rest found by `find_rois`.
+        A volume of another modality than CT raises `NotCTError` unless `allow_non_ct` (else env
+        CTVQA_ALLOW_NON_CT) says so."""
         if isinstance(volume_or_tensor, PreparedImage):
             if slice_index is not None and slice_index != volume_or_tensor.slice_index:
                 raise ValueError(f"this prepared image is about slice {volume_or_tensor.slice_index}, not {slice_index}")
@@ -194,6 +197,7 @@ class VLM:
         if slice_index is not None and not self.supports_slices:
             raise ValueError("this model (M3D family) answers about whole scans only; a question about one "
                              "slice needs an OmniCT-family model")
+        require_ct(volume_or_tensor, allow_non_ct)
         window = window if window is not None else self.settings.get("window")
         with self._lock:
             volume_key, by_identity = self._key(volume_or_tensor, window)

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import sys
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
@@ -33,6 +34,31 @@ def fail(message: str, code: int = 1) -> NoReturn:
         raise active
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+def metadata_table_or_fail(path: Path | None) -> dict[str, dict[str, str]] | None:
+    """`--metadata CSV` read (CT-RATE metadata.csv rows by VolumeName), or a one-line failure."""
+    if path is None:
+        return None
+    from model.ct.metadata import read_metadata_table
+
+    if not path.is_file():
+        fail(f"{path}: metadata table not found")
+    try:
+        return read_metadata_table(path)
+    except ValueError as exc:
+        fail(str(exc))
+
+
+def finite_json(value: Any) -> Any:  # noqa: ANN401
+    """`value` with NaN/Inf floats as null: JSON has no NaN, and a script parsing our output must not break."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(v) for v in value]
+    return value
 
 
 @contextmanager

@@ -67,13 +67,15 @@ def _register_ask(app: typer.Typer) -> None:
             "totalsegmentator", "--roi-names",
             help='What the --rois labels mean: a preset (totalsegmentator, synth) or "lung_left=10,11;lung_right=12,13,14".',
         ),
+        metadata: Path | None = typer.Option(None, "--metadata", help="CT-RATE metadata.csv whose row for VOLUME applies where the file lacks slope/intercept/spacing."),
+        allow_non_ct: bool = typer.Option(False, "--allow-non-ct", help="Answer about an MR/PET/... series too (the model knows CT only)."),
     ) -> None:
         """Ask the model one question about one CT; the answer streams to stdout as it is generated.
 
         Closed questions (--choices) also get a likelihood score per choice and the chosen letter.
         A box the model draws is printed in voxel coordinates (z1, y1, x1, z2, y2, x2) of VOLUME.
         """
-        from napari_ctvqa.cli._common import fail
+        from napari_ctvqa.cli._common import fail, finite_json, metadata_table_or_fail
 
         try:
             choice_list = split_choices(choices)
@@ -81,13 +83,17 @@ def _register_ask(app: typer.Typer) -> None:
         except ValueError as exc:
             fail(str(exc))
         from model import CTReadError, load_vlm, read_ct
+        from model.ct.metadata import row_for
 
         if not volume.exists():
             fail(f"volume {volume} does not exist")
+        table = metadata_table_or_fail(metadata)
         try:
-            ct = read_ct(volume)
+            ct = read_ct(volume, metadata=row_for(table, volume))
         except CTReadError as exc:
             fail(str(exc))
+        for note in ct.meta.get("notes", []):
+            typer.echo(f"note: {note}", err=True)
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # stdout/stderr carry the answer, not weight-loading bars
@@ -104,7 +110,8 @@ def _register_ask(app: typer.Typer) -> None:
             except (CTReadError, ValueError) as exc:
                 fail(f"--rois {rois}: {exc}" if str(rois) not in str(exc) else str(exc))
         try:
-            prepared = vlm.prepare(ct, window=window, slice_index=slice_index, rois=organ_masks)
+            prepared = vlm.prepare(ct, window=window, slice_index=slice_index, rois=organ_masks,
+                                   allow_non_ct=allow_non_ct)
             result = vlm.answer(
                 prepared, question, choices=choice_list, priors=prior_list, prior_label=prior_label,
                 max_new_tokens=max_new_tokens, on_text=lambda piece: typer.echo(piece, nl=False),
@@ -118,10 +125,10 @@ def _register_ask(app: typer.Typer) -> None:
         if result.box is not None and not as_json:
             typer.echo("box (voxels z1, y1, x1, z2, y2, x2): " + ", ".join(f"{v:.1f}" for v in result.box))
         if as_json:
-            typer.echo(json.dumps({
+            typer.echo(json.dumps(finite_json({
                 "text": result.text, "choice": result.choice, "choice_scores": result.choice_scores,
                 "box": list(result.box) if result.box is not None else None,
-            }))
+            }), allow_nan=False))
 
 
 # ----- ctvqa evaluate (H4b) -----------------------------------------------------------------
@@ -140,6 +147,7 @@ def _register_evaluate(app: typer.Typer) -> None:
         tasks: str | None = typer.Option(None, "--tasks", help="Comma-separated task keys, e.g. existence_detection,image_observation."),
         robustness: bool = typer.Option(False, "--robustness", help="Also ask with the wrong volume and with noise (3x the time)."),
         max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Generation length per answer."),
+        metadata: Path | None = typer.Option(None, "--metadata", help="CT-RATE metadata.csv: slope/intercept/spacing/orientation per volume, applied where a file lacks them."),
     ) -> None:
         """Score a model on 3D-RAD-style questions: BLEU-1, ROUGE-1, METEOR, BERTScore-F1 (open), accuracy (closed).
 
@@ -149,7 +157,7 @@ def _register_evaluate(app: typer.Typer) -> None:
         from model.data.qa_folders import QAFolderError, read_qa_folder
         from model.evaluation.evaluate import evaluate_vlm
 
-        from napari_ctvqa.cli._common import fail, progress_bar
+        from napari_ctvqa.cli._common import fail, metadata_table_or_fail, progress_bar
 
         task_list = tasks.split(",") if tasks else None
         try:
@@ -158,6 +166,7 @@ def _register_evaluate(app: typer.Typer) -> None:
             fail(str(exc))
         if not volumes.is_dir():
             fail(f"{volumes}: volumes folder not found")
+        table = metadata_table_or_fail(metadata)
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # one progress bar (ours) on stderr, not weight-loading bars
@@ -169,7 +178,7 @@ def _register_evaluate(app: typer.Typer) -> None:
             with progress_bar("evaluating") as update:
                 report = evaluate_vlm(vlm, qa, volumes, limit=limit, tasks=list(selected), robustness=robustness,
                                       progress=update, model_name=str(model or "embedded default"),
-                                      max_new_tokens=max_new_tokens)
+                                      max_new_tokens=max_new_tokens, metadata=table)
         except QAFolderError as exc:
             fail(str(exc))
         if report["n"] == 0:

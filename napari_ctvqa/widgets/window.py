@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from qtpy.QtWidgets import QGridLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
+from model.ct.modality import shows_hu
 from model.ct.windows import WINDOW_NAMES, window_limits
 
 if TYPE_CHECKING:
@@ -35,7 +36,8 @@ def target_image(viewer: napari.viewer.Viewer) -> Image | None:
 def apply_window(viewer: napari.viewer.Viewer, name: str) -> tuple[float, float] | None:
     """Set the target image's contrast limits to preset `name`; returns the limits applied.
 
-    HU presets make no sense on M3D's [0, 1] normalised arrays, so those get `full` and a note.
+    HU presets make no sense on M3D's [0, 1] normalised arrays or on MR and other non-CT series,
+    so those get `full` and a note.
     """
     from napari.utils.notifications import show_info
 
@@ -44,8 +46,9 @@ def apply_window(viewer: napari.viewer.Viewer, name: str) -> tuple[float, float]
         show_info("CT window: open a CT first (no image layer)")
         return None
     ct_meta = layer.metadata.get("ct_meta", {}) if isinstance(layer.metadata, dict) else {}
-    if ct_meta.get("normalised") and name != "full":
-        show_info(f"{layer.name} is normalised to [0, 1], not HU: showing the full range instead of {name}")
+    if not shows_hu(ct_meta) and name != "full":
+        what = "normalised to [0, 1]" if ct_meta.get("normalised") else f"a {ct_meta.get('modality')} series"
+        show_info(f"{layer.name} is {what}, not HU: showing the full range instead of {name}")
         name = "full"
     limits = window_limits(name, layer.data if name == "full" else None)
     layer.contrast_limits = limits

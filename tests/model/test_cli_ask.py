@@ -63,3 +63,28 @@ def test_choice_and_prior_parsing() -> None:
     assert parse_priors("0, 1,1") == [0, 1, 1]
     with pytest.raises(ValueError, match="0/1"):
         parse_priors("0,2")
+
+
+def test_ask_refuses_an_mr_series_unless_allowed(tmp_path: Path, tiny_vlm_dir: Path) -> None:
+    from tests.model.dicom_phantoms import write_phantom_series
+
+    write_phantom_series(tmp_path / "mr", np.arange(6) * 3.0, modality="MR", orientation=[0, 1, 0, 0, 0, -1])
+    args = ["ask", str(tmp_path / "mr"), "Is there a lung nodule?", "--model", str(tiny_vlm_dir), "--max-new-tokens", "2"]
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 1 and "MR series, not CT" in refused.output and "Traceback" not in refused.output
+    allowed = runner.invoke(app, [*args, "--allow-non-ct"])
+    assert allowed.exit_code == 0, allowed.output
+
+
+def test_ask_json_is_strict_json_even_with_infinite_voxels(tmp_path: Path, tiny_vlm_dir: Path) -> None:
+    vol = np.full((40, 40, 20), -1000, np.float32)
+    vol[5:35, 6:34, 2:18] = 40
+    vol[10, 10, 10], vol[20, 20, 5] = np.inf, -np.inf
+    path = tmp_path / "inf.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.diag([1.0, 1.0, 2.0, 1.0])), path)
+    result = runner.invoke(app, ["ask", str(path), "Is there a lung nodule?", "--choices", "Yes|No",
+                                 "--model", str(tiny_vlm_dir), "--max-new-tokens", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    last = json.loads(result.stdout.strip().splitlines()[-1], parse_constant=lambda c: pytest.fail(f"JSON has {c}"))
+    assert all(np.isfinite(v) for v in last["choice_scores"].values())
+    assert "2 non-finite voxel(s)" in result.stderr

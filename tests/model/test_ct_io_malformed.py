@@ -94,9 +94,8 @@ CASES: dict[str, tuple[Case, str]] = {
     "folder of non-DICOM files": (lambda d: _non_dicom_folder(d / "junk"), "no DICOM"),
     "DICOM folder of one slice": (lambda d: _dicom(d / "one", slices=ramp_slices(1)), "single slice"),
     "DICOM mismatched slice sizes": (lambda d: _mixed_sizes(d / "mixed"), "different sizes"),
-    "DICOM gantry tilt": (lambda d: _dicom(d / "tilt", tilt_mm_per_slice=0.5), "gantry tilt"),
     "DICOM duplicate positions": (lambda d: _dicom(d / "dup", positions=[0.0, 2.0, 2.0, 4.0]), "share one position"),
-    "DICOM missing slice": (lambda d: _dicom(d / "gap", positions=[0.0, 2.0, 6.0, 8.0]), "uneven slice spacing"),
+    "DICOM missing slice": (lambda d: _dicom(d / "gap", positions=[0.0, 2.0, 6.0, 8.0]), "missing slices: a 4 mm gap between slice001.dcm and slice002.dcm"),
     "non-DICOM .dcm file": (lambda d: _bytes(d / "fake.dcm", b"plain text pretending\n"), "no DICOM"),
 }
 

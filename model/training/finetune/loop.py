@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from model.ct.metadata import table_beside
 from model.data.json_files import read_json_file
 from model.inference.loading import PROVENANCE_FILE, load_vlm, write_settings
 from model.training.finetune.adapters import add_lora, load_checkpoint, save_checkpoint
@@ -87,7 +88,7 @@ def train(base: str | Path | None, data_dir: str | Path, out_dir: str | Path,
         raise FinetuneError(f"{record['data_dir']}: the training split is empty")
     vlm = load_vlm(record["base_path"])
     encoded = [encode_sample(vlm, s) for s in samples]
-    features = FeatureCache(vlm)
+    features = FeatureCache(vlm, table_beside(record["data_dir"]))
     pad_id = vlm.tokenizer.pad_token_id if vlm.tokenizer.pad_token_id is not None else vlm.tokenizer.eos_token_id
 
     model = add_lora(vlm.model, config).to(accelerator.device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from model.ct.io import read_ct
+from model.ct.metadata import row_for
 from model.ct.preprocess import to_model_input
 from model.data.qa_folders import QAFolderError, index_volumes, read_qa_folder
 from model.inference import prompts
@@ -112,16 +113,20 @@ def collate(encoded: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tupl
 
 
 class FeatureCache:
-    """Projected image features per image file, computed on first use (the encoder is frozen)."""
+    """Projected image features per image file, computed on first use (the encoder is frozen).
 
-    def __init__(self, vlm: Any) -> None:
+    `metadata`: CT-RATE rows by volume file name (the data folder's metadata.csv), so a scan is
+    calibrated exactly as the viewer and the chat show it."""
+
+    def __init__(self, vlm: Any, metadata: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         self.vlm = vlm
+        self.metadata = metadata
         self._features: dict[str, torch.Tensor] = {}
 
     def __call__(self, image: str) -> torch.Tensor:
         if image not in self._features:
-
-            pixels = to_model_input(read_ct(image), size=self.vlm.image_size, window=self.vlm.settings.get("window"))
+            volume = read_ct(image, metadata=row_for(self.metadata, image))
+            pixels = to_model_input(volume, size=self.vlm.image_size, window=self.vlm.settings.get("window"))
             # clone(): features made under inference_mode cannot take part in autograd otherwise
             self._features[image] = self.vlm.encode(pixels.to(self.vlm.device)).clone()
         return self._features[image]

@@ -31,7 +31,7 @@ def payload_of(layer: Any) -> VolumePayload:
     meta = (layer.metadata or {}).get("ct_meta") or {}
     data = layer.data[0] if layer.multiscale else layer.data  # full resolution of a pyramid
     return VolumePayload(np.asarray(data), tuple(float(s) for s in layer.scale),
-                         {"normalised": bool(meta.get("normalised", False))})
+                         {"normalised": bool(meta.get("normalised", False)), "modality": meta.get("modality")})
 
 
 class CTChoice(QObject):

@@ -7,11 +7,13 @@ changed. Each pair opens at the slice and window its own words point to (`view_h
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model.ct.io import read_ct
+from model.ct.modality import shows_hu
 from model.ct.volume import CTVolume
 from model.ct.windows import window_limits
 from napari_ctvqa.widgets.rating.view_hint import initial_view
@@ -33,10 +35,11 @@ class DisplayVolume:
     value_range: tuple[float, float]
 
 
-def read_for_display(path: str | Path) -> DisplayVolume:
-    """`read_ct` and the data range the layer's contrast slider needs (a full pass over the
-    voxels: done here, in the background, not when the pair is shown)."""
-    volume = read_ct(path)
+def read_for_display(path: str | Path, metadata: Mapping[str, Any] | None = None) -> DisplayVolume:
+    """`read_ct` (with the scan's calibration from the store) and the data range the layer's
+    contrast slider needs (a full pass over the voxels: done here, in the background, not when
+    the pair is shown)."""
+    volume = read_ct(path, metadata=metadata)
     return DisplayVolume(volume, window_limits("full", volume.array))
 
 
@@ -55,7 +58,7 @@ class ScanLayer:
         """Swap the pair's scan in at its starting slice and window; says where it opened and why."""
         volume = scan.volume
         hint = initial_view(qa.question, qa.answer, volume.array.shape[0])
-        window = "full" if volume.meta.get("normalised") else hint.window
+        window = hint.window if shows_hu(volume.meta) else "full"
         limits = scan.value_range if window == "full" else window_limits(window, None)
         layer = self.layer
         if not self.in_viewer:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qtpy.QtCore import QEvent, Qt, QTimer
@@ -72,6 +73,7 @@ class RatingWidget(QWidget):
         self.scan = ScanLayer(viewer)
         self._prefetch = prefetch
         self._prefetcher: Prefetcher[DisplayVolume] | None = None
+        self._calibration: dict[str, dict | None] = {}  # scan path -> its metadata row from the store
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self._build()
         if annotator:
@@ -178,7 +180,7 @@ class RatingWidget(QWidget):
         self.name_edit.setText(name)
         self.items = items
         if self._prefetcher is None and self._prefetch:
-            self._prefetcher = Prefetcher(read_for_display)
+            self._prefetcher = Prefetcher(self._read_scan)
         self._update_progress()
         if not self.items:
             self._set_enabled(False)
@@ -217,20 +219,26 @@ class RatingWidget(QWidget):
         if self._prefetcher is None or self.store is None:
             return
         for item in self.items[self.index + 1:self.index + 2]:
-            path = self.store.qa_pair(item.qa_id).path
-            if path:
-                self._prefetcher.request(path)
+            qa = self.store.qa_pair(item.qa_id)
+            if qa.path:
+                self._calibration[str(Path(qa.path))] = qa.ct_metadata
+                self._prefetcher.request(qa.path)
 
     def _show_scan(self, qa: QAPairRecord) -> None:
         if not qa.path:
             self._hide_scan(f"No volume file is registered for {qa.volume_name}: rate from the text.")
             return
+        self._calibration[str(Path(qa.path))] = qa.ct_metadata
         try:
-            shown = self._prefetcher.get(qa.path) if self._prefetcher is not None else read_for_display(qa.path)
+            shown = self._prefetcher.get(qa.path) if self._prefetcher is not None else self._read_scan(qa.path)
         except (CTReadError, OSError) as exc:
             self._hide_scan(f"Scan not shown: {exc}")
             return
         self.pair.set_view_hint(self.scan.show(qa, shown))
+
+    def _read_scan(self, path: str | Path) -> DisplayVolume:
+        """The scan with its calibration from the store (CT-RATE metadata), on the prefetch thread."""
+        return read_for_display(path, self._calibration.get(str(Path(path))))
 
     def _hide_scan(self, reason: str) -> None:
         self.scan.hide()
