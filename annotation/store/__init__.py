@@ -18,6 +18,7 @@ from sqlalchemy import inspect
 from annotation.db import Database, default_db_url, head_revision, run_migrations
 from annotation.store.chat import ChatArea
 from annotation.store.exports import ExportsArea
+from annotation.store.findings import FindingsArea
 from annotation.store.models import ModelsArea
 from annotation.store.queues import QueuesArea
 from annotation.store.ratings import RatingsArea
@@ -27,7 +28,7 @@ from annotation.store.scans import ScansArea
 __all__ = ["Store", "default_db_url"]
 
 
-class Store(ChatArea, ExportsArea, ScansArea, QueuesArea, RatingsArea, ModelsArea):
+class Store(ChatArea, ExportsArea, ScansArea, QueuesArea, RatingsArea, ModelsArea, FindingsArea):
     """The annotation database at `url` (None: `$CTVQA_DB`, else the per-user SQLite file).
 
     An empty database gets the schema on first use; an outdated one is refused with a message

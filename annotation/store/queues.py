@@ -38,10 +38,13 @@ class QueuesArea(StoreArea):
             return list(s.execute(select(Rater.name, Rater.kind).order_by(Rater.name)).tuples())
 
     def assign(self, annotators: Sequence[str], per_annotator: int, overlap: int, seed: int = 0,
-               tasks: Sequence[str] | None = None, batch: str | None = None) -> dict[str, Any]:
+               tasks: Sequence[str] | None = None, batch: str | None = None,
+               repeat: float = 0.0) -> dict[str, Any]:
         """Give each annotator `per_annotator` new pairs, `overlap` of them shared by all (for
-        agreement), drawn evenly across tasks like 3D-RAD's 600-pair sample. Pairs already
-        assigned to any of these annotators are not drawn again; returns the plan."""
+        agreement), drawn evenly across tasks like 3D-RAD's 600-pair sample. A `repeat` share of
+        each annotator's new pairs is shown to them a second time later in the queue (intra-rater
+        agreement). Pairs already assigned to any of these annotators are not drawn again;
+        returns the plan."""
         names = [a.strip() for a in annotators if a.strip()]
         batch = batch or f"batch-{utcnow():%Y%m%d-%H%M%S}"
 
@@ -53,17 +56,21 @@ class QueuesArea(StoreArea):
             if tasks:
                 query = query.where(QAPair.task.in_(list(tasks)))
             pool = [(i, t) for i, t in session.execute(query.order_by(QAPair.id)).tuples() if i not in taken]
-            plan = plan_assignments(pool, names, per_annotator, overlap, seed)
+            plan = plan_assignments(pool, names, per_annotator, overlap, seed, repeat_share=repeat)
             shared = set(plan.shared)
             rows = []
             for name, qa_ids in plan.batches.items():
                 start = session.scalar(select(func.coalesce(func.max(Assignment.position) + 1, 0))
                                        .where(Assignment.rater_id == rater_ids[name]))
-                rows += [{"rater_id": rater_ids[name], "qa_id": q, "position": start + k, "batch": batch,
-                          "shared": q in shared, "created_at": utcnow()} for k, q in enumerate(qa_ids)]
-            insert_ignoring_conflicts(session, Assignment.__table__, rows, ["rater_id", "qa_id"])
+                seen: set[int] = set()
+                for k, q in enumerate(qa_ids):  # a pair's second appearance in the order is its repeat
+                    rows.append({"rater_id": rater_ids[name], "qa_id": q, "position": start + k, "batch": batch,
+                                 "shared": q in shared, "is_repeat": q in seen, "created_at": utcnow()})
+                    seen.add(q)
+            insert_ignoring_conflicts(session, Assignment.__table__, rows, ["rater_id", "qa_id", "is_repeat"])
             return {"batch": batch, "shared": list(plan.shared), "per_task": plan.per_task,
-                    "annotators": {n: list(q) for n, q in plan.batches.items()}}
+                    "annotators": {n: list(q) for n, q in plan.batches.items()},
+                    "repeats": {n: list(q) for n, q in plan.repeats.items()}}
 
         return self.db.write(work)
 
@@ -75,11 +82,12 @@ class QueuesArea(StoreArea):
                 return []
             rows = s.execute(
                 select(Assignment.qa_id, Assignment.position, QAPair.task, Rating.status,
-                       Assignment.batch, Assignment.shared)
+                       Assignment.batch, Assignment.shared, Assignment.is_repeat)
                 .join(QAPair, QAPair.id == Assignment.qa_id)
-                .outerjoin(Rating, (Rating.qa_id == Assignment.qa_id) & (Rating.rater_id == rater_id))
+                .outerjoin(Rating, (Rating.qa_id == Assignment.qa_id) & (Rating.rater_id == rater_id)
+                           & (Rating.is_repeat == Assignment.is_repeat))
                 .where(Assignment.rater_id == rater_id).order_by(Assignment.position)).tuples()
-            return [QueueItem(q, p, t, st or "todo", b, bool(sh)) for q, p, t, st, b, sh in rows]
+            return [QueueItem(q, p, t, st or "todo", b, bool(sh), bool(rp)) for q, p, t, st, b, sh, rp in rows]
 
     def progress(self, annotator: str) -> Progress:
         items = self.queue(annotator)

@@ -113,13 +113,14 @@ def test_cli_import_reports_bad_row_and_leaves_database_unchanged(tmp_path: Path
 
 
 def test_cli_db_init_and_upgrade(tmp_path: Path) -> None:
+    from annotation.db import head_revision
     from napari_ctvqa.cli import app
 
     db = str(tmp_path / "fresh.sqlite")
     runner = CliRunner()
     assert runner.invoke(app, ["db", "init", "--db", db]).exit_code == 0
     result = runner.invoke(app, ["db", "upgrade", "--db", db, "--json"])
-    assert result.exit_code == 0 and '"to": "0001"' in result.stdout
+    assert result.exit_code == 0 and f'"to": "{head_revision()}"' in result.stdout
     env = runner.invoke(app, ["db", "init"], env={"CTVQA_DB": str(tmp_path / "env.sqlite")})
     assert env.exit_code == 0 and (tmp_path / "env.sqlite").is_file()
 

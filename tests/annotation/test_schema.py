@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 
-from annotation.db import current_revision, run_migrations
+from annotation.db import current_revision, head_revision, run_migrations
 from annotation.schema import Base
 from annotation.store import Store
 
@@ -22,9 +22,9 @@ def test_migration_creates_the_public_tables_and_matches_the_models(store: Store
     with store.db.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
-    assert current_revision(store.url) == "0001"
+    assert current_revision(store.url) == head_revision()
     run_migrations(store.url)  # upgrading at head is a no-op, not an error
-    assert current_revision(store.url) == "0001"
+    assert current_revision(store.url) == head_revision()
 
 
 def _rate_sql(score: int = 3, rater: int = 1, qa: int = 1) -> str:
@@ -84,7 +84,7 @@ def test_sqlite_connections_use_wal_foreign_keys_and_a_busy_timeout(store: Store
 
 def test_store_creates_an_empty_database_but_refuses_a_foreign_or_outdated_one(tmp_path) -> None:
     fresh = Store(str(tmp_path / "fresh.sqlite"))
-    assert fresh.count_qa_pairs() == {} and current_revision(fresh.url) == "0001"
+    assert fresh.count_qa_pairs() == {} and current_revision(fresh.url) == head_revision()
     foreign = tmp_path / "foreign.sqlite"
     with Store(str(tmp_path / "x.sqlite")).db.engine.begin() as conn:  # any engine: attach and write
         conn.exec_driver_sql(f"ATTACH DATABASE '{foreign}' AS other")
@@ -93,5 +93,33 @@ def test_store_creates_an_empty_database_but_refuses_a_foreign_or_outdated_one(t
         Store(str(foreign))
     with Store.create(str(tmp_path / "old.sqlite")).db.engine.begin() as conn:
         conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0000'")
-    with pytest.raises(RuntimeError, match="is at schema 0000, this version needs 0001"):
+    with pytest.raises(RuntimeError, match=f"is at schema 0000, this version needs {head_revision()}"):
         Store(str(tmp_path / "old.sqlite"))
+
+
+def test_upgrade_from_0001_keeps_ratings_and_admits_repeats(tmp_path) -> None:
+    """A database made before repeats and finding boxes migrates with its ratings intact, after
+    which a second (repeat) rating of the same pair by the same rater is allowed, a third is not."""
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    run_migrations(url, "0001")
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO scans (id, volume_name, created_at) VALUES (1, 'v.nii.gz', '2026-01-01')"))
+        conn.execute(text("INSERT INTO qa_pairs (id, scan_id, task, question, answer, question_type, source, "
+                          "content_key, created_at) VALUES (1, 1, 'image_observation', 'q?', 'a', 'open', "
+                          "'imported', 'k', '2026-01-01')"))
+        conn.execute(text("INSERT INTO raters (id, name, kind, created_at) VALUES (1, 'ann', 'human', '2026-01-01')"))
+        conn.execute(text("INSERT INTO ratings (qa_id, rater_id, note, status, seconds_spent, created_at, updated_at) "
+                          "VALUES (1, 1, '', 'skipped', 0, '2026-01-01', '2026-01-01')"))
+    run_migrations(url)
+    assert current_revision(url) == head_revision()
+    insert = ("INSERT INTO ratings (qa_id, rater_id, note, status, seconds_spent, created_at, updated_at, is_repeat) "
+              "VALUES (1, 1, '', 'skipped', 0, '2026-01-01', '2026-01-01', 1)")
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT is_repeat FROM ratings")).scalars().all() == [0]
+        conn.execute(text(insert))
+    with pytest.raises(Exception, match="UNIQUE"), engine.begin() as conn:
+        conn.execute(text(insert))
+    engine.dispose()
