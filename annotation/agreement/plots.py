@@ -62,6 +62,13 @@ def agreement_figure(per_rater: pd.DataFrame, reliability: pd.DataFrame | None =
     return figure
 
 
+def report_title(report) -> str:  # noqa: ANN001 (an annotation.agreement.AgreementReport)
+    """What the heatmaps stand on: raters, pairs rated by two or more, and the k actually used."""
+    n = int(report.reliability["n_units"].max()) if not report.reliability.empty else 0
+    k = int(report.pairwise["k_used"].min()) if not report.pairwise.empty else report.top_k
+    return f"{len(report.per_rater)} raters · {n} pairs rated by two or more · Top-k with k = {k} (asked {report.top_k})"
+
+
 def save_agreement_png(per_rater: pd.DataFrame, reliability: pd.DataFrame | None, path: str | Path,
                        title: str = "") -> Path:
     """Draw `agreement_figure` into a PNG at `path` (its folder must exist)."""

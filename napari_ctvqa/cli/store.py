@@ -236,11 +236,11 @@ def agreement_cmd(
     report = _run(lambda: store.agreement_report(top_k=top_k, n_boot=bootstrap, seed=seed,
                                                  disagreements=max(disagreements, 1)))
     if plot is not None:
-        from annotation.agreement.plots import save_agreement_png
+        from annotation.agreement.plots import report_title, save_agreement_png
 
         if report.per_rater.empty:
             fail("nothing to plot: no two raters have rated the same QA pairs yet")
-        _run(lambda: save_agreement_png(report.per_rater, report.reliability, plot, _plot_title(report)))
+        _run(lambda: save_agreement_png(report.per_rater, report.reliability, plot, report_title(report)))
     if as_json:
         data = report.to_json()
         data["disagreements"] = data["disagreements"][:disagreements]
@@ -254,11 +254,6 @@ def agreement_cmd(
     print_report(report, disagreements)
     if plot is not None:
         typer.echo(f"heatmaps saved to {plot}")
-
-
-def _plot_title(report: Any) -> str:  # noqa: ANN401
-    n = int(report.reliability["n_units"].max()) if not report.reliability.empty else 0
-    return f"{len(report.per_rater)} raters, {n} pairs rated by two or more, Top-k with k = {report.top_k} (capped at n)"
 
 
 def export_cmd(
