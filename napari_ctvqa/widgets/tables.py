@@ -19,7 +19,12 @@ HEADERS = {
     "n_common": "Common", "k_used": "k", "top_k_overlap": "Top-k", "ndcg_at_k": "NDCG@k",
     "ndcg_at_k_ba": "NDCG@k B→A", "spearman_rho": "Spearman", "kendall_tau": "Kendall", "mae": "MAE",
     "kappa_consistent": "κ consist.", "consistent_agreement": "Consist. agree", "warning": "Warning",
-    "wkappa_mean": "w.κ mean", **{f"wkappa_{key}": f"w.κ {short}" for key, _, short in DIMENSIONS},
+"dimension": "Dimension", "n_units": "n", "alpha": "α", "alpha_low": "α low", "alpha_high": "α high",
+    "wkappa": "w.κ", "wkappa_low": "w.κ low", "wkappa_high": "w.κ high", "icc": "ICC", "icc_low": "ICC low",
+    "icc_high": "ICC high", "icc_n": "ICC n", "icc_raters": "ICC raters", "n_repeats": "n", "exact": "Same",
+    "qa_id": "Pair", "task": "Task", "mean_spread": "Spread", "worst_dimension": "Worst", "dimension_spread": "by",
+    "consistent_split": "Consistent", "scores": "Mean per rater", "question": "Question", "answer": "Answer",
+        "wkappa_mean": "w.κ mean", **{f"wkappa_{key}": f"w.κ {short}" for key, _, short in DIMENSIONS},
     **{f"mae_{key}": f"MAE {short}" for key, _, short in DIMENSIONS},
 }
 TIPS = {
