@@ -84,6 +84,7 @@ class QueueItem:
     status: str  # todo | rated | skipped | flagged
     batch: str
     shared: bool
+    repeat: bool = False  # the second showing of a pair this annotator sees twice (blind to the first)
 
 
 @dataclass(frozen=True)
@@ -216,3 +217,15 @@ class ImportSummary:
     scans_added: int
     seconds: float
     per_task: dict[str, int] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class FindingBoxRecord:
+    """Where one finding is in a scan: `box` = (z1, y1, x1, z2, y2, x2) as fractions 0-1 of the
+    canonical array (z inferior->superior), stop exclusive; `side` right/left/both/midline."""
+
+    label: str
+    box: tuple[float, float, float, float, float, float]
+    side: str | None = None
+    location: str | None = None
+    source: str = "ground_truth"

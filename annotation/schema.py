@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -200,7 +201,7 @@ class Rating(_RatingColumns, Base):
 
     __tablename__ = "ratings"
     __table_args__ = (
-        UniqueConstraint("qa_id", "rater_id", name="uq_ratings_qa_rater"),
+        UniqueConstraint("qa_id", "rater_id", "is_repeat", name="uq_ratings_qa_rater"),
         CheckConstraint(_in("status", RATING_STATUSES), name="status"),
         CheckConstraint("seconds_spent >= 0", name="seconds_nonneg"),
         CheckConstraint(
@@ -212,6 +213,8 @@ class Rating(_RatingColumns, Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     qa_id: Mapped[int] = mapped_column(ForeignKey("qa_pairs.id", ondelete="CASCADE"))
     rater_id: Mapped[int] = mapped_column(ForeignKey("raters.id", ondelete="CASCADE"), index=True)
+    # the second, blind judgement of a pair shown to the same rater again (intra-rater agreement)
+    is_repeat: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -231,7 +234,7 @@ class RatingHistory(_RatingColumns, Base):
 class Assignment(Base):
     __tablename__ = "assignments"
     __table_args__ = (
-        UniqueConstraint("rater_id", "qa_id", name="uq_assignments_rater_qa"),
+        UniqueConstraint("rater_id", "qa_id", "is_repeat", name="uq_assignments_rater_qa"),
         CheckConstraint("position >= 0", name="position_nonneg"),
     )
 
@@ -241,7 +244,25 @@ class Assignment(Base):
     position: Mapped[int] = mapped_column(Integer)
     batch: Mapped[str] = mapped_column(String(64))
     shared: Mapped[bool] = mapped_column(Boolean, default=False)
+    # the pair shown a second time to the same rater, later in the queue (`assign --repeat`)
+    is_repeat: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class FindingBox(Base):
+    """Where a finding is in a scan (a ground-truth or annotated box), so the rating view can open
+    a pair at the finding its words name. `box` is [z1, y1, x1, z2, y2, x2] as fractions 0-1 of
+    the canonical array (z inferior->superior), stop exclusive."""
+
+    __tablename__ = "finding_boxes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"), index=True)
+    label: Mapped[str] = mapped_column(String(128))
+    side: Mapped[str | None] = mapped_column(String(16))
+    location: Mapped[str | None] = mapped_column(Text)
+    box: Mapped[list[Any]] = mapped_column(JSON)
+    source: Mapped[str] = mapped_column(String(32), default="ground_truth")
 
 
 class ModelVersion(Base):

@@ -149,7 +149,7 @@ def rate_everything(store: Store, seed: int = 0) -> int:
     rows = [{"qa_id": q, "rater_id": rater_id, **dict(zip(SCORE_KEYS, s)), "consistent": True, "note": "",
              "status": "rated", "reason": None, "seconds_spent": 0.0, "created_at": now, "updated_at": now}
             for q, s in zip(qa_ids, scores)]
-    store.db.write(lambda session: insert_ignoring_conflicts(session, Rating.__table__, rows, ["qa_id", "rater_id"]))
+    store.db.write(lambda session: insert_ignoring_conflicts(session, Rating.__table__, rows, ["qa_id", "rater_id", "is_repeat"]))
     return len(rows)
 
 

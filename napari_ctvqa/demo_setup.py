@@ -86,6 +86,7 @@ def existing_setup(workdir: str | Path) -> DemoSetup | None:
 def _build(workdir: Path, progress: Progress, patients: int, size: tuple[int, int, int] | None) -> DemoSetup:
     # deferred: SQLAlchemy and the phantom generator load only on a first run that builds the demo
     from annotation.importers.ctrate import import_ctrate
+    from annotation.importers.finding_boxes import import_finding_boxes
     from annotation.store import Store
 
     start = time.perf_counter()
@@ -103,6 +104,7 @@ def _build(workdir: Path, progress: Progress, patients: int, size: tuple[int, in
     try:
         import_ctrate(store.db, cohort / "reports.csv", cohort / "labels.csv", cohort / "metadata.csv",
                       volumes=cohort / "volumes")
+        import_finding_boxes(store, cohort / "ground_truth.json")  # pairs open at their findings
         progress("rating queue", patients + 1, total)
         if not store.queue(DEMO_ANNOTATOR):
             n_pairs = sum(store.count_qa_pairs().values())

@@ -28,6 +28,7 @@ from annotation.db import (
 )
 from annotation.store.chat import ChatArea
 from annotation.store.exports import ExportsArea
+from annotation.store.findings import FindingsArea
 from annotation.store.models import ModelsArea
 from annotation.store.queues import QueuesArea
 from annotation.store.ratings import RatingsArea
@@ -37,7 +38,7 @@ from annotation.store.scans import ScansArea
 __all__ = ["Store", "StoreError", "default_db_url"]
 
 
-class Store(ChatArea, ExportsArea, ScansArea, QueuesArea, RatingsArea, ModelsArea):
+class Store(ChatArea, ExportsArea, ScansArea, QueuesArea, RatingsArea, ModelsArea, FindingsArea):
     """The annotation database at `url` (None: `$CTVQA_DB`, else the per-user SQLite file).
 
     An empty database gets the schema on first use; an outdated one is refused with a message

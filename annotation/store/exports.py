@@ -35,6 +35,16 @@ class ExportsArea(ScansArea, RatingsArea):
         pairwise = pairwise_agreement(self.ratings_frame(), top_k=top_k)
         return pairwise, per_rater_agreement(pairwise)
 
+    def agreement_report(self, top_k: int = 100, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+                         disagreements: int = 20) -> Any:
+        """Every agreement table (annotation.agreement.AgreementReport): between raters, per
+        dimension with bootstrap intervals, intra-rater on repeats, and the most-disagreed pairs."""
+        from annotation.agreement import agreement_report  # deferred: see agreement
+
+        return agreement_report(self.ratings_frame(), self.ratings_frame(repeats=True), self.qa_frame(),
+                                top_k=top_k, n_boot=n_boot, seed=seed, level=level,
+                                n_disagreements=disagreements)
+
     def curation_preview(self, rule: Any = None) -> Any:
         """What `rule` (annotation.curation.FilterRule) would keep, without exporting."""
         from annotation.curation import FilterRule, apply_filter, summarize  # deferred: pandas

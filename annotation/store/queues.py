@@ -41,13 +41,14 @@ class QueuesArea(StoreArea):
 
     def assign(self, annotators: Sequence[str], per_annotator: int, overlap: int, seed: int = 0,
                tasks: Sequence[str] | None = None, batch: str | None = None,
-               add: bool = False) -> dict[str, Any]:
+               add: bool = False, repeat: float = 0.0) -> dict[str, Any]:
         """Give each annotator `per_annotator` new pairs, `overlap` of them shared by all (for
         agreement), drawn evenly across tasks like 3D-RAD's 600-pair sample, as batch `batch`
         (default: named after the request). The same batch again changes nothing and returns it
         (`"changed": False`), so re-running a script cannot double every queue; `add=True` draws
-        a further batch (`<batch>+1`, `+2`...). Pairs already assigned to any of these annotators
-        are never drawn again."""
+        a further batch (`<batch>+1`, `+2`...). A `repeat` share of each annotator's new pairs is
+        shown to them a second time later in the queue (intra-rater agreement). Pairs already
+        assigned to any of these annotators are never drawn again."""
         names = [annotator_name(a) for a in annotators]
         task_list = sorted(set(tasks)) if tasks else None
         batch = batch_name(batch) if batch else default_batch_name(names, per_annotator, overlap, seed, task_list)
@@ -73,17 +74,21 @@ class QueuesArea(StoreArea):
             if task_list:
                 query = query.where(QAPair.task.in_(task_list))
             pool = [(i, t) for i, t in session.execute(query.order_by(QAPair.id)).tuples() if i not in taken]
-            plan = plan_assignments(pool, names, per_annotator, overlap, seed)
+            plan = plan_assignments(pool, names, per_annotator, overlap, seed, repeat_share=repeat)
             shared = set(plan.shared)
             rows = []
             for rater, qa_ids in plan.batches.items():
                 start = session.scalar(select(func.coalesce(func.max(Assignment.position) + 1, 0))
                                        .where(Assignment.rater_id == rater_ids[rater]))
-                rows += [{"rater_id": rater_ids[rater], "qa_id": q, "position": start + k, "batch": name,
-                          "shared": q in shared, "created_at": utcnow()} for k, q in enumerate(qa_ids)]
-            insert_ignoring_conflicts(session, Assignment.__table__, rows, ["rater_id", "qa_id"])
+                seen: set[int] = set()
+                for k, q in enumerate(qa_ids):  # a pair's second appearance in the order is its repeat
+                    rows.append({"rater_id": rater_ids[rater], "qa_id": q, "position": start + k, "batch": name,
+                                 "shared": q in shared, "is_repeat": q in seen, "created_at": utcnow()})
+                    seen.add(q)
+            insert_ignoring_conflicts(session, Assignment.__table__, rows, ["rater_id", "qa_id", "is_repeat"])
             return {"batch": name, "changed": True, "shared": list(plan.shared), "per_task": plan.per_task,
-                    "annotators": {n: list(q) for n, q in plan.batches.items()}}
+                    "annotators": {n: list(q) for n, q in plan.batches.items()},
+                    "repeats": {n: list(q) for n, q in plan.repeats.items()}}
 
         return self.db.write(work)
 
@@ -91,19 +96,23 @@ class QueuesArea(StoreArea):
     def _batch_plan(session: Session, batch: str) -> dict[str, Any] | None:
         """An existing batch in the shape `assign` returns (None if there is no such batch)."""
         rows = session.execute(
-            select(Rater.name, Assignment.qa_id, Assignment.shared, QAPair.task)
+            select(Rater.name, Assignment.qa_id, Assignment.shared, QAPair.task, Assignment.is_repeat)
             .join(Rater, Rater.id == Assignment.rater_id).join(QAPair, QAPair.id == Assignment.qa_id)
             .where(Assignment.batch == batch).order_by(Rater.name, Assignment.position)).tuples().all()
         if not rows:
             return None
         per_annotator: dict[str, list[int]] = defaultdict(list)
         task_of = {}
-        for rater, qa_id, _, task in rows:
+        repeats: dict[str, list[int]] = defaultdict(list)
+        for rater, qa_id, _, task, is_repeat in rows:
             per_annotator[rater].append(qa_id)
             task_of[qa_id] = task
+            if is_repeat:
+                repeats[rater].append(qa_id)
         return {"batch": batch, "changed": False,
-                "shared": sorted({q for _, q, shared, _ in rows if shared}),
-                "per_task": dict(Counter(task_of.values())), "annotators": dict(per_annotator)}
+                "shared": sorted({q for _, q, shared, _, _ in rows if shared}),
+                "per_task": dict(Counter(task_of.values())), "annotators": dict(per_annotator),
+                "repeats": dict(repeats)}
 
     def batches(self) -> list[BatchRecord]:
         """Every assignment batch, oldest first, with its annotators and how far they got."""
@@ -112,7 +121,8 @@ class QueuesArea(StoreArea):
                 select(Assignment.batch, Assignment.created_at, Rater.name, Assignment.qa_id,
                        Assignment.shared, Rating.id)
                 .join(Rater, Rater.id == Assignment.rater_id)
-                .outerjoin(Rating, (Rating.qa_id == Assignment.qa_id) & (Rating.rater_id == Assignment.rater_id))
+                .outerjoin(Rating, (Rating.qa_id == Assignment.qa_id) & (Rating.rater_id == Assignment.rater_id)
+                           & (Rating.is_repeat == Assignment.is_repeat))
                 .order_by(Assignment.id)).tuples().all()
         grouped: dict[str, list[tuple]] = defaultdict(list)
         for row in rows:
@@ -132,7 +142,8 @@ class QueuesArea(StoreArea):
         def work(session: Session) -> dict[str, Any]:
             entries = session.execute(
                 select(Assignment.id, Rating.id)
-                .outerjoin(Rating, (Rating.qa_id == Assignment.qa_id) & (Rating.rater_id == Assignment.rater_id))
+                .outerjoin(Rating, (Rating.qa_id == Assignment.qa_id) & (Rating.rater_id == Assignment.rater_id)
+                           & (Rating.is_repeat == Assignment.is_repeat))
                 .where(Assignment.batch == batch)).tuples().all()
             if not entries:
                 known = sorted(session.scalars(select(Assignment.batch).distinct()))
@@ -155,11 +166,12 @@ class QueuesArea(StoreArea):
                 return []
             rows = s.execute(
                 select(Assignment.qa_id, Assignment.position, QAPair.task, Rating.status,
-                       Assignment.batch, Assignment.shared)
+                       Assignment.batch, Assignment.shared, Assignment.is_repeat)
                 .join(QAPair, QAPair.id == Assignment.qa_id)
-                .outerjoin(Rating, (Rating.qa_id == Assignment.qa_id) & (Rating.rater_id == rater_id))
+                .outerjoin(Rating, (Rating.qa_id == Assignment.qa_id) & (Rating.rater_id == rater_id)
+                           & (Rating.is_repeat == Assignment.is_repeat))
                 .where(Assignment.rater_id == rater_id).order_by(Assignment.position)).tuples()
-            return [QueueItem(q, p, t, st or "todo", b, bool(sh)) for q, p, t, st, b, sh in rows]
+            return [QueueItem(q, p, t, st or "todo", b, bool(sh), bool(rp)) for q, p, t, st, b, sh, rp in rows]
 
     def progress(self, annotator: str) -> Progress:
         annotator = annotator_name(annotator)

@@ -23,7 +23,7 @@ def rate(
 ) -> None:
     """Rate your queue of QA pairs in napari: five 0-5 scores and a consistency flag per pair.
 
-    Keys (rating panel focused): 0-5 score, Tab/Up/Down move, C consistency, Enter submit, Backspace/Left back, Right forward, N note, S skip, F flag, PageUp/PageDown slice.
+    Keys (rating panel focused): 0-5 score, Tab/Up/Down move, C consistency, Enter submit, Backspace/Left back, Right forward, U next unrated, N note, S skip, F flag, PageUp/PageDown slice, L/M/B/A lung/mediastinum/bone/all window, R rubric.
     """  # noqa: E501 (one line: the help text would break where the source line breaks)
     from annotation.store import Store
 
@@ -32,10 +32,17 @@ def rate(
         fail("--annotator must not be empty")
     try:
         store = Store(db)
+        known = [n for n, kind in store.raters() if kind == "human"]
         progress = store.progress(name)
     except Exception as exc:  # a wrong URL or an uninitialised database: one line, not a traceback
         fail(f"cannot open the rating queue in {db or 'the default database'}: {exc}. "
              "Create it with `ctvqa db init` and fill it with `ctvqa import ...` and `ctvqa assign ...`.")
+    if name not in known:
+        import difflib
+
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        fail(f"no annotator named {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+             + (f"; known: {', '.join(known)}" if known else "; a curator adds annotators with `ctvqa assign`"))
     if status:
         figures = {"annotator": name, "done": progress.done, "total": progress.total,
                    "skipped": progress.skipped, "flagged": progress.flagged, "seconds": progress.seconds,
@@ -55,9 +62,12 @@ def rate(
     import napari
 
     from napari_ctvqa.widgets.rating import RatingWidget
+    from napari_ctvqa.widgets.window import WindowWidget
 
     viewer = napari.Viewer(title=f"ctvqa rate: {name}")
     widget = RatingWidget(viewer, store=store, annotator=name)
+    # the window presets also as keys on the canvas (L/M/B/F), as in `ctvqa view`
+    viewer.window.add_dock_widget(WindowWidget(viewer), name="CT window", area="left")
     viewer.window.add_dock_widget(widget, name="Rate QA pairs", area="right")
     if screenshot is not None:
         screenshot_window(viewer, screenshot, (1500, 950))

@@ -135,6 +135,20 @@ def import_m3d_cmd(
     _print(asdict(summary), as_json, _summary_text(summary))
 
 
+@import_app.command("boxes")
+def import_boxes_cmd(
+    json_file: Annotated[Path, typer.Argument(help="Finding boxes JSON (the synthetic cohort's ground_truth.json layout).",
+                                              exists=True, dir_okay=False)],
+    db: DbOption = None, as_json: JsonOption = False,
+) -> None:
+    """Import where each finding is in each scan, so the rating view opens pairs at their findings."""
+    from annotation.importers.finding_boxes import import_finding_boxes
+
+    store = _open(db)
+    result = _run(lambda: import_finding_boxes(store, json_file))
+    _print(result, as_json, f"{json_file}: {result['boxes']} finding boxes on {result['volumes']} scans")
+
+
 # ---------------------------------------------------------------------- ratings
 @ratings_app.command("import")
 def ratings_import_cmd(
@@ -173,6 +187,8 @@ def assign_cmd(
     tasks: Annotated[str | None, typer.Option(help="Comma-separated task keys to draw from (default all).")] = None,
     batch: Annotated[str | None, typer.Option(help="Batch name (default: named after the request).")] = None,
     add: Annotated[bool, typer.Option("--add", help="Draw a further batch even if this one exists.")] = False,
+    repeat: Annotated[float, typer.Option(help="Share of each annotator's pairs shown to them a second time, "
+                                                "later and blind (intra-rater agreement), e.g. 0.1.")] = 0.0,
     db: DbOption = None, as_json: JsonOption = False,
 ) -> None:
     """Build rating queues: new pairs per annotator, `--overlap` of them shared, evenly across tasks.
@@ -181,13 +197,14 @@ def assign_cmd(
     names = [a.strip() for a in annotators.split(",") if a.strip()]
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     plan = _run(lambda: store.assign(names, per_annotator, overlap, seed=seed, tasks=task_list,
-                                     batch=batch, add=add))
+                                     batch=batch, add=add, repeat=repeat))
     if not plan["changed"]:
         text = (f"{plan['batch']}: already assigned ({sum(map(len, plan['annotators'].values()))} queue "
                 "entries); nothing changed (--add draws more)")
     else:
+        repeats = sum(len(v) for v in plan["repeats"].values())
         text = (f"{plan['batch']}: {len(names)} annotator(s) x {per_annotator} pairs, {len(plan['shared'])} "
-                f"shared; per task {plan['per_task']}")
+                f"shared{f', {repeats} repeats' if repeats else ''}; per task {plan['per_task']}")
     _print(plan, as_json, text)
 
 
@@ -239,42 +256,40 @@ def progress_cmd(db: DbOption = None, as_json: JsonOption = False) -> None:
 
 
 def agreement_cmd(
-    top_k: Annotated[int, typer.Option(help="K of Top-K overlap and NDCG@K.")] = 100,
+    top_k: Annotated[int, typer.Option(help="K of Top-K overlap and NDCG@K (capped at the common pairs, shown as k).")] = 100,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples behind the confidence intervals (0: none).")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    disagreements: Annotated[int, typer.Option(help="List the N most-disagreed pairs (to adjudicate).")] = 0,
+    plot: Annotated[Path | None, typer.Option(help="Save the agreement heatmaps (3D-RAD figures 7-8) to this PNG.",
+                                              dir_okay=False)] = None,
     db: DbOption = None, as_json: JsonOption = False,
 ) -> None:
-    """Rater-vs-rater agreement: Top-K overlap, NDCG@K, Spearman, Kendall, MAE, Cohen's kappa."""
+    """Rater agreement: Top-K, NDCG@K, Spearman, Kendall, MAE, kappa per rater pair; ordinal alpha,
+    weighted kappa and ICC per dimension with bootstrap intervals; intra-rater on repeats."""
     store = _open(db)
-    pairwise, per_rater = _run(lambda: store.agreement(top_k=top_k))
+    if bootstrap < 0 or disagreements < 0:
+        fail("--bootstrap and --disagreements must not be negative")
+    report = _run(lambda: store.agreement_report(top_k=top_k, n_boot=bootstrap, seed=seed,
+                                                 disagreements=max(disagreements, 1)))
+    if plot is not None:
+        from annotation.agreement.plots import report_title, save_agreement_png
+
+        if report.per_rater.empty:
+            fail("nothing to plot: no two raters have rated the same QA pairs yet")
+        _run(lambda: save_agreement_png(report.per_rater, report.reliability, plot, report_title(report)))
     if as_json:
-        _print({"pairwise": json.loads(pairwise.to_json(orient="records")),
-                "per_rater": json.loads(per_rater.to_json(orient="records"))}, True, "")
+        data = report.to_json()
+        data["disagreements"] = data["disagreements"][:disagreements]
+        _print(data, True, "")
         return
-    if pairwise.empty:
+    if report.pairwise.empty:
         typer.echo("no pair of raters has rated the same QA pairs yet")
         return
-    from rich.console import Console
+    from napari_ctvqa.cli._agreement_tables import print_report
 
-    console = Console()
-    console.print(_rich_table(pairwise, ["rater_a", "rater_b"], "pairwise agreement"))
-    console.print(_rich_table(per_rater, ["rater"], "per rater (mean over the other raters)"))
-    typer.echo("per-dimension MAE and NDCG in both directions: --json")
-
-
-# The figures 3D-RAD reports, with headers short enough for an 80-column terminal.
-_AGREEMENT_COLUMNS = {"n_common": "n", "top_k_overlap": "top-k", "ndcg_at_k": "NDCG", "spearman_rho": "rho",
-                      "kendall_tau": "tau", "mae": "MAE", "kappa_consistent": "kappa"}
-
-
-def _rich_table(frame: Any, keys: list[str], title: str) -> Any:  # noqa: ANN401
-    from rich.table import Table
-
-    table = Table(*keys, *_AGREEMENT_COLUMNS.values(), title=title)
-    for _, row in frame.iterrows():
-        cells = [str(row[k]) for k in keys]
-        cells += [f"{row[c]:g}" if c == "n_common" else f"{row[c]:.3f}" if isinstance(row[c], float)
-                  else str(row[c]) for c in _AGREEMENT_COLUMNS]
-        table.add_row(*cells)
-    return table
+    print_report(report, disagreements)
+    if plot is not None:
+        typer.echo(f"heatmaps saved to {plot}")
 
 
 def export_cmd(

@@ -1,20 +1,20 @@
 """The curator panel: how well raters agree, who has done how much, what the filter keeps, export.
 
 It is the GUI face of `ctvqa agreement` and `ctvqa export`: the same Store calls
-(`agreement`, `annotator_stats`, `curation_preview`, `export`), shown as tables. Agreement and the
-filter preview are quick queries on the GUI thread; the export writes files and runs on a worker
-thread with a progress bar, so napari stays responsive.
+(`agreement`, `agreement_report`, `annotator_stats`, `curation_preview`, `export`), shown as
+tables and heatmaps. The between-rater tables and the filter preview are quick queries on the GUI
+thread; the bootstrapped agreement report and the export run on worker threads, so napari stays
+responsive.
 """
 from __future__ import annotations
 
 import html
-import math
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from annotation.rubric import DIMENSIONS
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -22,93 +22,31 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QLineEdit,
     QProgressBar,
     QPushButton,
     QSpinBox,
-    QTableWidget,
-    QTableWidgetItem,
     QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
+from napari_ctvqa.widgets.agreement_panel import AgreementPanel
+from napari_ctvqa.widgets.tables import caption, fill_table, make_table
+
 if TYPE_CHECKING:
     import napari
-    import pandas as pd
     from annotation.curation import FilterRule, FilterSummary
     from annotation.store import Store
 
 SHORT = {key: short for key, _, short in DIMENSIONS}
-# Readable, narrow headers for the agreement tables (column keys are annotation.agreement's).
-HEADERS = {
-    "rater_a": "Rater A", "rater_b": "Rater B", "rater": "Rater", "n_others": "Others",
-    "n_common": "Common", "k_used": "k", "top_k_overlap": "Top-k", "ndcg_at_k": "NDCG@k",
-    "ndcg_at_k_ba": "NDCG@k B→A", "spearman_rho": "Spearman", "kendall_tau": "Kendall", "mae": "MAE",
-    "kappa_consistent": "κ consist.", "consistent_agreement": "Consist. agree",
-    **{f"mae_{key}": f"MAE {short}" for key, _, short in DIMENSIONS},
-}
-TIPS = {
-    "top_k_overlap": "share of the top-k pairs (by mean score) both raters put in their top k",
-    "ndcg_at_k": "NDCG@k of rater B's scores in rater A's order",
-    "spearman_rho": "Spearman rank correlation of the mean scores",
-    "kendall_tau": "Kendall rank correlation of the mean scores",
-    "mae": "mean absolute difference of the mean scores",
-    "kappa_consistent": "Cohen's kappa on the consistency flag",
-    **{f"mae_{key}": f"mean absolute difference in {label}" for key, label, _ in DIMENSIONS},
-}
 
 
 def short_reason(reason: str) -> str:
     """'dimension < 3: answer_appropriateness' -> 'AA < 3' so a task's reasons fit one line."""
     match = re.fullmatch(r"dimension (< [\d.]+): (\w+)", reason)
     return f"{SHORT[match.group(2)]} {match.group(1)}" if match and match.group(2) in SHORT else reason
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return "–" if math.isnan(value) else f"{value:.2f}"
-    return str(value)
-
-
-def fill_table(table: QTableWidget, frame: pd.DataFrame) -> None:
-    """Show a DataFrame read-only, numbers right-aligned with two decimals, NaN as a dash."""
-    table.clear()
-    table.setRowCount(len(frame))
-    table.setColumnCount(len(frame.columns))
-    for j, column in enumerate(frame.columns):
-        header = QTableWidgetItem(HEADERS.get(column, column))
-        header.setToolTip(TIPS.get(column, column))
-        table.setHorizontalHeaderItem(j, header)
-    for i, row in enumerate(frame.itertuples(index=False)):
-        for j, value in enumerate(row):
-            item = QTableWidgetItem(_cell(value.item() if hasattr(value, "item") else value))
-            if isinstance(value, str):
-                item.setToolTip(value)  # a long cell is elided; hovering shows all of it
-            else:
-                item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-            table.setItem(i, j, item)
-    table.resizeColumnsToContents()
-    table.resizeRowsToContents()
-
-
-def _table() -> QTableWidget:
-    table = QTableWidget()
-    table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
-    table.verticalHeader().setVisible(False)
-    table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-    table.horizontalHeader().setStretchLastSection(True)
-    table.setWordWrap(True)
-    return table
-
-
-def _caption(text: str) -> QLabel:
-    label = QLabel(text)
-    label.setWordWrap(True)
-    label.setStyleSheet("color: gray; font-size: 11px;")
-    return label
 
 
 class _ProgressRelay(QObject):
@@ -167,38 +105,25 @@ class CuratorWidget(QWidget):
         self.tabs.addTab(self._build_filter(EXPORT_FORMATS), "Filter && export")
 
     def _build_agreement(self) -> QWidget:
-        page = QWidget()
-        layout = QVBoxLayout(page)
-        top = QHBoxLayout()
-        self.top_k = QSpinBox()
-        self.top_k.setRange(1, 100000)
-        self.top_k.setValue(100)
-        self.top_k.setToolTip("k of Top-k overlap and NDCG@k (3D-RAD used 100)")
+        self.agreement = AgreementPanel()
+        # the tables the curator reads first, also reachable as before
+        self.top_k, self.per_rater_table = self.agreement.top_k, self.agreement.per_rater_table
+        self.pairwise_table = self.agreement.pairwise_table
         self.top_k.valueChanged.connect(self.refresh_agreement)
-        top.addWidget(QLabel("Top-k:"))
-        top.addWidget(self.top_k)
-        top.addStretch(1)
-        layout.addLayout(top)
-        layout.addWidget(_caption("Per rater: mean agreement with every other rater, best first by Spearman"))
-        self.per_rater_table = _table()
-        layout.addWidget(self.per_rater_table, 1)
-        layout.addWidget(_caption("Per pair of raters, over the QA pairs both rated (hover a header for its meaning)"))
-        self.pairwise_table = _table()
-        layout.addWidget(self.pairwise_table, 2)
-        return page
+        return self.agreement
 
     def _build_annotators(self) -> QWidget:
         page = QWidget()
         layout = QVBoxLayout(page)
-        layout.addWidget(_caption("Progress and time spent per annotator (time counts every visit to a pair)"))
-        self.annotators_table = _table()
+        layout.addWidget(caption("Progress and time spent per annotator (time counts every visit to a pair)"))
+        self.annotators_table = make_table()
         layout.addWidget(self.annotators_table, 1)
         return page
 
     def _build_filter(self, formats: tuple[str, ...]) -> QWidget:
         page = QWidget()
         layout = QVBoxLayout(page)
-        layout.addWidget(_caption("Filter (3D-RAD's rule by default): the preview follows every change"))
+        layout.addWidget(caption("Filter (3D-RAD's rule by default): the preview follows every change"))
         form = QFormLayout()
         self.min_mean = QDoubleSpinBox()
         self.min_dim = QDoubleSpinBox()
@@ -223,11 +148,11 @@ class CuratorWidget(QWidget):
         self.preview_label = QLabel()
         self.preview_label.setWordWrap(True)
         layout.addWidget(self.preview_label)
-        self.preview_table = _table()
+        self.preview_table = make_table()
         layout.addWidget(self.preview_table, 1)
-        layout.addWidget(_caption("Dimensions: " + " · ".join(f"{short} {label}" for _, label, short in DIMENSIONS)))
+        layout.addWidget(caption("Dimensions: " + " · ".join(f"{short} {label}" for _, label, short in DIMENSIONS)))
 
-        layout.addWidget(_caption("Export the pairs that pass, split by patient"))
+        layout.addWidget(caption("Export the pairs that pass, split by patient"))
         export_form = QFormLayout()
         self.format = QComboBox()
         self.format.addItems(list(formats))
@@ -286,11 +211,10 @@ class CuratorWidget(QWidget):
         self._say("")
 
     def refresh_agreement(self) -> None:
-        if self.store is None:
-            return
-        pairwise, per_rater = self.store.agreement(top_k=self.top_k.value())
-        fill_table(self.per_rater_table, per_rater)
-        fill_table(self.pairwise_table, pairwise)
+        """Between-rater tables now; reliability, repeats, heatmaps and adjudication list follow
+        from a worker thread (the bootstrap takes a second or more)."""
+        if self.store is not None:
+            self.agreement.refresh(self.store)
 
     def refresh_annotators(self) -> None:
         import pandas as pd

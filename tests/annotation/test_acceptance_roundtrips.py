@@ -39,7 +39,7 @@ def _rate_all_passing(store: Store) -> int:
     rows = [{"qa_id": q, "rater_id": rater_id, **dict.fromkeys(SCORE_KEYS, 4), "consistent": True, "note": "",
              "status": "rated", "reason": None, "seconds_spent": 0.0, "created_at": now, "updated_at": now}
             for q in qa_ids]
-    store.db.write(lambda s: insert_ignoring_conflicts(s, Rating.__table__, rows, ["qa_id", "rater_id"]))
+    store.db.write(lambda s: insert_ignoring_conflicts(s, Rating.__table__, rows, ["qa_id", "rater_id", "is_repeat"]))
     return len(rows)
 
 

@@ -71,7 +71,8 @@ def test_reversed_raters_anticorrelate():
     row = pairwise_agreement(frame).iloc[0]
     assert row.spearman_rho == pytest.approx(-1) and row.kendall_tau == pytest.approx(-1)
     assert row.k_used == 6  # fewer common pairs than k: all of them are used
-    assert row.top_k_overlap == 1  # with k = n the top-k sets are everything
+    assert np.isnan(row.top_k_overlap)  # with k = n the top-k sets are everything: not a figure
+    assert "k = n = 6" in row.warning and "only 6 common pairs" in row.warning
     assert np.isnan(row.kappa_consistent) and row.consistent_agreement == 1  # constant flags
 
 

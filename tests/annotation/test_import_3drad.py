@@ -114,6 +114,7 @@ def test_cli_import_reports_bad_row_and_leaves_database_unchanged(tmp_path: Path
 
 
 def test_cli_db_init_and_upgrade(tmp_path: Path) -> None:
+    from annotation.db import head_revision
     from napari_ctvqa.cli import app
 
     db = str(tmp_path / "fresh.sqlite")

@@ -95,3 +95,31 @@ def test_store_creates_an_empty_database_but_refuses_a_foreign_or_outdated_one(t
         conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0000'")
     with pytest.raises(RuntimeError, match=f"is at schema 0000, this version needs {head_revision()}"):
         Store(str(tmp_path / "old.sqlite"))
+
+
+def test_upgrade_from_0001_keeps_ratings_and_admits_repeats(tmp_path) -> None:
+    """A database made before repeats and finding boxes migrates with its ratings intact, after
+    which a second (repeat) rating of the same pair by the same rater is allowed, a third is not."""
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    run_migrations(url, "0001")
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO scans (id, volume_name, created_at) VALUES (1, 'v.nii.gz', '2026-01-01')"))
+        conn.execute(text("INSERT INTO qa_pairs (id, scan_id, task, question, answer, question_type, source, "
+                          "content_key, created_at) VALUES (1, 1, 'image_observation', 'q?', 'a', 'open', "
+                          "'imported', 'k', '2026-01-01')"))
+        conn.execute(text("INSERT INTO raters (id, name, kind, created_at) VALUES (1, 'ann', 'human', '2026-01-01')"))
+        conn.execute(text("INSERT INTO ratings (qa_id, rater_id, note, status, seconds_spent, created_at, updated_at) "
+                          "VALUES (1, 1, '', 'skipped', 0, '2026-01-01', '2026-01-01')"))
+    run_migrations(url)
+    assert current_revision(url) == head_revision()
+    insert = ("INSERT INTO ratings (qa_id, rater_id, note, status, seconds_spent, created_at, updated_at, is_repeat) "
+              "VALUES (1, 1, '', 'skipped', 0, '2026-01-01', '2026-01-01', 1)")
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT is_repeat FROM ratings")).scalars().all() == [0]
+        conn.execute(text(insert))
+    with pytest.raises(Exception, match="UNIQUE"), engine.begin() as conn:
+        conn.execute(text(insert))
+    engine.dispose()

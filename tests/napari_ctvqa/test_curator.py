@@ -96,3 +96,23 @@ def test_export_into_a_full_folder_reports_the_error(make_napari_viewer, qtbot, 
     assert "must be new or empty" in widget.message.text()
     assert (tmp_path / "full" / "old.csv").read_text() == "keep me"
     widget.close()
+
+
+def test_agreement_report_heatmap_and_adjudication_list(make_napari_viewer, qtbot, rated_store, tmp_path):
+    widget = CuratorWidget(make_napari_viewer(), store=rated_store)
+    qtbot.addWidget(widget)
+    panel = widget.agreement
+    with qtbot.waitSignal(panel.report_ready, timeout=60000):
+        widget.refresh_agreement()  # the bootstrap runs on a worker thread
+    pairwise = dict(zip(headers(widget.pairwise_table), table_rows(widget.pairwise_table)[0]))
+    assert pairwise["k"] == "4" and pairwise["Top-k"] == "–"  # k capped at n = 4: no overlap figure
+    assert "only 4 common pairs" in pairwise["Warning"]
+    assert "fewer than 30" in panel.warnings.text()
+    reliability = table_rows(panel.reliability_table)
+    assert [row[0] for row in reliability][:2] == ["mean", "visual_verifiability"] and len(reliability) == 6
+    first = table_rows(panel.disagreements_table)[0]
+    assert first[0] == str(panel.report.disagreements.qa_id.iloc[0]) and "alice" in " ".join(first)
+    assert len(panel.canvas.figure.axes) >= 2  # consistency and ranking heatmaps drawn
+    png = panel.save_png(tmp_path / "heatmaps.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    widget.close()

@@ -36,6 +36,7 @@ def build_store(tmp_path: Path) -> Store:
     for i, size in enumerate(((12, 24, 20), (16, 24, 20))):
         array = np.full(size, -1000.0, dtype=np.float32)
         array[:, 4:-4, 4:-4] = np.linspace(-900, 900, size[0], dtype=np.float32)[:, None, None]
+        array[:, 4:-4, 4:8] = -850.0  # lung from bottom to top, so named places are heights of the lungs
         volume = CTVolume(array, (2.0, 1.0, 1.0), canonical_affine((2.0, 1.0, 1.0)), {})
         name = f"train_{i + 1}_a_1.nii.gz"
         path = write_ct(volume, tmp_path / name)
@@ -197,10 +198,18 @@ def test_pair_text_choices_and_report_are_shown(rating_widget, store):
     assert "bone window" in widget.pair.view_hint.text()  # "calcification" -> bone window
 
 
-def test_rubric_is_inline_and_on_the_tooltips(rating_widget):
+def test_rubric_is_beside_the_pair_on_a_key_and_on_the_tooltips(rating_widget, qtbot):
     widget = rating_widget("alice")
-    assert not widget.rubric.isExpanded()
-    widget.rubric.expand(animate=False)
+    widget.show()
+    assert widget.rubric.isHidden()
+    pair_height = widget.pair.height()
+    qtbot.keyClick(widget, Qt.Key.Key_R)
+    assert widget.rubric.isVisible()
+    qtbot.wait(10)
+    assert widget.rubric.geometry().left() >= widget.pair.mapTo(widget, widget.pair.rect().topRight()).x()
+    assert widget.pair.height() >= pair_height  # beside the pair, not squeezing it
+    qtbot.keyClick(widget, Qt.Key.Key_R)
+    assert widget.rubric.isHidden()
     text = widget.rubric.browser.toPlainText()
     for dim in RUBRIC.dimensions:
         assert dim.label in text and dim.anchors[3] in text
@@ -250,8 +259,12 @@ def test_start_from_the_name_field(make_napari_viewer, qtbot, store):
     qtbot.addWidget(widget)
     assert widget.qa is None
     qtbot.keyClick(widget, Qt.Key.Key_5)  # no pair yet: keys do nothing
+    assert widget.picker.known == ["alice", "bob"]  # picked from the raters the database knows
     qtbot.keyClicks(widget.name_edit, "carol")
     qtbot.keyClick(widget.name_edit, Qt.Key.Key_Return)
+    assert widget.annotator is None and widget.picker.confirm.isVisibleTo(widget)  # a new name: confirm first
+    assert "carol" not in {n for n, _ in store.raters()}
+    widget.picker._create()
     assert widget.annotator == "carol" and widget.qa is None  # known now, but nothing assigned
     assert "No pairs assigned" in widget.pair.header.text()
     widget.close()

@@ -28,7 +28,10 @@ def test_unknown_annotator_and_bad_database_fail_in_one_line(rating_template, tm
     store = copy_store(rating_template, tmp_path)
     result = runner.invoke(app, ["rate", "--annotator", "nobody", "--db", store.url])
     assert result.exit_code != 0
-    assert "no pairs are assigned to 'nobody'" in result.output
+    assert "no annotator named 'nobody'" in result.output and "known: alice, bob" in result.output
+    typo = runner.invoke(app, ["rate", "--annotator", "alcie", "--db", store.url])
+    assert typo.exit_code != 0 and "did you mean 'alice'?" in typo.output
+    assert "alcie" not in {n for n, _ in store.raters()}  # a typo creates nobody
     missing = runner.invoke(app, ["rate", "--annotator", "alice", "--db", f"sqlite:///{tmp_path / 'none' / 'x.db'}"])
     assert missing.exit_code != 0
     assert "ctvqa db init" in missing.output

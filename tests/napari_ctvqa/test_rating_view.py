@@ -6,7 +6,7 @@ import pytest
 from annotation.records import ReportRecord
 
 from napari_ctvqa.widgets.rating.pair import key_terms, report_html
-from napari_ctvqa.widgets.rating.view_hint import initial_view
+from annotation.view_hint import initial_view
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,8 @@
 """The rating panel's keys, in one table, so the help line and the handling cannot drift apart.
 
 Rating is keyboard first because every second per pair counts over a 75-pair sitting. Keys with
-Ctrl, Alt or Meta are never taken: they stay napari's (and the window presets' L/M/B, which the
-table does not use, fall through to napari as well).
+Ctrl, Alt or Meta are never taken: they stay napari's. The window keys L/M/B are the window
+panel's, so they work the same with or without it (A shows the full range: F is the flag here).
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from qtpy.QtWidgets import QLineEdit
 from napari_ctvqa.widgets.rating.scores import ScorePanel
 
 KEY_HELP = ("0-5 score · Tab/↑↓ dimension · C consistent · Enter submit · ←/Backspace back · "
-            "→ next · N note · S skip · F flag · PgUp/PgDn slice")
+            "→ next · U next unrated · N note · S skip · F flag · PgUp/PgDn slice · "
+            "L/M/B/A lung/mediastinum/bone/all window · R rubric")
 _DIGITS = {getattr(Qt.Key, f"Key_{d}"): d for d in range(6)}
 _NOT_OURS = Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.AltModifier | Qt.KeyboardModifier.MetaModifier
 
@@ -32,6 +33,9 @@ class KeyTarget(Protocol):
     def go_forward(self) -> None: ...
     def ask_reason(self, kind: str) -> None: ...
     def step_slice(self, delta: int) -> None: ...
+    def next_unrated(self) -> None: ...
+    def set_window(self, window: str) -> None: ...
+    def toggle_rubric(self) -> None: ...
 
 
 # key -> action(panel, event); digits are handled separately (they carry the score)
@@ -51,6 +55,12 @@ _ACTIONS: dict[Qt.Key, Callable[[KeyTarget, QKeyEvent], object]] = {
     Qt.Key.Key_F: lambda w, e: w.ask_reason("flag"),
     Qt.Key.Key_PageUp: lambda w, e: w.step_slice(1),
     Qt.Key.Key_PageDown: lambda w, e: w.step_slice(-1),
+    Qt.Key.Key_U: lambda w, e: w.next_unrated(),
+    Qt.Key.Key_L: lambda w, e: w.set_window("lung"),
+    Qt.Key.Key_M: lambda w, e: w.set_window("mediastinum"),
+    Qt.Key.Key_B: lambda w, e: w.set_window("bone"),
+    Qt.Key.Key_A: lambda w, e: w.set_window("full"),
+    Qt.Key.Key_R: lambda w, e: w.toggle_rubric(),
 }
 
 

@@ -3,7 +3,8 @@
 Laid out for scanning 75 pairs in a sitting: the question in bold, the answer right under it,
 closed-question choices with the correct one marked, and the report (the reference the
 consistency flag is judged against) with the question's and answer's own words highlighted so the
-matching sentence is found at a glance.
+matching sentence is found at a glance. Imported text often carries HTML entities (`&amp;`,
+`&quot;`): they are decoded once, then escaped, so the rater reads "&" and never markup.
 """
 from __future__ import annotations
 
@@ -25,6 +26,11 @@ _SHORT_TERMS = frozenset({"left", "mass", "cyst", "node", "apex", "hila", "tree"
 _HIGHLIGHT = "<span style='background-color:#6b5a00; color:white'>{}</span>"
 
 
+def plain(text: str | None) -> str:
+    """Text as the rater should read it: HTML entities decoded (once), ready to be escaped."""
+    return html.unescape(text or "")
+
+
 def key_terms(*texts: str) -> list[str]:
     """What of the QA text is worth finding in the report: stems (first six letters) of words of
     five letters or more, so "calcification" also finds "Calcified"; a few short words that carry
@@ -44,7 +50,7 @@ def report_html(report: ReportRecord | None, terms: list[str]) -> str:
                if terms else None)  # whole words from a stem on (a number is matched from its start)
     parts = []
     for title, text in sections:
-        body = html.escape(text or "Not given.")
+        body = html.escape(plain(text) or "Not given.")
         if pattern is not None:
             body = pattern.sub(lambda m: _HIGHLIGHT.format(m.group(0)), body)
         parts.append(f"<p><b>{title}</b><br>{body}</p>")
@@ -60,9 +66,9 @@ def choices_html(qa: QAPairRecord) -> str:
         if not text or text.strip() == "-":
             continue
         if letter == qa.answer_choice:
-            lines.append(f"<b style='color:#5fd35f'>{letter}. {html.escape(text)}  ✓</b>")
+            lines.append(f"<b style='color:#5fd35f'>{letter}. {html.escape(plain(text))}  ✓</b>")
         else:
-            lines.append(f"{letter}. {html.escape(text)}")
+            lines.append(f"{letter}. {html.escape(plain(text))}")
     return "<br>".join(lines)
 
 
@@ -131,14 +137,14 @@ class PairView(QWidget):
 
     def show_pair(self, qa: QAPairRecord, report: ReportRecord | None, header: str) -> None:
         self.header.setText(header)
-        self.question.setText(f"Q: {html.escape(qa.question)}")
-        self.answer.setText(f"A: {html.escape(qa.answer)}")
+        self.question.setText(f"Q: {html.escape(plain(qa.question))}")
+        self.answer.setText(f"A: {html.escape(plain(qa.answer))}")
         choices = choices_html(qa)
         self.choices.setText(choices)
         self.choices.setVisible(bool(choices))
         # a closed answer that is just the ticked choice's text would only repeat it
         self.answer.setVisible(not (choices and _is_choice_text(qa)))
-        self.report.setHtml(report_html(report, key_terms(qa.question, qa.answer)))
+        self.report.setHtml(report_html(report, key_terms(plain(qa.question), plain(qa.answer))))
 
     def set_view_hint(self, text: str) -> None:
         self.view_hint.setText(html.escape(text))

@@ -19,13 +19,13 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QProgressBar,
-    QPushButton,
     QVBoxLayout,
     QWidget,
 )
 
 from annotation.rubric import LABELS, SCORE_KEYS
 from model.ct.volume import CTReadError
+from napari_ctvqa.widgets.rating.annotator import AnnotatorPicker
 from napari_ctvqa.widgets.rating.controls import ReasonRow, TextField, key_button
 from napari_ctvqa.widgets.rating.keys import KEY_HELP, is_rating_key, press
 from napari_ctvqa.widgets.rating.pair import PairView, pair_header, task_title
@@ -48,7 +48,8 @@ _PREFETCH_DELAY_MS = 150
 
 
 class RatingWidget(QWidget):
-    """Rate QA pairs: `RatingWidget(viewer)` asks for a name; `annotator=` starts that queue now.
+    """Rate QA pairs: `RatingWidget(viewer)` asks for a name; `annotator=` starts that queue now
+    (a name the database does not know asks for a confirmation first).
 
     `store` defaults to `annotation.Store()` (the `--db`/`CTVQA_DB`/default database) and is opened
     when the annotator starts. `prefetch=False` reads each scan on demand (the benchmark's
@@ -68,6 +69,7 @@ class RatingWidget(QWidget):
         self.annotator: str | None = None
         self.items: list[QueueItem] = []
         self.index = -1
+        self._resume: int | None = None  # where the rater was before going back to edit
         self.qa: QAPairRecord | None = None
         self._shown_at = time.monotonic()
         self.scan = ScanLayer(viewer)
@@ -81,20 +83,21 @@ class RatingWidget(QWidget):
 
     # ----------------------------------------------------------------- layout
     def _build(self) -> None:
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(6, 6, 6, 6)
+        outer = QHBoxLayout(self)
+        outer.setContentsMargins(6, 6, 6, 6)
+        column = QWidget()
+        outer.addWidget(column, 1)
+        self.rubric = RubricView()
+        outer.addWidget(self.rubric)
+        layout = QVBoxLayout(column)
+        layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(4)
 
-        start_row = QHBoxLayout()
-        self.name_edit = TextField()
-        self.name_edit.setPlaceholderText("your annotator name")
-        self.name_edit.done.connect(self._on_start_clicked)
-        self.start_button = QPushButton("Start")
-        self.start_button.clicked.connect(self._on_start_clicked)
-        start_row.addWidget(QLabel("Annotator:"))
-        start_row.addWidget(self.name_edit, 1)
-        start_row.addWidget(self.start_button)
-        layout.addLayout(start_row)
+        self.picker = AnnotatorPicker()
+        self.picker.chosen.connect(lambda name, new: self.start(name, create=new))
+        self.name_edit = self.picker.field
+        self.start_button = self.picker.start_button
+        layout.addWidget(self.picker)
 
         self.progress = QProgressBar()
         self.progress.setFormat("%v / %m done")
@@ -129,15 +132,21 @@ class RatingWidget(QWidget):
         self.submit_button = key_button("Submit [Enter]", "store the five scores and go on", self.submit)
         self.submit_button.setStyleSheet("font-weight: bold;")
         self.next_button = key_button("Next ▶ [→]", "next pair without storing (Right)", self.go_forward)
+        self.unrated_button = key_button("Next unrated [U]", "the next pair you have not rated, skipped or flagged",
+                                         self.next_unrated)
         for button in (self.back_button, self.submit_button, self.next_button):
             nav.addWidget(button)
         layout.addLayout(nav)
         aside = QHBoxLayout()
+        aside.addWidget(self.unrated_button)
         self.skip_button = key_button("Skip [S]", "skip this pair, with a reason", lambda: self.ask_reason("skip"))
         self.flag_button = key_button("Flag [F]", "flag a problem with this pair, with a reason",
                                       lambda: self.ask_reason("flag"))
         aside.addWidget(self.skip_button)
         aside.addWidget(self.flag_button)
+        self.rubric_button = key_button("Rubric [R]", "what 0 / 3 / 5 mean, two scored examples (beside the pair)",
+                                        self.toggle_rubric)
+        aside.addWidget(self.rubric_button)
         layout.addLayout(aside)
 
         self.message = QLabel()
@@ -147,38 +156,58 @@ class RatingWidget(QWidget):
         keys.setWordWrap(True)
         keys.setStyleSheet("color: gray; font-size: 11px;")
         layout.addWidget(keys)
-        self.rubric = RubricView()
-        layout.addWidget(self.rubric)
         self._set_enabled(False)
+        self._list_annotators()
 
     def _set_enabled(self, enabled: bool) -> None:
         for widget in (self.scores, self.note, self.back_button, self.submit_button, self.next_button,
-                       self.skip_button, self.flag_button):
+                       self.skip_button, self.flag_button, self.unrated_button):
             widget.setEnabled(enabled)
 
     # ---------------------------------------------------------------- session
-    def start(self, annotator: str) -> None:
-        """Open `annotator`'s queue at their first pair still to do (or the first, if all done)."""
+    def _open_store(self) -> Store:
+        if self.store is None:
+            # deferred: SQLAlchemy loads only when no store is given
+            from annotation.store import Store
+
+            self.store = Store()
+        return self.store
+
+    def _list_annotators(self) -> None:
+        """Fill the picker with the human raters of the given store (the default one is opened
+        only when the rater starts, so building the panel never touches a database)."""
+        if self.store is not None:
+            try:
+                self.picker.set_names([n for n, kind in self.store.raters() if kind == "human"])
+            except Exception as exc:  # a database without the schema: said when the rater starts
+                self._say(f"Cannot list the annotators of {self.store.url}: {exc}", error=True)
+
+    def start(self, annotator: str, create: bool = False) -> None:
+        """Open `annotator`'s queue at their first pair still to do (or the first, if all done).
+        A name the database does not know is only created with `create=True` (the picker asks)."""
         name = annotator.strip()
         if not name:
-            self._say("Type your annotator name first.", error=True)
+            self._say("Pick your annotator name first.", error=True)
             return
         try:
-            if self.store is None:
-                # deferred: SQLAlchemy loads only when no store is given
-                from annotation.store import Store
-
-                self.store = Store()
-            self.store.ensure_rater(name)
-            items = list(self.store.queue(name))
+            store = self._open_store()
+            known = {n for n, _ in store.raters()}
+            if name not in known and not create:
+                self.picker.set_names([n for n, kind in store.raters() if kind == "human"])
+                self.picker.set_name(name)
+                self.picker.request(name)
+                return
+            store.ensure_rater(name)
+            items = list(store.queue(name))
         except Exception as exc:  # e.g. no database yet: a message in the panel, not a traceback
             where = self.store.url if self.store is not None else "the default database"
             self._say(f"Cannot open the rating queue in {where}: {exc}. "
                       "Set up the database first (ctvqa db init, ctvqa import, ctvqa assign).", error=True)
             return
         self.annotator = name
-        self.name_edit.setText(name)
+        self.picker.set_name(name)
         self.items = items
+        self._resume = None
         if self._prefetcher is None and self._prefetch:
             self._prefetcher = Prefetcher(self._read_scan)
         self._update_progress()
@@ -192,9 +221,6 @@ class RatingWidget(QWidget):
         self.show_index(todo)
         self.setFocus()
 
-    def _on_start_clicked(self) -> None:
-        self.start(self.name_edit.text())
-
     def show_index(self, index: int) -> None:
         """Show pair `index` of the queue: text, own earlier rating, scan; then prefetch the next."""
         if self.store is None or self.annotator is None:
@@ -203,7 +229,7 @@ class RatingWidget(QWidget):
         item = self.items[self.index]
         qa = self.qa = self.store.qa_pair(item.qa_id)
         report = self.store.report(qa.scan_id)
-        own = self.store.rating(self.annotator, qa.id)
+        own = self.store.rating(self.annotator, qa.id, repeat=item.repeat)
         self.pair.show_pair(qa, report, pair_header(self.index + 1, len(self.items), qa, item.status))
         rated = own is not None and own.status == "rated"
         self.scores.set_scores(own.scores if rated else None, own.consistent if rated else None)
@@ -234,7 +260,8 @@ class RatingWidget(QWidget):
         except (CTReadError, OSError) as exc:
             self._hide_scan(f"Scan not shown: {exc}")
             return
-        self.pair.set_view_hint(self.scan.show(qa, shown))
+        self.pair.set_view_hint(self.scan.show(qa, shown, self.store.finding_boxes(qa.scan_id),
+                                               self.store.labels(qa.scan_id)))
 
     def _read_scan(self, path: str | Path) -> DisplayVolume:
         """The scan with its calibration from the store (CT-RATE metadata), on the prefetch thread."""
@@ -257,7 +284,7 @@ class RatingWidget(QWidget):
             return False
         self.store.save_rating(self.annotator, self.qa.id, self.scores.scores(),
                                self.scores.consistent.isChecked(), note=self.note.text().strip(),
-                               seconds=self._elapsed())
+                               seconds=self._elapsed(), repeat=self.items[self.index].repeat)
         self._mark("rated")
         self._advance("Stored.")
         return True
@@ -280,7 +307,8 @@ class RatingWidget(QWidget):
         if not reason:
             self._say(f"Not stored: a {kind} needs a reason.", error=True)
             return False
-        getattr(self.store, kind)(self.annotator, self.qa.id, reason, seconds=self._elapsed())
+        getattr(self.store, kind)(self.annotator, self.qa.id, reason, seconds=self._elapsed(),
+                                  repeat=self.items[self.index].repeat)
         self._mark("skipped" if kind == "skip" else "flagged")
         self._cancel_reason()
         self._advance(f"{'Skipped' if kind == 'skip' else 'Flagged'}: {reason}")
@@ -291,7 +319,11 @@ class RatingWidget(QWidget):
         self.setFocus()
 
     def go_back(self) -> None:
+        """Back to the previous pair; the pair the rater came from is remembered, so Enter on an
+        edited earlier pair returns there instead of to the pair after the edited one."""
         if self.index > 0:
+            if self._resume is None:
+                self._resume = self.index
             self.show_index(self.index - 1)
         else:
             self._say("This is the first pair.")
@@ -299,8 +331,30 @@ class RatingWidget(QWidget):
     def go_forward(self) -> None:
         if 0 <= self.index < len(self.items) - 1:
             self.show_index(self.index + 1)
+            if self._resume is not None and self.index >= self._resume:
+                self._resume = None
         else:
             self._say("This is the last pair.")
+
+    def next_unrated(self) -> None:
+        """U: the next pair still to do after this one (wrapping round to the start)."""
+        order = list(range(self.index + 1, len(self.items))) + list(range(0, self.index + 1))
+        todo = next((i for i in order if self.items[i].status == "todo"), None)
+        if todo is None:
+            self._say(f"Every pair of your queue is done ({len(self.items)} of {len(self.items)}).")
+            return
+        self._resume = None
+        self.show_index(todo)
+        self._say(f"Pair {todo + 1}: the next one not rated yet.")
+
+    def set_window(self, window: str) -> None:
+        """L/M/B/A: a CT window on the pair's scan, from the panel (no window panel needed)."""
+        self._say(f"Shown in the {self.scan.set_window(window)}." if self.scan.in_viewer else "No scan shown.")
+
+    def toggle_rubric(self) -> None:
+        """R: the rubric in a column beside the pair (the panel widens; nothing is squeezed)."""
+        shown = self.rubric.toggle()
+        self.rubric_button.setText("Hide rubric [R]" if shown else "Rubric [R]")
 
     def step_slice(self, delta: int) -> None:
         """PageUp/PageDown: browse slices without giving the keyboard to the canvas."""
@@ -308,7 +362,11 @@ class RatingWidget(QWidget):
 
     def _advance(self, message: str) -> None:
         self._update_progress()
-        if self.index < len(self.items) - 1:
+        resume, self._resume = self._resume, None
+        if resume is not None and resume > self.index:
+            self.show_index(resume)
+            self._say(f"{message} Back at pair {resume + 1}, where you were.")
+        elif self.index < len(self.items) - 1:
             self.show_index(self.index + 1)
             self._say(message)
         else:
