@@ -233,9 +233,6 @@ def run_finetune(store: Store, out_dir: str | Path, *, base: str | None = None, 
     out_dir = Path(out_dir).expanduser().resolve()
     if resume:
         record = read_run_record(out_dir)
-        if max_steps is not None:
-            record["config"]["max_steps"] = max_steps
-            (out_dir / RECORD_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
     else:
         if out_dir.exists() and any(out_dir.iterdir()):
             raise FinetuneError(f"{out_dir}: folder is not empty; pass --resume to continue the run in it "
@@ -254,6 +251,9 @@ def run_finetune(store: Store, out_dir: str | Path, *, base: str | None = None, 
     try:
         say(f"training on {record['training_set']['n_train']} QA pairs from {record['base_name']}")
         result = _train(record, out_dir, resume, processes, progress, stop, handle_sigint, max_steps)
+        if resume and max_steps is not None:  # accepted by the training: the run's total from now on
+            record["config"]["max_steps"] = max_steps
+            (out_dir / RECORD_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
         if result.status != "done":
             store.update_finetune_run(run_id, status="cancelled",
                                       metrics={"step": result.step, "total_steps": result.total_steps})
@@ -329,7 +329,7 @@ def _train(record: dict[str, Any], out_dir: Path, resume: bool, processes: int,
            handle_sigint: bool, max_steps: int | None = None) -> TrainResult:
     """Train in this process (`processes` 1), or under torchrun with that many workers."""
     data_dir = record["training_set"]["data_dir"]
-    config = FinetuneConfig.from_dict(record["config"])
+    config = FinetuneConfig.from_dict({**record["config"], **({} if max_steps is None else {"max_steps": max_steps})})
     resume = resume and (out_dir / RUN_FILE).is_file()  # stopped before training began: start it
     if processes <= 1:
         return train(record["base_path"], data_dir, out_dir, config, resume=resume, progress=progress,

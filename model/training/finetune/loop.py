@@ -83,7 +83,6 @@ def train(base: str | Path | None, data_dir: str | Path, out_dir: str | Path,
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
         stop_file(out_dir).unlink(missing_ok=True)
     accelerator.wait_for_everyone()
     random.seed(config.seed)
@@ -113,6 +112,9 @@ def train(base: str | Path | None, data_dir: str | Path, out_dir: str | Path,
     if step > total:
         raise FinetuneError(f"{out_dir}: the run is already at step {step}; --max-steps {total} would undo "
                             "training (give a larger number, or start a new run)")
+    if accelerator.is_main_process:  # only now: a refused --max-steps leaves the run as it was
+        (out_dir / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    accelerator.wait_for_everyone()
 
     stop = stop or threading.Event()
     previous_handler = None
