@@ -9,6 +9,7 @@ DIR` continues, with `--max-steps` as a new total if given.
 from __future__ import annotations
 
 import json
+import os
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -91,6 +92,8 @@ def finetune_cmd(
     except Exception as exc:  # noqa: BLE001 (any connection/migration failure is one clear line)
         fail(f"cannot open database {db or '(default)'}: {exc}")
     emit = _json_lines if progress_json else None
+    if progress_json and hasattr(os, "nice"):
+        os.nice(5)  # the panel's run: on a busy machine the viewer's GUI thread goes first
     try:
         config = FinetuneConfig(lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lr=lr,
                                 epochs=epochs, batch_size=batch_size, seed=seed, save_every=save_every)
