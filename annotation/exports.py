@@ -1,13 +1,15 @@
 """Curated QA pairs out of the tool: 3D-RAD CSVs, M3D-VQA CSV, JSON lines, a Hugging Face dataset.
 
 Exports feed finetuning (here or in the M3D/3D-RAD training code), so each format is the one the
-consuming code reads, split by patient so that no patient's scans sit on both sides of the
-train/validation line. Only the fields of `ExportRow` leave the tool: `patient` is the
-pseudonymous CT-RATE key from the volume name, never a name, ID or birth date.
+consuming code reads, split so that no patient's scans sit on both sides of the train/validation
+line (the cohort's own split, or by patient: annotation/export_splits.py). Only the fields of
+`ExportRow` leave the tool: `patient` is the pseudonymous CT-RATE key from the volume name, never a
+name, ID or birth date; `text` is the scan's report, which M3D-VQA's CSV carries.
 
-`val_frac=0` puts every row in the training split and writes no validation files at all (no
-`valid/` folder, no `valid.*` file, no `validation` split in the HF dataset); the manifest still
-lists the validation split with 0 rows, so scripts can read the counts the same way every time.
+Split names are the same in every format (`train`, `valid`, and a cohort's own others such as
+3D-RAD's `test`): folders of the 3D-RAD layout, `{split}.csv` / `{split}.jsonl` files, splits of
+the HF dataset. An empty split writes no files at all; the manifest still lists `train` and
+`valid` (with 0 rows), so scripts can read the counts the same way every time.
 """
 from __future__ import annotations
 
@@ -24,23 +26,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from annotation.export_splits import SPLIT_MODES, TRAIN, VALID, assign_splits, relative_images, valid_patients
 from annotation.qa_templates import QARow, VolumeName, task_by_number, write_3drad_csvs
 from model.inference.prompts import PROMPT_STYLES, format_prompt, format_target, priors_in_question
 
 EXPORT_FORMATS: tuple[str, ...] = ("3drad", "m3d-vqa", "jsonl", "hf")
-SPLITS: tuple[str, str] = ("train", "valid")
-HF_SPLIT_NAMES = {"train": "train", "valid": "validation"}
+SPLITS: tuple[str, str] = (TRAIN, VALID)  # always listed in the manifest, even when empty
 M3D_VQA_COLUMNS: tuple[str, ...] = (
     "Image Path", "Text", "Question Type", "Question", "Choice A", "Choice B", "Choice C", "Choice D",
     "Answer", "Answer Choice",
 )
 # M3D-VQA numbers its question topics 1 plane, 2 phase, 3 organ, 4 abnormality, 5 location (M3D
-# appendix B). 3D-RAD's structure observations are closest to "organ"; its other tasks all ask
-# about an abnormality's type, size, presence or course (4 is also used for any other task key).
-M3D_QUESTION_TYPE: dict[str, int] = {
-    "image_observation": 3, "anomaly_detection": 4, "medical_computation": 4,
-    "existence_detection": 4, "static_temporal_diagnosis": 4, "longitudinal_temporal_diagnosis": 4,
-}
+# appendix B; its loader reads the column as an integer). M3D-VQA pairs keep their own number (their
+# subtask). Of 3D-RAD's subtasks, anatomical observation asks about structures (organ) and
+# abnormality position about where (location); every other one asks about an abnormality's type,
+# feature, size, presence or course (abnormality, also for any other task).
+M3D_QUESTION_TYPE: dict[tuple[str, int], int] = {("image_observation", 1): 3, ("anomaly_detection", 2): 5}
+M3D_ABNORMALITY = 4
 JSONL_FIELDS: tuple[str, ...] = (
     "qa_id", "image", "volume_name", "task", "subtask", "question_type", "question", "choices",
     "answer", "answer_choice", "priors", "prompt", "target",
@@ -65,6 +67,8 @@ class ExportRow:
     answer_choice: str
     choices: tuple[str, str, str, str]
     priors: tuple[int, ...] | None
+    cohort_split: str | None = None  # the scan's own split in its cohort (CT-RATE/3D-RAD name prefix)
+    text: str = ""  # the scan's report
 
     @classmethod
     def from_qarow(cls, row: QARow, qa_id: int, image_path: str = "") -> ExportRow:
@@ -74,9 +78,13 @@ class ExportRow:
         if task.key == "longitudinal_temporal_diagnosis":
             found = priors_in_question(row.question)
             priors = tuple(found) if found is not None else None
+        try:
+            cohort_split = VolumeName.parse(row.volume_name).split
+        except ValueError:
+            cohort_split = None
         return cls(qa_id, patient_key(row.volume_name), row.volume_name, image_path, task.key, row.task,
                    row.subtask, row.question, row.answer, row.question_type, row.answer_choice,
-                   tuple(row.choices), priors)
+                   tuple(row.choices), priors, cohort_split)
 
 
 def patient_key(volume_name: str) -> str:
@@ -93,38 +101,29 @@ def patient_key(volume_name: str) -> str:
 def patient_split(rows: Sequence[ExportRow], val_frac: float, seed: int) -> tuple[list[ExportRow], list[ExportRow]]:
     """(train, valid) with every patient's rows on one side only, keeping the input order.
 
-    Patients are ordered by a seeded hash and moved to validation until it holds at least
-    `val_frac` of the rows, so the split depends only on the patients and the seed (not on row
-    order or library versions), and at least one patient always stays in training."""
-    valid = _valid_patients(pd.Series([r.patient for r in rows], dtype=object), val_frac, seed)
+    See `annotation.export_splits.valid_patients` for how patients are chosen."""
+    valid = valid_patients(pd.Series([r.patient for r in rows], dtype=object), val_frac, seed)
     train_rows = [r for r in rows if r.patient not in valid]
     valid_rows = [r for r in rows if r.patient in valid]
     return train_rows, valid_rows
 
 
-def _valid_patients(patients: pd.Series, val_frac: float, seed: int) -> set[str]:
-    if not 0 <= val_frac < 1:
-        raise ValueError(f"val_frac must be at least 0 and below 1, got {val_frac}")
-    counts = patients.value_counts()
-    if val_frac == 0 or len(counts) < 2:
-        return set()
-    order = sorted(counts.index, key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
-    cumulative = counts.loc[order].cumsum().to_numpy()
-    n_valid = int(np.searchsorted(cumulative, val_frac * len(patients))) + 1
-    return set(order[:min(n_valid, len(order) - 1)])
-
-
-def export_rows(rows: Iterable[ExportRow], fmt: str, out_dir: str | Path, *, val_frac: float = 0.1,
-                seed: int = 0, manifest_extra: dict | None = None,
-                progress: Callable[[int, int], None] | None = None, prompt_style: str = "m3d") -> dict:
+def export_rows(rows: Iterable[ExportRow], fmt: str, out_dir: str | Path, *, split: str = "keep",
+                val_frac: float = 0.1, seed: int = 0, image_root: str | Path | None = None,
+                manifest_extra: dict | None = None, progress: Callable[[int, int], None] | None = None,
+                prompt_style: str = "m3d") -> dict:
     """Write `rows` in format `fmt` (one of EXPORT_FORMATS) under `out_dir`, which must be new or
     empty so an export never mixes with an older one. Returns the manifest (also written as
-    `out_dir/manifest.json`); `manifest_extra` (e.g. the filter) is merged into it. `progress` is
-    called as (rows written, total). `prompt_style` picks the model prompt layout of jsonl/hf."""
+    `out_dir/manifest.json`); `manifest_extra` (e.g. the filter) is merged into it. `split` is
+    "keep" (the cohort's own split where a row has one, by patient otherwise) or "patient";
+    image paths are written relative to `image_root` (default: the folder holding every scan).
+    `progress` is called as (rows written, total). `prompt_style` picks the jsonl/hf prompt layout."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; expected one of {list(EXPORT_FORMATS)}")
     if prompt_style not in PROMPT_STYLES:
         raise ValueError(f"unknown prompt style {prompt_style!r}; expected one of {list(PROMPT_STYLES)}")
+    if split not in SPLIT_MODES:
+        raise ValueError(f"unknown split mode {split!r}; expected one of {list(SPLIT_MODES)}")
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ValueError(f"{out_dir}: export folder must be new or empty (it already holds files)")
@@ -134,19 +133,24 @@ def export_rows(rows: Iterable[ExportRow], fmt: str, out_dir: str | Path, *, val
     clash = sorted(set(manifest_extra or {}) & _MANIFEST_KEYS)
     if clash:
         raise ValueError(f"manifest_extra may not replace the manifest's own keys {clash}")
-    valid = _valid_patients(frame["patient"], val_frac, seed)
-    frame["split"] = np.where(frame["patient"].isin(valid), "valid", "train")
-    splits = {name: frame[frame["split"] == name] for name in SPLITS if (frame["split"] == name).any()}
-
+    frame["split"], warnings = assign_splits(frame, split, val_frac, seed)
+    frame["image"], root = relative_images(frame["image_path"].where(frame["image_path"].astype(bool)),
+                                           frame["volume_name"], image_root)
+    names = list(SPLITS) + sorted(set(frame["split"]) - set(SPLITS))
+    splits = {name: frame[frame["split"] == name] for name in names if (frame["split"] == name).any()}
+    own = frame["cohort_split"].notna() if split == "keep" else pd.Series(False, index=frame.index)
     manifest = {
         "format": fmt,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "tool": {"name": "napari-ctvqa", "version": _tool_version()},
         "total": len(frame),
-        "split_by": "patient",
+        "split": split,
+        "split_by": "cohort" if own.all() else "patient" if not own.any() else "cohort, else patient",
         "val_frac": val_frac,
         "seed": seed,
-        "splits": {name: _split_counts(frame[frame["split"] == name]) for name in SPLITS},
+        "splits": {name: _split_counts(frame[frame["split"] == name]) for name in names},
+        "image_root": root,
+        "warnings": warnings,
         **(manifest_extra or {}),
     }
     # Write beside the target and move into place at the end: a failed export leaves nothing behind.
@@ -166,7 +170,8 @@ def export_rows(rows: Iterable[ExportRow], fmt: str, out_dir: str | Path, *, val
     return manifest
 
 
-_MANIFEST_KEYS = frozenset({"format", "created", "tool", "total", "split_by", "val_frac", "seed", "splits"})
+_MANIFEST_KEYS = frozenset({"format", "created", "tool", "total", "split", "split_by", "val_frac", "seed",
+                            "splits", "image_root", "warnings"})
 
 
 class _Progress:
@@ -194,7 +199,6 @@ def _frame(rows: Iterable[ExportRow]) -> pd.DataFrame:
     for i, letter in enumerate("ABCD"):
         data[f"choice_{letter}"] = [r.choices[i] for r in rows]
     frame = pd.DataFrame(data, dtype=object)
-    frame["image"] = frame["image_path"].where(frame["image_path"].astype(bool), frame["volume_name"])
     frame["closed"] = frame["question_type"].str.lower().isin(("close", "closed"))
     return frame
 
@@ -229,8 +233,8 @@ def _write_m3d_vqa(splits: dict[str, pd.DataFrame], out_dir: Path, report: _Prog
         closed = split["closed"]
         table = pd.DataFrame({
             "Image Path": split["image"],
-            "Text": "",  # M3D puts the source report here; reports stay in the database
-            "Question Type": split["task"].map(M3D_QUESTION_TYPE).fillna(4).astype(int),
+            "Text": split["text"],
+            "Question Type": [m3d_question_type(t, s) for t, s in zip(split["task"], split["subtask"])],
             "Question": split["question"],
             **{f"Choice {c}": split[f"choice_{c}"].where(closed, "") for c in "ABCD"},
             "Answer": split["answer"],
@@ -240,6 +244,13 @@ def _write_m3d_vqa(splits: dict[str, pd.DataFrame], out_dir: Path, report: _Prog
         for i, chunk in enumerate(_chunks(table)):
             chunk.to_csv(path, mode="w" if i == 0 else "a", header=i == 0, index=False, lineterminator="\n")
             report.add(len(chunk))
+
+
+def m3d_question_type(task: str, subtask: int) -> int:
+    """M3D-VQA's question topic number of a pair (see M3D_QUESTION_TYPE)."""
+    if task == "m3d_vqa" and 1 <= int(subtask) <= 5:
+        return int(subtask)
+    return M3D_QUESTION_TYPE.get((task, int(subtask)), M3D_ABNORMALITY)
 
 
 def _records(split: pd.DataFrame, style: str) -> dict[str, list]:
@@ -290,7 +301,7 @@ def _write_hf(splits: dict[str, pd.DataFrame], out_dir: Path, report: _Progress,
         "priors": datasets.List(datasets.Value("int64")), "prompt": datasets.Value("string"),
         "target": datasets.Value("string"),
     })
-    parts = {HF_SPLIT_NAMES[name]: datasets.Dataset.from_dict(_records(split, style), features=features)
+    parts = {name: datasets.Dataset.from_dict(_records(split, style), features=features)
              for name, split in splits.items()}
     bars_were_on = not hf_utils.are_progress_bars_disabled()
     hf_utils.disable_progress_bars()  # the caller shows its own progress; datasets' bars would interleave

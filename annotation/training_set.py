@@ -8,7 +8,9 @@
    `torchrun` for several processes), checkpointing so a cancelled run can be resumed;
 3. evaluates the base and the new model on the held-out split and registers the new model
    version with its provenance (base, QA pair ids, filter, hyper-parameters, metrics, times), so
-   it shows up in the chat panel's model picker.
+   it shows up in the chat panel's model picker, unless a held-out task fell by more than its
+   standard error (annotation/heldout.py): then the run says so and registers nothing unless told
+   to (`allow_regression`, `--allow-regression`, also on a `--resume` of the finished run).
 
 Everything a resume needs is in `OUT/ctvqa_finetune.json`, so `--resume` takes only the folder.
 """
@@ -23,11 +25,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from annotation.curation import FilterRule
+from annotation.heldout import comparisons, describe, metric_deltas
 from annotation.qa_templates import CSV_COLUMNS, TASKS, QARow
 from model.ct.metadata import TABLE_FILE, table_beside, write_metadata_table
 from model.data.json_files import read_json_file
@@ -78,19 +81,27 @@ class TrainingSet:
 class FinetuneOutcome:
     run_id: int
     status: str  # done | cancelled
-    version: str | None
+    version: str | None  # None when cancelled, or held back by a regression
     model_path: str | None
     train: TrainResult
     metrics: dict[str, Any] | None
+    warnings: list[str] = field(default_factory=list)
 
 
 # ----- training set -------------------------------------------------------------------------------
 def build_training_set(store: Store, out_dir: str | Path, rule: FilterRule | None = None, val_frac: float = 0.1,
                        seed: int = 0, tasks: Iterable[str] | None = None,
-                       progress: Callable[[int, int | None], None] | None = None) -> TrainingSet:
-    """The curated pairs of the store (export filter, patient-level split), optionally only some tasks."""
+                       progress: Callable[[int, int | None], None] | None = None,
+                       split: str = "patient") -> TrainingSet:
+    """The curated pairs of the store (export filter; held-out patients by `val_frac`, or with
+    `split="keep"` the cohort's own valid split), optionally only some tasks. Pairs of a cohort's
+    `test` split are never trained on."""
     export_dir = Path(out_dir) / "export"
-    store.export("jsonl", export_dir, rule, val_frac=val_frac, seed=seed, progress=progress)
+    manifest = store.export("jsonl", export_dir, rule, val_frac=val_frac, seed=seed, progress=progress, split=split)
+    if not manifest["splits"]["train"]["rows"]:
+        others = ", ".join(f"{n} in {k!r}" for k, v in manifest["splits"].items() if (n := v["rows"]))
+        raise FinetuneError(f"no training QA pairs: the cohort's own split puts {others}; "
+                            "split by patient instead (--split patient)")
     training_set = training_set_from_folder(export_dir, out_dir, tasks=tasks)
     calibration = {Path(scan.path).name: scan.ct_metadata for scan in store.scans() if scan.path and scan.ct_metadata}
     if calibration:  # the scans' CT-RATE rows travel with the data to the training processes
@@ -215,12 +226,14 @@ def run_finetune(store: Store, out_dir: str | Path, *, base: str | None = None, 
                  val_frac: float = 0.1, split_seed: int = 0, resume: bool = False, merge: bool = False,
                  name: str | None = None, processes: int = 1, eval_limit: int | None = None,
                  progress: Callable[[TrainProgress], None] | None = None, stop: threading.Event | None = None,
-                 handle_sigint: bool = False, log: Log | None = None) -> FinetuneOutcome:
+                 handle_sigint: bool = False, log: Log | None = None, split: str = "patient",
+                 allow_regression: bool = False, max_steps: int | None = None) -> FinetuneOutcome:
     """Train, evaluate, register: the whole loop of one finetune run (see the module docstring).
 
     `data_dir` trains on an exported folder instead of the store's curated pairs. A cancelled run
     (`stop` set, or Ctrl-C with `handle_sigint`) returns status "cancelled" with a checkpoint;
-    `resume=True` on the same `out_dir` continues it with the settings it started with."""
+    `resume=True` on the same `out_dir` continues it with the settings it started with, except
+    `max_steps`, which sets a new total (refused below the step already reached)."""
     say = log or (lambda text: None)
     out_dir = Path(out_dir).expanduser().resolve()
     if resume:
@@ -230,8 +243,11 @@ def run_finetune(store: Store, out_dir: str | Path, *, base: str | None = None, 
             raise FinetuneError(f"{out_dir}: folder is not empty; pass --resume to continue the run in it "
                                 "or choose a new --out")
         try:
-            record = _start(store, out_dir, base, rule, tasks, data_dir, volumes_dir, config or FinetuneConfig(),
-                            val_frac, split_seed, merge, name, say)
+            config = config or FinetuneConfig()
+            if max_steps is not None:
+                config = FinetuneConfig.from_dict({**asdict(config), "max_steps": max_steps})
+            record = _start(store, out_dir, base, rule, tasks, data_dir, volumes_dir, config,
+                            val_frac, split_seed, merge, name, say, split)
         except BaseException:
             shutil.rmtree(out_dir, ignore_errors=True)  # it was empty: a retry with the same --out works
             raise
@@ -239,7 +255,10 @@ def run_finetune(store: Store, out_dir: str | Path, *, base: str | None = None, 
     store.update_finetune_run(run_id, status="running")
     try:
         say(f"training on {record['training_set']['n_train']} QA pairs from {record['base_name']}")
-        result = _train(record, out_dir, resume, processes, progress, stop, handle_sigint)
+        result = _train(record, out_dir, resume, processes, progress, stop, handle_sigint, max_steps)
+        if resume and max_steps is not None:  # accepted by the training: the run's total from now on
+            record["config"]["max_steps"] = max_steps
+            (out_dir / RECORD_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
         if result.status != "done":
             store.update_finetune_run(run_id, status="cancelled",
                                       metrics={"step": result.step, "total_steps": result.total_steps})
@@ -254,10 +273,21 @@ def run_finetune(store: Store, out_dir: str | Path, *, base: str | None = None, 
                                "final_loss": result.losses[-1] if result.losses else None,
                                "seconds": result.seconds, "samples_per_s": result.samples_per_s,
                                "world_size": result.world_size}
-        version = _register(store, record, model_path, metrics)
+        warnings = [f"held-out {describe(r)}: a drop larger than its standard error"
+                    for r in metrics.get("comparison", []) if r["regression"]]
+        for warning in warnings:
+            say(f"warning: {warning}")
+        if warnings and not allow_regression:
+            metrics["not_registered"] = warnings
+            store.update_finetune_run(run_id, status="done", metrics=metrics, model_version=None)
+            say(f"not registered: the new model is worse on {len(warnings)} held-out task(s); it stays in "
+                f"{model_path} (load it with --model {out_dir}); register it anyway with "
+                f"`ctvqa finetune --out {out_dir} --resume --allow-regression`")
+            return FinetuneOutcome(run_id, "done", None, str(model_path), result, metrics, warnings)
+        version = _register(store, record, model_path, {**metrics, "warnings": warnings})
         store.update_finetune_run(run_id, status="done", metrics=metrics, model_version=version)
         say(f"registered model version {version!r} ({model_path})")
-        return FinetuneOutcome(run_id, "done", version, str(model_path), result, metrics)
+        return FinetuneOutcome(run_id, "done", version, str(model_path), result, metrics, warnings)
     except BaseException as exc:
         store.update_finetune_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
@@ -265,7 +295,8 @@ def run_finetune(store: Store, out_dir: str | Path, *, base: str | None = None, 
 
 def _start(store: Store, out_dir: Path, base: str | None, rule: FilterRule | None, tasks: Iterable[str] | None,
            data_dir: str | Path | None, volumes_dir: str | Path | None, config: FinetuneConfig,
-           val_frac: float, split_seed: int, merge: bool, name: str | None, say: Log) -> dict[str, Any]:
+           val_frac: float, split_seed: int, merge: bool, name: str | None, say: Log,
+           split: str = "patient") -> dict[str, Any]:
 
     base_name, base_path = resolve_base(store, base)
     if name is not None and store.model_version(name) is not None:
@@ -274,9 +305,9 @@ def _start(store: Store, out_dir: Path, base: str | None, rule: FilterRule | Non
     if data_dir is None:
         rule = rule or FilterRule()
         say(f"building the training set: {rule.describe()['text']}")
-        training = build_training_set(store, out_dir, rule, val_frac, split_seed, tasks)
+        training = build_training_set(store, out_dir, rule, val_frac, split_seed, tasks, split=split)
         source: dict[str, Any] = {"database": repr(store), "filter": rule.describe(), "val_frac": val_frac,
-                                  "split_seed": split_seed}
+                                  "split_seed": split_seed, "split": split}
     else:
         training = training_set_from_folder(data_dir, out_dir, volumes_dir, tasks)
         source = {"folder": str(Path(data_dir).resolve())}
@@ -300,13 +331,14 @@ def read_run_record(out_dir: Path) -> dict[str, Any]:
 
 def _train(record: dict[str, Any], out_dir: Path, resume: bool, processes: int,
            progress: Callable[[TrainProgress], None] | None, stop: threading.Event | None,
-           handle_sigint: bool) -> TrainResult:
+           handle_sigint: bool, max_steps: int | None = None) -> TrainResult:
+    """Train in this process (`processes` 1), or under torchrun with that many workers."""
     data_dir = record["training_set"]["data_dir"]
-    config = FinetuneConfig.from_dict(record["config"])
+    config = FinetuneConfig.from_dict({**record["config"], **({} if max_steps is None else {"max_steps": max_steps})})
     resume = resume and (out_dir / RUN_FILE).is_file()  # stopped before training began: start it
     if processes <= 1:
         return train(record["base_path"], data_dir, out_dir, config, resume=resume, progress=progress,
-                     stop=stop, handle_sigint=handle_sigint)
+                     stop=stop, handle_sigint=handle_sigint, max_steps=max_steps if resume else None)
     return train_in_processes(record["base_path"], data_dir, out_dir, config, processes, resume=resume,
                               progress=progress, stop=stop)
 
@@ -350,7 +382,8 @@ def train_in_processes(base: str | None, data_dir: str | Path, out_dir: Path, co
                 tail = (tail + [line.rstrip()])[-20:]
             elif event["event"] == "progress" and progress is not None:
                 progress(TrainProgress(**{k: event[k] for k in ("step", "total_steps", "epoch", "loss",
-                                                                 "elapsed_s", "samples_per_s")}))
+                                                                 "elapsed_s", "samples_per_s")},
+                                       start_step=int(event.get("start_step", 0))))
             elif event["event"] == "result":
                 result = event
 
@@ -392,19 +425,9 @@ def _evaluate(record: dict[str, Any], model_path: Path, limit: int | None, say: 
         say(f"evaluating the {key} model on the held-out split")
         reports[key] = evaluate_vlm(load_vlm(path), qa, volumes, limit=limit, model_name=key,
                                     metadata=table_beside(record["training_set"]["data_dir"]))
-    return {"heldout": {"n": reports["finetuned"]["n"]}, **reports, "delta": metric_deltas(reports["base"],
-                                                                                         reports["finetuned"])}
-
-
-def metric_deltas(base: dict[str, Any], new: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Per task, new minus base for every metric both reports have (percentage points)."""
-    deltas = {}
-    for task, figures in new.get("tasks", {}).items():
-        before = base.get("tasks", {}).get(task, {})
-        deltas[task] = {m: round(v - before[m], 3) for m, v in figures.items()
-                        if m not in ("n", "subtasks") and isinstance(v, (int, float)) and
-                        isinstance(before.get(m), (int, float))}
-    return deltas
+    return {"heldout": {"n": reports["finetuned"]["n"]}, **reports,
+            "delta": metric_deltas(reports["base"], reports["finetuned"]),
+            "comparison": comparisons(reports["base"], reports["finetuned"])}
 
 
 def _register(store: Store, record: dict[str, Any], model_path: Path, metrics: dict[str, Any]) -> str:

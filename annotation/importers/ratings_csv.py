@@ -1,9 +1,13 @@
 """Ratings in and out as CSV, for annotators who work in a spreadsheet or another tool.
 
 Columns: `VolumeName,Question,Annotator,VisualVerifiability,SpecificityClarity,
-AnswerAppropriateness,QAAlignment,LinguisticQuality,Consistent[,Note]`. A pair is found by its
-scan and question text. The whole file is checked first and written in one transaction, so a bad
-row (reported with its line number) leaves every rating as it was.
+AnswerAppropriateness,QAAlignment,LinguisticQuality,Consistent[,Note,Status,Reason,Answer]`.
+`Status` is `rated` (the default when the column is absent or empty), `skipped` or `flagged`; a
+skip or flag leaves the five scores and Consistent empty and needs a `Reason`. A pair is found by
+its scan and question text, and by its answer too when `Answer` is given (one scan can be asked
+the same question twice). The whole file is checked first and written in one transaction, so a
+bad row (reported with its line number) leaves every rating as it was. The export writes every
+column, skips and flags included, so an export imports back unchanged.
 """
 from __future__ import annotations
 
@@ -26,7 +30,8 @@ SCORE_COLUMNS: dict[str, str] = dict(zip(
     ("VisualVerifiability", "SpecificityClarity", "AnswerAppropriateness", "QAAlignment",
      "LinguisticQuality"), SCORE_KEYS))
 REQUIRED_COLUMNS: tuple[str, ...] = ("VolumeName", "Question", "Annotator", *SCORE_COLUMNS, "Consistent")
-CSV_COLUMNS: tuple[str, ...] = (*REQUIRED_COLUMNS, "Note")
+CSV_COLUMNS: tuple[str, ...] = (*REQUIRED_COLUMNS, "Note", "Status", "Reason", "Answer")
+MARKS: tuple[str, ...] = ("skipped", "flagged")
 
 
 def read_ratings_csv(path: Path) -> list[tuple[int, dict[str, Any]]]:
@@ -36,9 +41,9 @@ def read_ratings_csv(path: Path) -> list[tuple[int, dict[str, Any]]]:
     for line, record in csv_records(path, REQUIRED_COLUMNS, problems):
         problem, row = _parse_row(record)
         if problem is None:
-            key = (row["volume_name"], row["question"], row["annotator"])
+            key = (row["volume_name"], row["question"], row["answer"], row["annotator"])
             if key in seen:
-                problem = f"repeats the rating of line {seen[key]} (same volume, question and annotator)"
+                problem = f"repeats the rating of line {seen[key]} (same volume, question, answer and annotator)"
             else:
                 seen[key] = line
         if problem is not None:
@@ -55,15 +60,31 @@ def _parse_row(record: dict[str, str]) -> tuple[str | None, dict[str, Any]]:
         return "VolumeName, Question and Annotator must not be empty", {}
     try:
         annotator = annotator_name(record["Annotator"])
-        scores = validate_scores({key: record[col] for col, key in SCORE_COLUMNS.items()})
     except ValueError as exc:
         return f"{exc}", {}
-    consistent = as_flag(record["Consistent"])
-    if consistent is None:
-        return f"Consistent must be 0/1 or true/false, got {record['Consistent']!r}", {}
+    status = (record.get("Status") or "").strip().lower() or "rated"
+    if status not in ("rated", *MARKS):
+        return f"Status must be rated, skipped or flagged, got {record['Status']!r}", {}
+    reason = (record.get("Reason") or "").strip()
+    if status in MARKS:
+        filled = [c for c in (*SCORE_COLUMNS, "Consistent") if record[c].strip()]
+        if filled:
+            return f"a {status} row leaves the scores empty, but {filled[0]} is set", {}
+        if not reason:
+            return f"a {status} row needs a Reason", {}
+        scores, consistent = dict.fromkeys(SCORE_KEYS), None
+    else:
+        try:
+            scores = validate_scores({key: record[col] for col, key in SCORE_COLUMNS.items()})
+        except ValueError as exc:
+            return f"{exc}", {}
+        consistent = as_flag(record["Consistent"])
+        if consistent is None:
+            return f"Consistent must be 0/1 or true/false, got {record['Consistent']!r}", {}
     return None, {"volume_name": record["VolumeName"].strip(), "question": record["Question"],
-                  "annotator": annotator, "scores": scores, "consistent": consistent,
-                  "note": (record.get("Note") or "").strip()}
+                  "annotator": annotator, "scores": scores, "consistent": consistent, "status": status,
+                  "reason": reason if status in MARKS else None, "note": (record.get("Note") or "").strip(),
+                  "answer": (record.get("Answer") or "").strip() or None}
 
 
 def import_ratings_csv(store: Store, path: str | Path) -> dict[str, int]:
@@ -76,19 +97,23 @@ def import_ratings_csv(store: Store, path: str | Path) -> dict[str, int]:
         counts = {"rows": len(rows), "inserted": 0, "updated": 0, "unchanged": 0}
         problems = RowProblems(path)
         for line, row in rows:
-            qa_id = session.scalar(select(QAPair.id).join(Scan, Scan.id == QAPair.scan_id)
-                                   .where(Scan.volume_name == row["volume_name"],
-                                          QAPair.question == row["question"]).order_by(QAPair.id).limit(1))
+            query = (select(QAPair.id).join(Scan, Scan.id == QAPair.scan_id)
+                     .where(Scan.volume_name == row["volume_name"], QAPair.question == row["question"]))
+            if row["answer"] is not None:
+                query = query.where(QAPair.answer == row["answer"])
+            qa_id = session.scalar(query.order_by(QAPair.id).limit(1))
             if qa_id is None:
+                answer = "" if row["answer"] is None else f" and the answer {row['answer']!r}"
                 problems.add(path, line, f"no QA pair of scan {row['volume_name']!r} has the "
-                                         f"question {row['question']!r}")
+                                         f"question {row['question']!r}{answer}")
                 continue
             if problems:
                 continue  # the file will be refused: only look for further unknown pairs
             values = {**row["scores"], "consistent": row["consistent"], "note": row["note"],
-                      "status": "rated", "reason": None}
+                      "status": row["status"], "reason": row["reason"]}
             before = session.scalars(select(Rating).join(Rater, Rater.id == Rating.rater_id)
-                                     .where(Rater.name == row["annotator"], Rating.qa_id == qa_id)).one_or_none()
+                                     .where(Rater.name == row["annotator"], Rating.qa_id == qa_id,
+                                            Rating.is_repeat.is_(False))).one_or_none()
             old = None if before is None else {k: getattr(before, k) for k in values}
             write_rating(session, row["annotator"], qa_id, values)
             counts["inserted" if old is None else "unchanged" if old == values else "updated"] += 1
@@ -99,11 +124,13 @@ def import_ratings_csv(store: Store, path: str | Path) -> dict[str, int]:
 
 
 def export_ratings_csv(store: Store, path: str | Path) -> int:
-    """Write every finished ("rated") rating; returns the number of rows written."""
+    """Write every rating, skip and flag (with its reason and the pair's answer); returns the
+    number of rows written."""
     query = (select(Scan.volume_name, QAPair.question, Rater.name, *[getattr(Rating, k) for k in SCORE_KEYS],
-                    Rating.consistent, Rating.note)
+                    Rating.consistent, Rating.note, Rating.status, Rating.reason, QAPair.answer)
              .join(QAPair, QAPair.id == Rating.qa_id).join(Scan, Scan.id == QAPair.scan_id)
-             .join(Rater, Rater.id == Rating.rater_id).where(Rating.status == "rated")
+             .join(Rater, Rater.id == Rating.rater_id)
+             .where(Rating.is_repeat.is_(False))  # a blind repeat is for intra-rater agreement, not a rating
              .order_by(Scan.volume_name, QAPair.id, Rater.name))
     with store.db.reading() as session:
         rows = session.execute(query).tuples().all()
@@ -113,6 +140,9 @@ def export_ratings_csv(store: Store, path: str | Path) -> int:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
         for volume, question, rater, *rest in rows:
-            *scores, consistent, note = rest
-            writer.writerow([volume, question, rater, *scores, int(bool(consistent)), note or ""])
+            *scores, consistent, note, status, reason, answer = rest
+            rated = status == "rated"
+            writer.writerow([volume, question, rater, *(scores if rated else [""] * len(scores)),
+                             int(bool(consistent)) if rated else "", note or "", status,
+                             reason or "", answer])
     return len(rows)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from annotation.schema import Export
+from annotation.schema import Export, Report
 from annotation.store.ratings import RatingsArea
 from annotation.store.rows import jsonable
 from annotation.store.scans import ScansArea
@@ -52,9 +52,11 @@ class ExportsArea(ScansArea, RatingsArea):
         return summarize(apply_filter(self.ratings_frame(), self.qa_frame(), rule or FilterRule()))
 
     def export(self, fmt: str, out_dir: str | Path, rule: Any = None, val_frac: float = 0.1,
-               seed: int = 0, progress: ProgressFn | None = None) -> dict[str, Any]:
-        """Write the pairs that pass `rule` in format `fmt` with a patient-level split; the export
-        and its manifest are recorded in the `exports` table."""
+               seed: int = 0, progress: ProgressFn | None = None, split: str = "keep",
+               image_root: str | Path | None = None) -> dict[str, Any]:
+        """Write the pairs that pass `rule` in format `fmt`, in the cohort's own split (`split`
+        "keep", by patient where a scan has none) or split by patient ("patient"), image paths
+        relative to `image_root`; the export and its manifest are recorded in the `exports` table."""
         # deferred: both pull in pandas and numpy
         from annotation.curation import FilterRule, apply_filter
         from annotation.exports import ExportRow, export_rows
@@ -67,14 +69,19 @@ class ExportsArea(ScansArea, RatingsArea):
         # pandas string columns hold NaN for SQL NULL (a scan without path or patient), which is
         # truthy: turn every missing value into None first (plain objects also iterate faster).
         chosen = chosen.astype(object).where(chosen.notna(), None)
-        rows = [_export_row(ExportRow, r) for r in chosen.itertuples(index=False)]
-        extra: dict[str, Any] = {"database": repr(self), "filter": rule.describe()}
+        texts = self._report_texts(set(chosen["scan_id"])) if fmt == "m3d-vqa" else {}
+        rows = [_export_row(ExportRow, r, texts.get(r.scan_id, "")) for r in chosen.itertuples(index=False)]
+        passed = filtered["passed"].astype(bool)
+        extra: dict[str, Any] = {"database": repr(self), "filter": rule.describe(),
+                                 "unrated_included": int((passed & (filtered["n_raters"] == 0)).sum())}
         if fmt == "3drad":  # the 3D-RAD layout has a folder per 3D-RAD task and nothing else
             other = sum(r.task_number == 0 for r in rows)
             rows = [r for r in rows if r.task_number != 0]
             extra["left_out_not_3drad_tasks"] = other
-        manifest = export_rows(rows, fmt, out_dir, val_frac=val_frac, seed=seed,
-                               manifest_extra=extra, progress=progress)
+        if not rows:
+            raise ValueError(_nothing_passed(filtered, rule))
+        manifest = export_rows(rows, fmt, out_dir, split=split, val_frac=val_frac, seed=seed,
+                               image_root=image_root, manifest_extra=extra, progress=progress)
 
         def work(session: Session) -> None:
             session.add(Export(format=fmt, path=str(Path(out_dir).resolve()),
@@ -83,6 +90,17 @@ class ExportsArea(ScansArea, RatingsArea):
         self.db.write(work)
         return manifest
 
+    def _report_texts(self, scan_ids: set[int]) -> dict[int, str]:
+        """Each scan's report as one text (findings, then impressions), for M3D-VQA's Text column."""
+        texts: dict[int, str] = {}
+        with self.db.reading() as s:
+            for scan_id, findings, impressions in s.execute(
+                    select(Report.scan_id, Report.findings, Report.impressions)):
+                if scan_id in scan_ids:
+                    parts = [p.strip() for p in (findings, impressions) if p and p.strip() not in ("", "Not given.")]
+                    texts[scan_id] = " ".join(parts)
+        return texts
+
     def exports(self) -> list[dict[str, Any]]:
         with self.db.reading() as s:
             return [{"id": e.id, "format": e.format, "path": e.path, "filter": e.filter,
@@ -90,7 +108,19 @@ class ExportsArea(ScansArea, RatingsArea):
                     for e in s.scalars(select(Export).order_by(Export.id))]
 
 
-def _export_row(export_row_cls: type, r: Any) -> Any:  # noqa: ANN401
+def _nothing_passed(filtered: Any, rule: Any) -> str:  # noqa: ANN401
+    """Why an export would be empty, in the words a curator can act on."""
+    reasons = filtered["reason"].value_counts()
+    top = ", ".join(f"{n} {r}" for r, n in reasons.head(3).items())
+    hint = ""
+    if reasons.get("unrated", 0) and not rule.include_unrated:
+        hint = "; pairs imported as curated can be kept unrated with --include-unrated"
+    elif reasons.get("unrated", 0):
+        hint = "; --include-unrated keeps only pairs imported as curated (source 'imported'), not generated ones"
+    return f"nothing to export: none of {len(filtered)} QA pairs passed the filter ({top or 'the store is empty'}){hint}"
+
+
+def _export_row(export_row_cls: type, r: Any, text: str = "") -> Any:  # noqa: ANN401
     """An annotation.exports.ExportRow in 3D-RAD's spelling (Open/Close, "-" for no choice);
     task_number 0 marks pairs of no 3D-RAD task (chat, M3D-VQA). The class is passed in so this
     module need not import annotation.exports (and pandas) at import time."""
@@ -103,4 +133,5 @@ def _export_row(export_row_cls: type, r: Any) -> Any:  # noqa: ANN401
         task_number=0 if r.task_number is None else int(r.task_number),
         subtask=subtask, question=r.question, answer=r.answer,
         question_type="Close" if closed else "Open", answer_choice=r.answer_choice if closed else "-",
-        choices=tuple(c or "-" for c in choices), priors=tuple(r.priors) if r.priors else None)
+        choices=tuple(c or "-" for c in choices), priors=tuple(r.priors) if r.priors else None,
+        cohort_split=r.cohort_split, text=text)

@@ -68,7 +68,8 @@ class ModelsArea(StoreArea):
 
     def update_finetune_run(self, run_id: int, **fields: Any) -> FinetuneRunRecord:
         """Update status/metrics/timestamps...; `model_version` (a name) links the result.
-        Setting status "running" stamps started_at, "done"/"failed"/"cancelled" finished_at."""
+        Setting status "running" stamps started_at (the first start) and clears finished_at (a
+        resumed run is not finished); "done"/"failed"/"cancelled" stamps finished_at."""
         unknown = set(fields) - _FINETUNE_FIELDS
         if unknown:
             raise ValueError(f"unknown finetune run field(s) {sorted(unknown)}; allowed: {sorted(_FINETUNE_FIELDS)}")
@@ -85,9 +86,10 @@ class ModelsArea(StoreArea):
                 setattr(run, key, jsonable(value) if key in ("config", "filter", "metrics") else
                         str(value) if key == "output_path" and value is not None else value)
             status = values.get("status")
-            if status == "running" and run.started_at is None:
-                run.started_at = utcnow()
-            if status in ("done", "failed", "cancelled") and run.finished_at is None:
+            if status == "running":
+                run.started_at = run.started_at or utcnow()
+                run.finished_at = None
+            if status in ("done", "failed", "cancelled") and "finished_at" not in values:
                 run.finished_at = utcnow()
 
         self._write_or_refuse(work, f"finetune run {run_id} update")

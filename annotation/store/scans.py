@@ -151,13 +151,15 @@ class ScansArea(StoreArea):
             return dict(s.execute(query).tuples().all())
 
     def qa_frame(self) -> pd.DataFrame:
-        """All pairs as a DataFrame (input of the curation filter and the exporters)."""
+        """All pairs as a DataFrame (input of the curation filter and the exporters); `cohort_split`
+        is the scan's (else its patient's) own split."""
         frame = self._read_frame(
             select(QAPair.id.label("qa_id"), QAPair.scan_id, Scan.volume_name, Scan.path,
                    Patient.name.label("patient"), QAPair.task, QAPair.task_number, QAPair.subtask,
                    QAPair.question, QAPair.answer, QAPair.question_type, QAPair.choice_a,
                    QAPair.choice_b, QAPair.choice_c, QAPair.choice_d, QAPair.answer_choice,
-                   QAPair.priors, QAPair.source)
+                   QAPair.priors, QAPair.source,
+                   func.coalesce(Scan.split, Patient.split).label("cohort_split"))
             .join(Scan, Scan.id == QAPair.scan_id).outerjoin(Patient, Patient.id == Scan.patient_id)
             .order_by(QAPair.id))
         frame["task_number"] = frame["task_number"].astype("Int64")  # chat/M3D pairs have none

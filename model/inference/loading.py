@@ -62,6 +62,28 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "default"
 
 
 # ----- loading ------------------------------------------------------------------------------
+# A finetune run folder (`ctvqa finetune --out DIR`) holds its model in one of these, best first;
+# model.training.finetune and annotation.training_set write them under these names.
+RUN_MODEL_DIRS: tuple[str, ...] = ("merged", "adapter")
+RUN_MARKERS: tuple[str, ...] = ("run.json", "ctvqa_finetune.json")
+
+
+def run_model_folder(folder: Path) -> Path:
+    """The model folder a path stands for: itself, or for a finetune run folder the model it
+    trained (the merged model if written, else the adapter), so `--model runs/ft1` and the chat's
+    folder picker accept the run folder itself. An unfinished run says so."""
+    if (folder / "config.json").is_file() or (folder / ADAPTER_CONFIG).is_file():
+        return folder
+    if not any((folder / marker).is_file() for marker in RUN_MARKERS):
+        return folder
+    for name in RUN_MODEL_DIRS:
+        inner = folder / name
+        if (inner / "config.json").is_file() or (inner / ADAPTER_CONFIG).is_file():
+            return inner
+    raise CheckpointError(f"{folder} is a finetune run folder whose training has not finished (no "
+                          f"{' or '.join(RUN_MODEL_DIRS)}/ model yet); continue it with "
+                          f"`ctvqa finetune --out {folder} --resume`")
+
 def read_settings(folder: Path) -> dict[str, Any]:
     path = folder / SETTINGS_FILE
     if not path.is_file():
@@ -104,7 +126,7 @@ def load_vlm(path: str | Path | None = None, dtype: torch.dtype | str | None = N
     """Load one of our save_pretrained folders, a LoRA adapter folder written by `ctvqa finetune`, a
     published M3D-LaMed / M3D-RAD folder, or (None) the model shipped in `model/default/`."""
 
-    folder = Path(path) if path is not None else DEFAULT_MODEL_DIR
+    folder = run_model_folder(Path(path)) if path is not None else DEFAULT_MODEL_DIR
     if path is None and not (folder / "config.json").is_file():
         raise FileNotFoundError(
             f"the embedded default model is not built yet ({folder} has no config.json); "

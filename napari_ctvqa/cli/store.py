@@ -298,20 +298,37 @@ def export_cmd(
     min_mean: Annotated[float, typer.Option(help="Keep pairs whose mean score is at least this.")] = 3.0,
     min_dim: Annotated[float, typer.Option(help="... and whose every dimension is at least this.")] = 3.0,
     require_consistent: Annotated[bool, typer.Option(help="... and judged consistent with the report.")] = False,
-    cap_per_question: Annotated[int, typer.Option(help="At most this many pairs per question text (0: no cap).")] = 10,
-    val_frac: Annotated[float, typer.Option(help="Share of patients in the validation split.")] = 0.1,
+    cap_per_question: Annotated[int, typer.Option(
+        help="At most this many identical open question-answer pairs per subtask (0: no cap; "
+             "template questions of tasks 4-6 are never capped).")] = 10,
+    include_unrated: Annotated[bool, typer.Option(
+        "--include-unrated", help="Also keep unrated pairs imported as curated (3D-RAD, M3D-VQA); "
+                                  "rated pairs must still pass.")] = False,
+    split: Annotated[str, typer.Option(
+        help="keep: the cohort's own split where a scan has one (CT-RATE/3D-RAD names), by patient "
+             "otherwise; patient: split every pair by patient.")] = "keep",
+    val_frac: Annotated[float, typer.Option(help="Share of pairs (whole patients) in 'valid' when splitting "
+                                                 "by patient.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of the patient split.")] = 0,
+    image_root: Annotated[Path | None, typer.Option(
+        help="Write image paths relative to this folder (default: the folder holding every scan; "
+             "the manifest records it).")] = None,
     db: DbOption = None, as_json: JsonOption = False,
 ) -> None:
-    """Export the curated pairs (3D-RAD filter) with a patient-level train/validation split."""
+    """Export the curated pairs (3D-RAD filter), keeping every patient on one side of the split."""
     from annotation.curation import FilterRule
 
     store = _open(db)
-    rule = _run(lambda: FilterRule(min_mean, min_dim, require_consistent, cap_per_question or None))
+    rule = _run(lambda: FilterRule(min_mean, min_dim, require_consistent, cap_per_question or None,
+                                   include_unrated))
     with progress_bar(f"export {fmt}") as update:
-        manifest = _run(lambda: store.export(fmt, out, rule, val_frac=val_frac, seed=seed, progress=update))
+        manifest = _run(lambda: store.export(fmt, out, rule, val_frac=val_frac, seed=seed, progress=update,
+                                             split=split, image_root=image_root))
+    for warning in manifest["warnings"]:
+        typer.echo(f"warning: {warning}", err=True)
     splits = ", ".join(f"{k} {v['rows']}" for k, v in manifest["splits"].items())
-    _print(manifest, as_json, f"exported {manifest['total']} pairs to {out} ({splits})")
+    unrated = f"; {manifest['unrated_included']} of them unrated" if manifest["unrated_included"] else ""
+    _print(manifest, as_json, f"exported {manifest['total']} pairs to {out} ({splits}{unrated})")
 
 
 def register(app: typer.Typer) -> None:

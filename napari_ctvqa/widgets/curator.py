@@ -138,12 +138,16 @@ class CuratorWidget(QWidget):
         self.cap.setRange(0, 100000)
         self.cap.setValue(10)
         self.cap.setSpecialValueText("no cap")
-        self.cap.setToolTip("at most this many pairs per identical question text (3D-RAD: 10)")
+        self.cap.setToolTip("at most this many identical open question-answer pairs per subtask (3D-RAD: 10); "
+                            "template questions of tasks 4-6 are never capped")
         self.cap.valueChanged.connect(self.refresh_preview)
+        self.include_unrated = QCheckBox("keep unrated pairs imported as curated (3D-RAD, M3D-VQA)")
+        self.include_unrated.toggled.connect(self.refresh_preview)
         form.addRow("Min mean score", self.min_mean)
         form.addRow("Min every dimension", self.min_dim)
         form.addRow("Consistency", self.require_consistent)
         form.addRow("Cap per question", self.cap)
+        form.addRow("Unrated", self.include_unrated)
         layout.addLayout(form)
         self.preview_label = QLabel()
         self.preview_label.setWordWrap(True)
@@ -152,7 +156,7 @@ class CuratorWidget(QWidget):
         layout.addWidget(self.preview_table, 1)
         layout.addWidget(caption("Dimensions: " + " · ".join(f"{short} {label}" for _, label, short in DIMENSIONS)))
 
-        layout.addWidget(caption("Export the pairs that pass, split by patient"))
+        layout.addWidget(caption("Export the pairs that pass (no patient on both sides of the split)"))
         export_form = QFormLayout()
         self.format = QComboBox()
         self.format.addItems(list(formats))
@@ -167,13 +171,21 @@ class CuratorWidget(QWidget):
         self.val_frac.setRange(0.0, 0.9)
         self.val_frac.setSingleStep(0.05)
         self.val_frac.setValue(0.1)
-        self.val_frac.setToolTip("share of patients in the validation split (whole patients, never split)")
+        self.val_frac.setToolTip("share of pairs in 'valid' when splitting by patient (whole patients move)")
         self.seed = QSpinBox()
         self.seed.setRange(0, 2**31 - 1)
+        self.split = QComboBox()
+        self.split.addItem("the cohort's own split (by patient where a scan has none)", "keep")
+        self.split.addItem("by patient (validation share)", "patient")
+        self.image_root = QLineEdit()
+        self.image_root.setPlaceholderText("image paths relative to: the folder holding every scan")
+        self.image_root.setToolTip("write image paths relative to this folder (the manifest records it)")
         export_form.addRow("Format", self.format)
         export_form.addRow("Folder", folder_row)
+        export_form.addRow("Split", self.split)
         export_form.addRow("Validation share", self.val_frac)
         export_form.addRow("Seed", self.seed)
+        export_form.addRow("Image root", self.image_root)
         layout.addLayout(export_form)
         self.export_button = QPushButton("Export the pairs that pass")
         self.export_button.clicked.connect(self.start_export)
@@ -233,7 +245,8 @@ class CuratorWidget(QWidget):
 
         return FilterRule(min_mean=self.min_mean.value(), min_dim=self.min_dim.value(),
                           require_consistent=self.require_consistent.isChecked(),
-                          cap_per_question=self.cap.value() or None)
+                          cap_per_question=self.cap.value() or None,
+                          include_unrated=self.include_unrated.isChecked())
 
     def refresh_preview(self) -> None:
         """How many pairs the current rule keeps, per task, and why the others fail."""
@@ -248,8 +261,9 @@ class CuratorWidget(QWidget):
         share = f" ({100 * summary.passed / summary.total:.0f}%)" if summary.total else ""
         accuracy = ("–" if summary.factual_accuracy_rate is None
                     else f"{100 * summary.factual_accuracy_rate:.1f}%")
+        unrated = f" ({summary.unrated_passed} of them unrated)" if summary.unrated_passed else ""
         self.preview_label.setText(
-            f"<b>{summary.passed} of {summary.total} pairs pass</b>{share}. "
+            f"<b>{summary.passed} of {summary.total} pairs pass</b>{share}{unrated}. "
             f"Factual accuracy (rated pairs judged consistent): {accuracy}. "
             f"<br><span style='color:gray'>{html.escape(self.rule().describe()['text'])}</span>")
         rows = [{"Task": task, "Pass": info["passed"], "Fail": info["failed"],
@@ -274,6 +288,7 @@ class CuratorWidget(QWidget):
             self._say("Choose an export folder first.", error=True)
             return
         out_dir = Path(self.out_dir.text().strip()).expanduser()
+        root = self.image_root.text().strip()
         self.export_button.setEnabled(False)
         self.export_progress.setFormat("%v / %m pairs written")
         self.export_progress.setValue(0)
@@ -282,6 +297,7 @@ class CuratorWidget(QWidget):
         self._worker = create_worker(
             self.store.export, self.format.currentText(), out_dir, rule=self.rule(),
             val_frac=self.val_frac.value(), seed=self.seed.value(), progress=self._relay.progressed.emit,
+            split=self.split.currentData(), image_root=Path(root).expanduser() if root else None,
             _connect={"returned": self._on_exported, "errored": self._on_export_error},
         )
 
@@ -294,8 +310,11 @@ class CuratorWidget(QWidget):
         splits = ", ".join(f"{name} {info['rows']} pairs / {info['patients']} "
                            f"patient{'' if info['patients'] == 1 else 's'}"
                            for name, info in manifest["splits"].items())
+        unrated = f", {manifest['unrated_included']} of them unrated" if manifest.get("unrated_included") else ""
+        warnings = "".join(f" Warning: {w}." for w in manifest.get("warnings", []))
         self._say(f"Exported {manifest['total']} pairs as {manifest['format']} "
-                  f"({splits}) to {self.out_dir.text().strip()}.")
+                  f"({splits}{unrated}) to {self.out_dir.text().strip()}.{warnings}",
+                  error=bool(warnings))
         self.exported.emit(manifest)
 
     def _on_export_error(self, exc: Exception) -> None:

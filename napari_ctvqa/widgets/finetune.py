@@ -1,20 +1,26 @@
 """The finetune panel: pick a base model and the curated pairs, train LoRA, watch, cancel, resume.
 
-It is the GUI face of `ctvqa finetune`: the same `annotation.training_set.run_finetune` call, run
-on a worker thread so napari stays responsive. Progress (step, loss, time left) crosses to the
-GUI thread through a Qt signal; Cancel sets the run's stop event, so training stops at the next
-step with a checkpoint and "Resume" continues it. When a run finishes, the new model version is
-in the store and the chat panel's model picker lists it.
+It is the GUI face of `ctvqa finetune`, and literally so: it runs that command in a child
+process (`python -m napari_ctvqa.cli finetune ... --progress-json`, a QProcess), so the panel
+trains through the same path as the CLI (torchrun workers with Processes > 1), at the CLI's speed,
+and napari's interpreter never trains or evaluates: the GUI thread only reads one JSON line per
+step. Cancel sends the process Ctrl-C, so training stops at the next step with a checkpoint and
+"Resume" continues it. When a run finishes, the new model version is in the store and the chat
+panel's model picker lists it; a run that got worse on a held-out task is not registered (it says
+so, with n and the standard error beside every figure) unless "register even if worse" is ticked.
 """
 from __future__ import annotations
 
 import html
+import json
 import math
-import threading
+import os
+import signal
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QProcess, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -36,11 +42,10 @@ if TYPE_CHECKING:
     import napari
     from annotation.curation import FilterRule
     from annotation.store import Store
-    from annotation.training_set import FinetuneOutcome
     from model.training.finetune.config import FinetuneConfig, TrainProgress
 
 _CHOOSE_FOLDER = "\0choose"
-_PRIMARY = {"accuracy": "accuracy", "rouge1": "ROUGE-1"}
+_SPLITS = (("by patient (held-out share)", "patient"), ("the cohort's own valid split", "keep"))
 
 
 class _Relay(QObject):
@@ -72,21 +77,26 @@ def describe_progress(p: TrainProgress) -> str:
     return f"step {p.step}/{p.total_steps} · loss {p.loss:.3f} · {p.samples_per_s:.1f} pairs/s{left}"
 
 
-def describe_outcome(outcome: FinetuneOutcome) -> str:
-    """What the run produced, with the held-out primary metric of base vs new per task (HTML)."""
-    if outcome.status != "done":
-        return f"Cancelled at step {outcome.train.step}/{outcome.train.total_steps}: press Resume to continue."
-    lines = [f"<b>Model version {html.escape(outcome.version or '')}</b> registered "
-             f"(loss {outcome.train.losses[0]:.3f} → {outcome.train.losses[-1]:.3f}); "
-             "it is now in the chat panel's model list."]
-    metrics = outcome.metrics or {}
-    for task, figures in (metrics.get("finetuned") or {}).get("tasks", {}).items():
-        base = metrics["base"]["tasks"].get(task, {})
-        for key, label in _PRIMARY.items():
-            if key in figures and key in base:
-                lines.append(f"{html.escape(task)}: {label} {base[key]:.1f} → {figures[key]:.1f}")
-                break
-    if metrics.get("heldout", 1) is None:
+def describe_outcome(summary: dict[str, Any]) -> str:
+    """What the run produced (the result `ctvqa finetune --json` prints), with each held-out task's
+    primary metric, base -> new, its n and the difference's standard error (HTML)."""
+    # deferred: annotation.heldout is only needed once a run has finished
+    from annotation.heldout import describe
+
+    if summary["status"] != "done":
+        return f"Cancelled at step {summary['steps']}/{summary['total_steps']}: press Resume to continue."
+    losses = f"loss {summary['first_loss']:.3f} → {summary['final_loss']:.3f}"
+    if summary["version"]:
+        lines = [f"<b>Model version {html.escape(summary['version'])}</b> registered ({losses}); "
+                 "it is now in the chat panel's model list."]
+    else:
+        lines = [f"<b style='color:#ff6b6b'>Not registered</b> ({losses}): worse on a held-out task by more "
+                 f"than its standard error. The model stays in {html.escape(str(summary['model_path']))}; "
+                 "tick “register even if worse” and Resume to register it."]
+    for row in summary.get("comparison") or []:
+        text = html.escape(describe(row))
+        lines.append(f"<span style='color:#ff6b6b'>{text}</span>" if row["regression"] else text)
+    if summary.get("heldout", 1) is None:
         lines.append("No held-out pairs of the six tasks: raise the held-out share to evaluate.")
     return "<br>".join(lines)
 
@@ -94,8 +104,9 @@ def describe_outcome(outcome: FinetuneOutcome) -> str:
 class FinetuneWidget(QWidget):
     """Base model, training set (filter), LoRA settings, output folder; Start, Cancel, Resume.
 
-    `store` defaults to the database named in the panel's field. `finished` fires with the
-    FinetuneOutcome (done or cancelled), `failed` with the error message."""
+    `store` defaults to the database named in the panel's field. `finished` fires with the run's
+    result (the dict `ctvqa finetune --json` prints: done or cancelled), `failed` with the error
+    message."""
 
     finished = Signal(object)
     failed = Signal(str)
@@ -104,8 +115,10 @@ class FinetuneWidget(QWidget):
         super().__init__()
         self.viewer = viewer
         self.store = store
-        self.worker = None
-        self._stop = threading.Event()
+        self.process: QProcess | None = None
+        self._buffer = b""
+        self._result: dict[str, Any] | None = None
+        self._errors: list[str] = []
         self._relay = _Relay()
         self._relay.progressed.connect(self._on_progress)
         self._build()
@@ -148,6 +161,11 @@ class FinetuneWidget(QWidget):
         for spin in (self.min_mean, self.min_dim, self.cap):
             spin.valueChanged.connect(self.refresh_preview)
         self.require_consistent.toggled.connect(self.refresh_preview)
+        self.include_unrated = QCheckBox("also unrated pairs imported as curated (3D-RAD, M3D-VQA)")
+        self.include_unrated.toggled.connect(self.refresh_preview)
+        self.split = QComboBox()
+        for label, mode in _SPLITS:
+            self.split.addItem(label, mode)
         self.tasks = QLineEdit()
         self.tasks.setPlaceholderText("all tasks (or e.g. existence_detection,image_observation)")
         self.val_frac = _spin(0.0, 0.9, 0.1, 0.05, decimals=2)
@@ -159,7 +177,9 @@ class FinetuneWidget(QWidget):
         form.addRow("Min every dimension", self.min_dim)
         form.addRow("Consistency", self.require_consistent)
         form.addRow("Cap per question", self.cap)
+        form.addRow("Unrated", self.include_unrated)
         form.addRow("Tasks", self.tasks)
+        form.addRow("Held out", self.split)
         form.addRow("Held-out share", self.val_frac)
         form.addRow("Seed", self.seed)
         form.addRow(self.preview_label)
@@ -175,9 +195,12 @@ class FinetuneWidget(QWidget):
         self.batch_size = _spin(1, 1024, defaults.batch_size)
         self.max_steps = _spin(0, 10**7, 0)
         self.max_steps.setSpecialValueText("by epochs")
+        self.max_steps.setToolTip("with Resume: the run's new total")
+        self.processes = _spin(1, max(os.cpu_count() or 1, 1), 1)
+        self.processes.setToolTip("data-parallel training processes (torchrun; gloo on CPU)")
         for label, widget in (("Rank r", self.lora_r), ("Alpha", self.lora_alpha), ("Dropout", self.lora_dropout),
                               ("Learning rate", self.lr), ("Epochs", self.epochs), ("Batch size", self.batch_size),
-                              ("Max steps", self.max_steps)):
+                              ("Max steps", self.max_steps), ("Processes", self.processes)):
             form.addRow(label, widget)
         layout.addWidget(lora)
 
@@ -192,9 +215,11 @@ class FinetuneWidget(QWidget):
         self.name_edit = QLineEdit()
         self.name_edit.setPlaceholderText("automatic (ft-BASE-TIME-rRUN)")
         self.merge = QCheckBox("also write a standalone merged model folder")
+        self.allow_regression = QCheckBox("register even if worse on a held-out task")
         out.addRow("Run folder", folder_row)
         out.addRow("Version name", self.name_edit)
         out.addRow("", self.merge)
+        out.addRow("", self.allow_regression)
         layout.addLayout(out)
 
         buttons = QHBoxLayout()
@@ -272,7 +297,8 @@ class FinetuneWidget(QWidget):
 
         return FilterRule(min_mean=self.min_mean.value(), min_dim=self.min_dim.value(),
                           require_consistent=self.require_consistent.isChecked(),
-                          cap_per_question=self.cap.value() or None)
+                          cap_per_question=self.cap.value() or None,
+                          include_unrated=self.include_unrated.isChecked())
 
     def config(self) -> FinetuneConfig:
         # deferred: see _build
@@ -295,44 +321,97 @@ class FinetuneWidget(QWidget):
         self.preview_label.setText(f"{summary.passed} of {summary.total} QA pairs pass the filter.")
 
     # ------------------------------------------------------------------ run
+    def command(self, resume: bool = False) -> list[str]:
+        """The `ctvqa finetune` command line of the panel's settings (what Start runs)."""
+        rule, config = self.rule(), self.config()
+        args = ["finetune", "--db", self.store.url, "--out", str(Path(self.out_dir.text().strip()).expanduser()),
+                "--min-mean", str(rule.min_mean), "--min-dim", str(rule.min_dim),
+                "--cap-per-question", str(rule.cap_per_question or 0), "--split", self.split.currentData(),
+                "--val-frac", str(self.val_frac.value()), "--seed", str(config.seed),
+                "--lora-r", str(config.lora_r), "--lora-alpha", str(config.lora_alpha),
+                "--lora-dropout", str(config.lora_dropout), "--lr", repr(config.lr), "--epochs", str(config.epochs),
+                "--batch-size", str(config.batch_size), "--processes", str(self.processes.value()),
+                "--progress-json"]
+        flags = {"--require-consistent": rule.require_consistent, "--include-unrated": rule.include_unrated,
+                 "--merge": self.merge.isChecked(), "--allow-regression": self.allow_regression.isChecked(),
+                 "--resume": resume}
+        args += [flag for flag, on in flags.items() if on]
+        options = {"--base": self.base_box.currentData(), "--max-steps": config.max_steps,
+                   "--tasks": ",".join(t for t in self.tasks.text().replace(" ", "").split(",") if t) or None,
+                   "--name": self.name_edit.text().strip() or None}
+        for flag, value in options.items():
+            if value is not None:
+                args += [flag, str(value)]
+        return args
+
     def start(self, resume: bool = False) -> None:
-        """Build the training set and train on a worker thread (progress below, Cancel stops)."""
-        # deferred: see _build
-        from napari.qt.threading import create_worker
-
-        from annotation.training_set import run_finetune
-
+        """Run `ctvqa finetune` in a child process (progress below, Cancel stops at the next step)."""
         if self.store is None:
             self._say("Open a database first.", error=True)
             return
         if not self.out_dir.text().strip():
             self._say("Choose a run folder first.", error=True)
             return
+        if self.store.url in ("sqlite://", "sqlite:///:memory:"):
+            self._say("The run needs a database file or server (an in-memory database cannot be shared).", error=True)
+            return
         try:
-            config = self.config()
-            rule = self.rule()
+            args = self.command(resume)
         except ValueError as exc:
             self._say(str(exc), error=True)
             return
-        tasks = [t for t in self.tasks.text().replace(" ", "").split(",") if t] or None
-        self._stop.clear()
         self._set_running(True)
         self.result.setText("")
         self.progress.setValue(0)
+        self._buffer, self._result, self._errors = b"", None, []
         self._say("Resuming…" if resume else "Building the training set and loading the base model…")
-        self.worker = create_worker(
-            run_finetune, self.store, Path(self.out_dir.text().strip()).expanduser(),
-            base=self.base_box.currentData(), rule=rule, tasks=tasks, config=config, val_frac=self.val_frac.value(),
-            split_seed=self.seed.value(), resume=resume, merge=self.merge.isChecked(),
-            name=self.name_edit.text().strip() or None, progress=self._relay.progressed.emit, stop=self._stop,
-            log=lambda text: None,
-            _connect={"returned": self._on_finished, "errored": self._on_error},
-        )
+        self.process = QProcess(self)
+        self.process.setProcessChannelMode(QProcess.ProcessChannelMode.SeparateChannels)
+        self.process.readyReadStandardOutput.connect(self._read_events)
+        self.process.readyReadStandardError.connect(self._read_errors)
+        self.process.finished.connect(self._on_process_finished)
+        self.process.start(sys.executable, ["-m", "napari_ctvqa.cli", *args])
 
     def cancel(self) -> None:
-        """Stop at the next step; the run keeps a checkpoint that Resume continues from."""
-        self._stop.set()
+        """Ctrl-C to the run: it stops at the next step with a checkpoint that Resume continues from."""
+        if self.process is not None and self.process.state() != QProcess.ProcessState.NotRunning:
+            os.kill(int(self.process.processId()), signal.SIGINT)
         self._say("Cancelling at the next step…")
+
+    def _read_events(self) -> None:
+        """Whole JSON lines from the run; anything else on stdout is ignored."""
+        self._buffer += bytes(self.process.readAllStandardOutput())
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(event, dict):
+                continue
+            if event.get("event") == "progress":
+                self._relay.progressed.emit(_progress(event))
+            elif event.get("event") == "log":
+                self._say(str(event.get("text", "")))
+            elif event.get("event") == "result":
+                self._result = event
+
+    def _read_errors(self) -> None:
+        text = bytes(self.process.readAllStandardError()).decode("utf-8", "replace")
+        self._errors = (self._errors + [line for line in text.splitlines() if line.strip()])[-20:]
+
+    def _on_process_finished(self, code: int, _status: Any) -> None:  # noqa: ANN401
+        self._read_events()
+        self._read_errors()
+        self.process = None
+        self._set_running(False)
+        if self._result is None:
+            errors = [line for line in self._errors if line.startswith("error:")]
+            message = (errors or self._errors or [f"the run exited with code {code}"])[-1]
+            self._say(f"Finetuning failed: {message.removeprefix('error: ')}", error=True)
+            self.failed.emit(message)
+            return
+        self._on_finished(self._result)
 
     def _on_progress(self, p: TrainProgress) -> None:
         self.progress.setMaximum(max(p.total_steps, 1))
@@ -340,25 +419,24 @@ class FinetuneWidget(QWidget):
         self.progress.setFormat("%v / %m steps")
         self._say(describe_progress(p))
 
-    def _on_finished(self, outcome: FinetuneOutcome) -> None:
-        self._set_running(False)
-        self.worker = None
-        self.result.setText(describe_outcome(outcome))
-        if outcome.status == "done":
-            self._say(f"Done: {outcome.model_path}")
+    def _on_finished(self, summary: dict[str, Any]) -> None:
+        self.result.setText(describe_outcome(summary))
+        if summary["status"] == "done":
+            self._say(f"Done: {summary['model_path']}")
             self._fill_bases()
-        self.finished.emit(outcome)
-
-    def _on_error(self, exc: Exception) -> None:
-        self._set_running(False)
-        self.worker = None
-        self._say(f"Finetuning failed: {exc}", error=True)
-        self.failed.emit(str(exc))
+        self.finished.emit(summary)
 
     def _set_running(self, running: bool) -> None:
         self.start_button.setEnabled(not running)
         self.resume_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
+
+    def closeEvent(self, event: Any) -> None:  # noqa: ANN401, N802 (Qt's name)
+        """Closing the panel stops a running run at its next step (with a checkpoint)."""
+        if self.process is not None:
+            self.cancel()
+            self.process.waitForFinished(30_000)
+        super().closeEvent(event)
 
     def _browse(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Run folder")
@@ -368,3 +446,11 @@ class FinetuneWidget(QWidget):
     def _say(self, text: str, error: bool = False) -> None:
         self.status.setStyleSheet("color: #ff6b6b; font-weight: bold;" if error else "")
         self.status.setText(html.escape(text))
+
+
+def _progress(event: dict[str, Any]) -> TrainProgress:
+    # deferred: see FinetuneWidget._build
+    from model.training.finetune.config import TrainProgress
+
+    return TrainProgress(**{k: event[k] for k in ("step", "total_steps", "epoch", "loss", "elapsed_s",
+                                                  "samples_per_s")}, start_step=int(event.get("start_step", 0)))

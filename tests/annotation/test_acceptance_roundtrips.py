@@ -58,8 +58,8 @@ def test_export_where_only_some_scans_have_a_path_or_patient(store: Store, tmp_p
     records = [json.loads(line) for split in ("train", "valid") if (tmp_path / "out" / f"{split}.jsonl").exists()
                for line in (tmp_path / "out" / f"{split}.jsonl").read_text().splitlines()]
     images = {r["volume_name"]: r["image"] for r in records}
-    assert images == {s.volume_name: s.path or s.volume_name for s in store.scans()}
-    assert images["train_1_a_1.nii.gz"] == with_path.path
+    assert images == {s.volume_name: s.volume_name for s in store.scans()}  # relative: the file's name
+    assert Path(manifest["image_root"]) / images["train_1_a_1.nii.gz"] == Path(with_path.path)
     assert manifest["splits"]["train"]["patients"] + manifest["splits"]["valid"]["patients"] == 4
 
 
@@ -70,10 +70,27 @@ def test_real_split_imported_then_exported_as_3drad_gives_the_same_rows(shared_d
     with Store(db) as store:
         assert _rate_all_passing(store) == 33_910
     manifest = _cli("export", "--format", "3drad", "--out", str(tmp_path / "out"), "--cap-per-question", "0",
-                    "--db", db)
+                    "--split", "patient", "--db", db)
     assert manifest["total"] == 33_910 and manifest["filter"]["cap_per_question"] is None
     exported = read_3drad_csvs(tmp_path / "out" / "train") + read_3drad_csvs(tmp_path / "out" / "valid")
     assert Counter(exported) == Counter(read_3drad_csvs(split))  # same rows, verbatim duplicates included
+
+
+def test_real_split_exported_unrated_as_curated_gives_the_same_rows(shared_data: Path, tmp_path: Path) -> None:
+    """Issue 21 acceptance: the 3D-RAD team curated its pairs; imported, they export unrated
+    (with the default cap, which never hits 3D-RAD's own data, and in the cohort's own split)."""
+    db = f"sqlite:///{tmp_path / 'rad.sqlite'}"
+    split = shared_data / "3d-rad" / "test"
+    assert _cli("import", "3drad", str(split), "--db", db)["added"] == 33_910
+    refused = runner.invoke(app, ["export", "--format", "3drad", "--out", str(tmp_path / "none"), "--db", db])
+    assert refused.exit_code != 0 and "--include-unrated" in refused.output and not (tmp_path / "none").exists()
+    manifest = _cli("export", "--format", "3drad", "--out", str(tmp_path / "out"), "--include-unrated", "--db", db)
+    assert manifest["total"] == manifest["unrated_included"] == 33_910 and manifest["filter"]["include_unrated"]
+    assert manifest["split_by"] == "cohort" and set(manifest["splits"]) == {"train", "valid", "test"}
+    assert manifest["splits"]["test"]["rows"] == 33_910 and manifest["warnings"] == []
+    exported = read_3drad_csvs(tmp_path / "out" / "test")
+    original = read_3drad_csvs(split)
+    assert set(exported) == set(original) and Counter(exported) == Counter(original)
 
 
 def test_ctrate_import_of_a_synthetic_cohort_regenerates_its_tasks_4_to_6(tmp_path: Path) -> None:

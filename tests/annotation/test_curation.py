@@ -41,7 +41,7 @@ def test_rule_boundaries(ratings, rule, passed, reason):
 
 
 def test_cap_keeps_the_best_per_question_deterministically():
-    qa = qa_table(6, question=lambda i: "same question" if i < 5 else "other")
+    qa = qa_table(6, question=lambda i: "same question" if i < 5 else "other", task="image_observation")
     means = {1: 4, 2: 5, 3: 4, 4: 3, 5: 2, 6: 3}  # pair 5 fails on its scores, not on the cap
     ratings = pd.DataFrame([rating(i, "a", [m] * 5) for i, m in means.items()])
     out = apply_filter(ratings, qa, FilterRule(cap_per_question=2)).set_index("qa_id")
@@ -50,6 +50,41 @@ def test_cap_keeps_the_best_per_question_deterministically():
     assert out.loc[5, "reason"] == "mean < 3"
     uncapped = apply_filter(ratings, qa, FilterRule(cap_per_question=None))
     assert uncapped.passed.sum() == 5
+
+
+def test_cap_counts_identical_open_pairs_not_template_questions():
+    """3D-RAD's cap: identical open (question, answer) pairs; a task-4 template asked of every scan
+    and one open question answered differently for different scans both stay."""
+    template = "Does the CT scan exhibit pleural effusion?"
+    qa = pd.concat([
+        pd.DataFrame({"task": "existence_detection", "question": template, "answer": "No", "question_type": "closed",
+                      "subtask": "17"}, index=range(12)),
+        pd.DataFrame({"task": "anomaly_detection", "question": "Where is the nodule?", "question_type": "open",
+                      "subtask": "2", "answer": [f"Segment {i}" for i in range(12)]}),
+        pd.DataFrame({"task": "anomaly_detection", "question": "Where are the nodules located?", "subtask": "2",
+                      "question_type": "open", "answer": ["Both lungs", "both  lungs.", "BOTH LUNGS"] * 4}),
+        pd.DataFrame({"task": "anomaly_detection", "question": "Where are the nodules located?", "subtask": "3",
+                      "question_type": "open", "answer": "Both lungs"}, index=range(3)),
+    ], ignore_index=True)
+    qa.insert(0, "qa_id", range(1, len(qa) + 1))
+    ratings = pd.DataFrame([rating(i, "a", [4] * 5) for i in qa["qa_id"]])
+    out = apply_filter(ratings, qa, FilterRule(cap_per_question=10))
+    assert out[out.task == "existence_detection"].passed.all()  # template: never capped
+    assert out.iloc[12:24].passed.all()  # same question, different answers
+    capped = out.iloc[24:36]
+    assert capped.passed.sum() == 10 and (capped.reason[~capped.passed] == "over cap per question").all()
+    assert out.iloc[36:].passed.all()  # another subtask is counted on its own
+
+
+def test_include_unrated_keeps_only_pairs_imported_as_curated():
+    qa = qa_table(4).assign(source=["imported", "imported", "generated", "imported"])
+    ratings = pd.DataFrame([rating(4, "a", [2] * 5)])  # a rated imported pair must still pass
+    out = apply_filter(ratings, qa, FilterRule(include_unrated=True)).set_index("qa_id")
+    assert out.passed.tolist() == [True, True, False, False]
+    assert out.reason.tolist() == ["", "", "unrated", "mean < 3"]
+    assert summarize(out.reset_index()).unrated_passed == 2
+    assert not apply_filter(ratings, qa, FilterRule()).passed.any()
+    assert "unrated pairs imported as curated are kept" in FilterRule(include_unrated=True).describe()["text"]
 
 
 def test_means_and_majority_per_pair():
@@ -67,7 +102,7 @@ def test_summary_counts_and_factual_accuracy():
                             rating(4, "a", [3] * 5)])
     summary = summarize(apply_filter(ratings, qa, FilterRule()))
     assert summary.to_dict() == {
-        "total": 5, "passed": 2, "failed": 3, "factual_accuracy_rate": 0.75,
+        "total": 5, "passed": 2, "failed": 3, "factual_accuracy_rate": 0.75, "unrated_passed": 0,
         "per_task": {
             "existence_detection": {"passed": 1, "failed": 2,
                                     "reasons": {"dimension < 3: linguistic_quality": 1, "mean < 3": 1}},
@@ -82,7 +117,8 @@ def test_bad_inputs_are_refused_with_the_reason():
         apply_filter(pd.DataFrame([rating(1, "a", [3] * 5)]), qa_table(1).drop(columns=["task"]), FilterRule())
     with pytest.raises(ValueError, match="min_dim"):
         FilterRule(min_dim=6)
-    assert FilterRule().describe()["text"] == "mean >= 3 and every dimension >= 3, at most 10 pairs per question text"
+    assert FilterRule().describe()["text"] == ("mean >= 3 and every dimension >= 3, at most 10 identical open "
+                                                "question-answer pairs per subtask")
 
 
 def test_validate_scores_names_the_dimension():

@@ -78,3 +78,44 @@ def test_cli_ratings_import_error_and_export(store: Store, tmp_path: Path) -> No
     missing_column = _write(tmp_path / "cols.csv", [["v", "q", "ann"]], header=("VolumeName", "Question", "Annotator"))
     result = runner.invoke(app, ["ratings", "import", str(missing_column), "--db", store.url])
     assert result.exit_code != 0 and "missing column" in result.output
+
+
+def test_skips_and_flags_leave_with_their_reasons_and_come_back(store: Store, tmp_path: Path) -> None:
+    seed(store, n_scans=1, per_task=3)
+    pairs = store.qa_pairs(task="image_observation")
+    store.save_rating("ann", pairs[0].id, [5, 4, 4, 3, 5], True, note="fine")
+    store.skip("ann", pairs[1].id, "cannot judge: scan missing")
+    store.save_rating("bob", pairs[2].id, [3] * 5, False)
+    store.flag("bob", pairs[2].id, "answer contradicts the report")  # scores of before are not exported
+    out = tmp_path / "out.csv"
+    assert export_ratings_csv(store, out) == 3
+    with out.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    by_status = {r["Status"]: r for r in rows}
+    assert by_status["rated"]["Answer"] == pairs[0].answer and by_status["rated"]["Consistent"] == "1"
+    assert by_status["skipped"]["Reason"] == "cannot judge: scan missing"
+    flagged = by_status["flagged"]
+    assert flagged["Reason"] == "answer contradicts the report" and flagged["Annotator"] == "bob"
+    assert all(flagged[c] == "" for c in ("VisualVerifiability", "LinguisticQuality", "Consistent"))
+
+    other = Store(f"sqlite:///{tmp_path / 'other.sqlite'}")
+    seed(other, n_scans=1, per_task=3)
+    assert import_ratings_csv(other, out)["inserted"] == 3
+    again = tmp_path / "again.csv"
+    export_ratings_csv(other, again)
+    assert again.read_text() == out.read_text()  # the same file comes back
+
+
+@pytest.mark.parametrize("status, scores, reason, message", [
+    ("skipped", ("", "", "", "", ""), "", "needs a Reason"),
+    ("flagged", (3, "", "", "", ""), "wrong", "leaves the scores empty, but VisualVerifiability is set"),
+    ("maybe", (3, 3, 3, 3, 3), "", "Status must be rated, skipped or flagged"),
+])
+def test_bad_skip_or_flag_rows_are_refused(store: Store, tmp_path: Path, status, scores, reason, message) -> None:
+    seed(store, n_scans=1, per_task=3)
+    row = ["test_0_a_1.nii.gz", "image_observation question 0?", "ann", *scores, "" if status != "maybe" else 1,
+           "", status, reason, ""]
+    with pytest.raises(BadInputError, match=f"line 2: .*{message}"):
+        import_ratings_csv(store, _write(tmp_path / "bad.csv", [row]))
+    assert store.rating("ann", store.qa_pairs(task="image_observation")[0].id) is None

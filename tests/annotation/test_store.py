@@ -194,7 +194,7 @@ def test_curation_preview_agreement_and_export_use_the_ratings(seeded, tmp_path)
     pairwise, per_rater = store.agreement(top_k=10)
     assert set(pairwise[["rater_a", "rater_b"]].iloc[0]) == {"ann", "bob"}
     assert len(per_rater) == 2
-    manifest = store.export("jsonl", tmp_path / "out", val_frac=0.5, seed=1)
+    manifest = store.export("jsonl", tmp_path / "out", val_frac=0.5, seed=1, split="patient")
     assert manifest["total"] == summary.passed
     assert (tmp_path / "out" / "train.jsonl").is_file()
     recorded = store.exports()

@@ -37,7 +37,8 @@ def test_cli_progress_agreement_and_export(seeded, tmp_path: Path) -> None:
     assert table.exit_code == 0 and "ann" in table.stdout
     out = tmp_path / "export"
     result = runner.invoke(app, ["export", "--format", "3drad", "--out", str(out), "--min-mean", "3.5",
-                                 "--require-consistent", "--val-frac", "0", "--db", store.url, "--json"])
+                                 "--require-consistent", "--split", "patient", "--val-frac", "0", "--db", store.url,
+                                 "--json"])
     assert result.exit_code == 0, result.output
     manifest = json.loads(result.stdout[result.stdout.index("{"):])
     assert manifest["filter"]["min_mean"] == 3.5 and manifest["filter"]["require_consistent"] is True

@@ -89,3 +89,59 @@ def test_refuses_a_used_folder_unknown_base_and_an_empty_training_set(tiny_vlm_d
         run_finetune(store, tmp_path / "d", base=str(tiny_vlm_dir))
     assert (tmp_path / "d" / "keep.txt").read_text() == "a user's file"
     assert store.finetune_runs() == []  # refused runs leave no row behind
+
+
+def test_resume_honours_max_steps_times_and_loads_the_run_folder_as_its_model(tiny_vlm_dir, tmp_path):
+    """Cancelled at step 3, resumed with a new total: the run ends there, the time left counts this
+    session's pace only, finished_at is the end (not the cancel), and `load_vlm(run folder)` works."""
+    import threading
+
+    from annotation.curation import FilterRule
+    from annotation.training_set import run_finetune
+    from model.inference.loading import load_vlm
+    from model.training.finetune.config import FinetuneConfig, FinetuneError
+
+    store, _ = rated_store(tmp_path, n_patients=4)
+    stop, out = threading.Event(), tmp_path / "run"
+    common = dict(rule=FilterRule(cap_per_question=None), val_frac=0.0)
+    first = run_finetune(store, out, base=str(tiny_vlm_dir), stop=stop,
+                         config=FinetuneConfig(lr=5e-3, max_steps=20, batch_size=2, save_every=50),
+                         progress=lambda p: stop.set() if p.step == 3 else None, **common)
+    assert first.status == "cancelled" and first.train.step == 3
+    cancelled_at = store.finetune_run(first.run_id).finished_at
+    with pytest.raises(FinetuneError, match="already at step 3; --max-steps 2 would undo"):
+        run_finetune(store, out, resume=True, max_steps=2)
+    assert '"max_steps": 20' in (out / "run.json").read_text()  # a refused total changes nothing
+    seen = []
+    done = run_finetune(store, out, resume=True, max_steps=6, progress=seen.append)
+    assert (done.status, done.train.step, done.train.total_steps) == ("done", 6, 6)
+    assert [p.step for p in seen] == [4, 5, 6] and {p.start_step for p in seen} == {3}
+    assert seen[0].eta_s == pytest.approx(2 * seen[0].elapsed_s, rel=1e-6)  # 2 steps left at 1 step per elapsed
+    run = store.finetune_run(done.run_id)
+    assert run.finished_at > cancelled_at and run.started_at < cancelled_at and run.status == "done"
+
+    vlm = load_vlm(out)  # the run folder stands for its model (adapter/ here)
+    image = np.load(tmp_path / "volumes" / "train_1_a_1.npy")
+    assert vlm.answer(image, "Is there a lung nodule?", choices=EXISTENCE, max_new_tokens=6).choice in ("A", "B")
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / "run.json").write_text("{}")
+    with pytest.raises(ValueError, match="training has not finished.*--resume"):
+        load_vlm(tmp_path / "unfinished")
+
+
+def test_a_held_out_drop_beyond_its_standard_error_is_a_regression():
+    from annotation.heldout import comparisons, describe, standard_error
+
+    base = {"tasks": {"static_temporal_diagnosis": {"n": 2, "accuracy": 50.0},
+                      "existence_detection": {"n": 400, "accuracy": 80.0},
+                      "image_observation": {"n": 5, "rouge1": 40.0, "bleu1": 30.0}}}
+    new = {"tasks": {"static_temporal_diagnosis": {"n": 2, "accuracy": 0.0},
+                     "existence_detection": {"n": 400, "accuracy": 78.5},
+                     "image_observation": {"n": 5, "rouge1": 45.0, "bleu1": 20.0}}}
+    rows = {r["task"]: r for r in comparisons(base, new)}
+    assert standard_error(50.0, 2) == pytest.approx(35.355, abs=1e-3)
+    assert rows["static_temporal_diagnosis"]["regression"]  # -50 with a standard error of 35
+    assert not rows["existence_detection"]["regression"]  # -1.5 within 2.9
+    assert rows["image_observation"]["metric"] == "rouge1" and not rows["image_observation"]["regression"]
+    assert describe(rows["static_temporal_diagnosis"]) == \
+        "static_temporal_diagnosis: accuracy 50.0 -> 0.0 (n 2, -50.0 ± 35.4)"

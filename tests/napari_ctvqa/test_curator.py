@@ -115,4 +115,34 @@ def test_agreement_report_heatmap_and_adjudication_list(make_napari_viewer, qtbo
     assert len(panel.canvas.figure.axes) >= 2  # consistency and ranking heatmaps drawn
     png = panel.save_png(tmp_path / "heatmaps.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_export_part_keeps_unrated_curated_pairs_splits_by_patient_and_warns(make_napari_viewer, qtbot,
+                                                                             rated_store, tmp_path):
+    """The panel's export part passes the new options through: unrated imported pairs kept, a patient
+    split whose realised share is far from the asked one said in the message, relative image paths."""
+    scan = rated_store.add_scan("train_77_a_1.nii.gz", tmp_path / "ct" / "train_77_a_1.nii.gz")
+    rated_store.add_qa_pair(scan.id, "image_observation", "What is seen?", "A nodule.", subtask="1", source="imported")
+    widget = CuratorWidget(make_napari_viewer(), store=rated_store)
+    qtbot.addWidget(widget)
+    widget.include_unrated.setChecked(True)
+    assert "(1 of them unrated)" in widget.preview_label.text()
+    widget.format.setCurrentText("jsonl")
+    widget.out_dir.setText(str(tmp_path / "out"))
+    widget.split.setCurrentIndex(widget.split.findData("patient"))
+    widget.val_frac.setValue(0.1)
+    widget.image_root.setText(str(tmp_path / "ct"))  # the other scans lie elsewhere: refused, by name
+    with qtbot.waitSignal(widget.failed, timeout=30000):
+        widget.start_export()
+    assert "is not under the image root" in widget.message.text() and not (tmp_path / "out").exists()
+    widget.image_root.setText("")
+    with qtbot.waitSignal(widget.exported, timeout=30000) as done:
+        widget.start_export()
+    manifest = done.args[0]
+    assert manifest["unrated_included"] == 1 and manifest["split"] == "patient" and manifest["warnings"]
+    assert "1 of them unrated" in widget.message.text() and "Warning: validation holds" in widget.message.text()
+    records = [json.loads(line) for f in (tmp_path / "out").glob("*.jsonl") for line in f.open()]
+    root = Path(manifest["image_root"])
+    assert all(not Path(r["image"]).is_absolute() for r in records)
+    assert root / next(r["image"] for r in records if r["volume_name"] == "train_77_a_1.nii.gz") == Path(scan.path)
     widget.close()

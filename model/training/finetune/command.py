@@ -52,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         result = train(args.base, args.data or ".", args.out, config, volumes_dir=args.volumes,
-                       resume=args.resume, progress=show, handle_sigint=True)
+                       resume=args.resume, progress=show, handle_sigint=True,
+                       max_steps=args.max_steps if args.resume else None)
     except FinetuneError as exc:
         print(f"error: {exc}", flush=True)
         return 2

@@ -77,12 +77,15 @@ class TrainProgress:
     total_steps: int
     epoch: int
     loss: float
-    elapsed_s: float
+    elapsed_s: float  # since this session (a start or a resume) began
     samples_per_s: float
+    start_step: int = 0  # the step this session began at (the checkpoint's, after a resume)
 
     @property
     def eta_s(self) -> float:
-        rate = self.step / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        """Time left at this session's pace: steps done before a resume took no time in it."""
+        done = self.step - self.start_step
+        rate = done / self.elapsed_s if self.elapsed_s > 0 else 0.0
         return (self.total_steps - self.step) / rate if rate > 0 else float("nan")
 
 

@@ -42,12 +42,16 @@ from model.training.finetune.samples import (
 
 # ----- training -----------------------------------------------------------------------------------
 def _run_record(out_dir: Path, base: str | Path | None, data_dir: Path, volumes_dir: Any,
-                config: FinetuneConfig, resume: bool) -> dict[str, Any]:
-    """The run's identity (base, data, config) in `run.json`; a resume takes it from there."""
+                config: FinetuneConfig, resume: bool, max_steps: int | None = None) -> dict[str, Any]:
+    """The run's identity (base, data, config) in `run.json`; a resume takes it from there, with
+    `max_steps` (when given) as its new total."""
     path = out_dir / RUN_FILE
     if resume:
-        return read_json_file(path, FinetuneError,
-                              f"{out_dir}: nothing to resume (no {RUN_FILE}); start a new run without --resume")
+        record = read_json_file(path, FinetuneError,
+                                f"{out_dir}: nothing to resume (no {RUN_FILE}); start a new run without --resume")
+        if max_steps is not None:
+            record["config"]["max_steps"] = max_steps
+        return record
     if (out_dir / CHECKPOINT_DIR).exists() or (out_dir / ADAPTER_DIR).exists():
         raise FinetuneError(f"{out_dir}: already holds a run; pass --resume to continue it or choose another --out")
     base_path = None if base is None else str(Path(base).resolve())
@@ -60,24 +64,26 @@ def _run_record(out_dir: Path, base: str | Path | None, data_dir: Path, volumes_
 def train(base: str | Path | None, data_dir: str | Path, out_dir: str | Path,
           config: FinetuneConfig | None = None, *, volumes_dir: str | Path | None = None,
           resume: bool = False, progress: Callable[[TrainProgress], None] | None = None,
-          stop: threading.Event | None = None, handle_sigint: bool = False) -> TrainResult:
+          stop: threading.Event | None = None, handle_sigint: bool = False,
+          max_steps: int | None = None) -> TrainResult:
     """LoRA-finetune `base` on `data_dir`'s training split; write `out_dir/adapter` at the end.
 
     Checkpoints go to `out_dir/checkpoint` every `save_every` steps and when `stop` is set (or,
     with `handle_sigint`, on the first Ctrl-C); the run then returns with status "cancelled" and
     `resume=True` (same `out_dir`, same number of processes) continues it: the base, data and
-    hyper-parameters then come from `out_dir/run.json`, not from the arguments."""
+    hyper-parameters then come from `out_dir/run.json`, not from the arguments, except
+    `max_steps`, which sets a new total (the cosine schedule is stretched or shortened to it from
+    the checkpoint on); a total below the checkpoint's step is refused."""
     from accelerate import Accelerator
     from transformers import get_cosine_schedule_with_warmup
 
 
     out_dir = Path(out_dir)
-    record = _run_record(out_dir, base, Path(data_dir), volumes_dir, config or FinetuneConfig(), resume)
+    record = _run_record(out_dir, base, Path(data_dir), volumes_dir, config or FinetuneConfig(), resume, max_steps)
     config = FinetuneConfig.from_dict(record["config"])
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
         stop_file(out_dir).unlink(missing_ok=True)
     accelerator.wait_for_everyone()
     random.seed(config.seed)
@@ -104,6 +110,12 @@ def train(base: str | Path | None, data_dir: str | Path, out_dir: str | Path,
     # A run that stopped before its first checkpoint simply starts again from step 0.
     resumable = resume and (out_dir / CHECKPOINT_DIR / "state.pt").is_file()
     step, losses = load_checkpoint(out_dir, accelerator, model, optimizer, scheduler) if resumable else (0, [])
+    if step > total:
+        raise FinetuneError(f"{out_dir}: the run is already at step {step}; --max-steps {total} would undo "
+                            "training (give a larger number, or start a new run)")
+    if accelerator.is_main_process:  # only now: a refused --max-steps leaves the run as it was
+        (out_dir / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    accelerator.wait_for_everyone()
 
     stop = stop or threading.Event()
     previous_handler = None
@@ -139,7 +151,8 @@ def train(base: str | Path | None, data_dir: str | Path, out_dir: str | Path,
             elapsed = time.perf_counter() - start
             if progress is not None and accelerator.is_main_process:
                 progress(TrainProgress(step, total, step // per_epoch, losses[-1], elapsed,
-                                       (step - start_step) * config.batch_size * world / max(elapsed, 1e-9)))
+                                       (step - start_step) * config.batch_size * world / max(elapsed, 1e-9),
+                                       start_step))
             if step % config.save_every == 0 and step < total:
                 save_checkpoint(out_dir, accelerator, model, optimizer, scheduler, step, losses)
     finally:

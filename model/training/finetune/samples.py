@@ -24,7 +24,8 @@ from model.training.finetune.config import FinetuneError, Sample
 def read_samples(data_dir: str | Path, split: str = "train", volumes_dir: str | Path | None = None) -> list[Sample]:
     """The QA pairs of one split of an exported folder: `{split}.jsonl` (the jsonl export), or a
     3D-RAD layout (`{split}/Task*/` as the 3drad export writes, or `Task*/` directly for "train").
-    Images are the rows' paths, else found by file name under `volumes_dir`."""
+    Images are the rows' paths (absolute, or relative to the folder or to the `image_root` its
+    `manifest.json` names), else found by file name under `volumes_dir`."""
 
     data_dir = Path(data_dir)
     jsonl = data_dir / f"{split}.jsonl"
@@ -72,10 +73,11 @@ def _read_jsonl(path: Path) -> list[Sample]:
 def _resolve_images(samples: list[Sample], data_dir: Path, volumes_dir: str | Path | None) -> list[Sample]:
 
     index = index_volumes(volumes_dir) if volumes_dir is not None else {}
+    roots = [data_dir, *_image_root(data_dir)]
     resolved, missing = [], []
     for s in samples:
         path = Path(s.image)
-        candidates = [path, data_dir / path] if not path.is_absolute() else [path]
+        candidates = [path, *(root / path for root in roots)] if not path.is_absolute() else [path]
         found = next((str(c) for c in candidates if c.exists()), None) or index.get(path.name)
         if found is None:
             missing.append(s)
@@ -87,6 +89,16 @@ def _resolve_images(samples: list[Sample], data_dir: Path, volumes_dir: str | Pa
                             "image file; pass the volumes folder or import the scans with their paths)")
     return resolved
 
+
+
+def _image_root(data_dir: Path) -> list[Path]:
+    """The image root an export's manifest records (exports write image paths relative to it)."""
+    manifest = data_dir / "manifest.json"
+    try:
+        root = json.loads(manifest.read_text(encoding="utf-8")).get("image_root") if manifest.is_file() else None
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return []
+    return [Path(root)] if isinstance(root, str) and root else []
 
 
 def encode_sample(vlm: Any, sample: Sample) -> tuple[list[int], list[int]]:
