@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 
-from annotation.db import current_revision, run_migrations
+from annotation.db import current_revision, head_revision, run_migrations
 from annotation.schema import Base
 from annotation.store import Store
 
@@ -22,9 +22,9 @@ def test_migration_creates_the_public_tables_and_matches_the_models(store: Store
     with store.db.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
-    assert current_revision(store.url) == "0001"
+    assert current_revision(store.url) == head_revision()
     run_migrations(store.url)  # upgrading at head is a no-op, not an error
-    assert current_revision(store.url) == "0001"
+    assert current_revision(store.url) == head_revision()
 
 
 def _rate_sql(score: int = 3, rater: int = 1, qa: int = 1) -> str:
@@ -84,7 +84,7 @@ def test_sqlite_connections_use_wal_foreign_keys_and_a_busy_timeout(store: Store
 
 def test_store_creates_an_empty_database_but_refuses_a_foreign_or_outdated_one(tmp_path) -> None:
     fresh = Store(str(tmp_path / "fresh.sqlite"))
-    assert fresh.count_qa_pairs() == {} and current_revision(fresh.url) == "0001"
+    assert fresh.count_qa_pairs() == {} and current_revision(fresh.url) == head_revision()
     foreign = tmp_path / "foreign.sqlite"
     with Store(str(tmp_path / "x.sqlite")).db.engine.begin() as conn:  # any engine: attach and write
         conn.exec_driver_sql(f"ATTACH DATABASE '{foreign}' AS other")
@@ -93,5 +93,5 @@ def test_store_creates_an_empty_database_but_refuses_a_foreign_or_outdated_one(t
         Store(str(foreign))
     with Store.create(str(tmp_path / "old.sqlite")).db.engine.begin() as conn:
         conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0000'")
-    with pytest.raises(RuntimeError, match="is at schema 0000, this version needs 0001"):
+    with pytest.raises(RuntimeError, match=f"is at schema 0000, this version needs {head_revision()}"):
         Store(str(tmp_path / "old.sqlite"))
