@@ -101,7 +101,8 @@ class ChatHistory:
         return self._call("save the turn", lambda store: store.add_chat_turn(
             scan_id, state.question, state.text, conversation_id=conversation_id, model_version=model_version,
             choices=state.choices, choice=state.choice, choice_scores=state.choice_scores, box=state.box,
-            latency_first_token_s=state.latency_first_token_s, total_s=state.total_s, n_tokens=state.n_tokens))
+            latency_first_token_s=state.latency_first_token_s, total_s=state.total_s, n_tokens=state.n_tokens,
+            task=None if state.task == "chat" else state.task, encoding_s=state.encoding_s))
 
     def send_to_queue(self, turn_id: int, task: str) -> int | None:
         """Make a stored turn a QA pair (source "chat"); the pair's id."""

@@ -202,8 +202,9 @@ class ChatWidget(QWidget):
         self._update_buttons()
 
     def _on_load_failed(self, message: str) -> None:
-        self.models.failed()
-        self.show_message(f"The model could not be loaded: {message}")
+        kept = self.models.failed()
+        self.show_message(f"The model could not be loaded: {message}"
+                          + (f" Still using {kept}." if kept else ""))
         self._update_buttons()
 
     def _on_worker_error(self, message: str) -> None:
@@ -243,18 +244,18 @@ class ChatWidget(QWidget):
         self.worker.cancel()
 
     def _on_finished(self, request_id: int, answer: dict) -> None:
-        view = self.transcript.answered(request_id)
+        view, waited_s = self.transcript.answered(request_id)
         self._update_buttons()
         if view is None:
             return
-        view.finish(answer, self.model_name)
+        view.finish(answer, self.model_name, waited_s)
         if not answer.get("cancelled"):
             self._save_turn(view)
         if view.state.box is not None:
             self.show_box(view)
 
     def _on_failed(self, request_id: int, message: str) -> None:
-        view = self.transcript.answered(request_id)
+        view, _ = self.transcript.answered(request_id)
         self._update_buttons()
         if view is not None:
             view.fail(message)
@@ -279,6 +280,9 @@ class ChatWidget(QWidget):
         state = view.state
         if state.turn_id is None:
             self.show_message("Only saved turns can be sent to the rating queue.")
+            return
+        if (problem := state.problem()) is not None:
+            self.show_message(f"Not sent to the rating queue: {problem}.")
             return
         qa_id = self.history.send_to_queue(state.turn_id, state.task if state.task != FREE else "chat")
         if qa_id is not None:
