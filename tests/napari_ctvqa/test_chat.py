@@ -233,7 +233,9 @@ def test_layer_choice_follows_the_viewer(chat, viewer_with_ct):
     viewer, ct = viewer_with_ct
     assert chat.ct_layer is ct and chat.layer_box.count() == 1
     other = viewer.add_image(np.zeros((4, 8, 8), dtype=np.float32), name="other")
-    assert chat.layer_box.count() == 2 and chat.ct_layer is ct
+    assert chat.layer_box.count() == 2 and chat.ct_layer is other  # the scan just opened (issue 20)
+    chat.layer_box.setCurrentIndex(0)
+    assert chat.ct_layer is ct
     viewer.layers.remove(ct)
     assert chat.layer_box.count() == 1 and chat.ct_layer is other
     viewer.layers.remove(other)

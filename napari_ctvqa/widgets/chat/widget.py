@@ -24,8 +24,9 @@ from qtpy.QtWidgets import (
 )
 
 from napari_ctvqa.vlm_worker import VLMWorker
+from napari_ctvqa.widgets.chat.banner import DefaultModelBanner
 from napari_ctvqa.widgets.chat.ct_choice import MODEL_INPUT_PREFIX, CTChoice, scan_key
-from napari_ctvqa.widgets.chat.history import ChatHistory, volume_name_of
+from napari_ctvqa.widgets.chat.history import DEFAULT_MODEL_NAME, ChatHistory, volume_name_of
 from napari_ctvqa.widgets.chat.model_choice import ModelChoice
 from napari_ctvqa.widgets.chat.overlays import (
     add_box_layer,
@@ -120,8 +121,10 @@ class ChatWidget(QWidget):
         self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.message.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
 
+        self.banner = DefaultModelBanner()
         layout = QVBoxLayout(self)
         layout.addLayout(form)
+        layout.addWidget(self.banner)
         layout.addWidget(self.message)  # at the top, where a problem is seen before the next click
         layout.addWidget(self.picker)
         layout.addWidget(self.transcript, 1)
@@ -178,6 +181,7 @@ class ChatWidget(QWidget):
         self.model_input_check.setChecked(False)
         self.model_input_check.blockSignals(False)
         self._scan_id = None
+        self._update_banner()
         if layer is None:
             self.picker.set_earlier_labels([])
             return
@@ -200,12 +204,17 @@ class ChatWidget(QWidget):
     def _on_loaded(self, info: dict) -> None:
         self.models.loaded(info)
         self._update_buttons()
+        self._update_banner()
+
+    def _update_banner(self) -> None:
+        self.banner.update_for(self.models.name if self.models.ready else None, DEFAULT_MODEL_NAME, self.ct_layer)
 
     def _on_load_failed(self, message: str) -> None:
         kept = self.models.failed()
         self.show_message(f"The model could not be loaded: {message}"
                           + (f" Still using {kept}." if kept else ""))
         self._update_buttons()
+        self._update_banner()
 
     def _on_worker_error(self, message: str) -> None:
         if not self.worker.alive:
