@@ -13,8 +13,9 @@ from model.ct.volume import CTVolume, canonical_affine
 SHAPE = (40, 80, 72)
 SPACING = (4.0, 2.5, 2.5)
 MARKER_HU = 2000.0
-#: Marker centres (k, j, i): anterior = small j, right = small i, superior = large k.
-MARKERS = {"anterior": (20, 14, 36), "right": (20, 40, 12), "superior": (33, 40, 36)}
+#: Marker centres (k, j, i): anterior = small j, right = small i, superior = large k; no two share
+#: an axial, coronal or sagittal slice, so each view through one marker shows that marker alone.
+MARKERS = {"anterior": (12, 12, 48), "right": (20, 44, 10), "superior": (33, 30, 30)}
 
 
 def marker_phantom(origin_ras: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> CTVolume:
