@@ -15,6 +15,7 @@ in ITK's LPS millimetres, as ITK defines a registration transform.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +28,10 @@ from model.ct.volume import CTVolume, itk_geometry
 SHRINK_FACTORS = (4, 2, 1)
 SMOOTHING_SIGMAS = (2.0, 1.0, 0.0)
 MAX_ITERATIONS = 150
+#: Metric samples per pyramid level: enough for a rigid fit, few enough that a 512x512x300 scan
+#: registers in seconds, not minutes (20 % of its voxels would be 16 million samples).
+SAMPLES_PER_LEVEL = 30_000
+MAX_SAMPLING_PERCENTAGE = 0.2
 #: HU of voxels the prior does not cover once resampled (air).
 OUTSIDE_HU = -1000.0
 
@@ -94,7 +99,10 @@ def register_rigid(current: CTVolume, prior: CTVolume, *, progress: Callable[[fl
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(0.2, seed)
+    voxels = float(np.prod(current.array.shape))
+    method.SetMetricSamplingPercentagePerLevel(
+        [min(MAX_SAMPLING_PERCENTAGE, SAMPLES_PER_LEVEL * f**3 / voxels) for f in SHRINK_FACTORS], seed)
+    method.SetNumberOfThreads(max(1, (os.cpu_count() or 2) - 1))  # a core left for the viewer
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=MAX_ITERATIONS,
                                                     relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)

@@ -72,6 +72,7 @@ def test_each_view_is_the_right_way_up_on_a_phantom_with_markers(room, qtbot):
     room.fit()
     for view, marker, axis, sign in ORIENTATION_CHECKS:
         viewer.dims.set_point(range(3), world_of(marker))
+        room.views.flush()  # moves reach the other views at most every SYNC_MS; no waiting here
         for _ in range(5):
             QApplication.processEvents()
         if view == "axial":
@@ -89,11 +90,13 @@ def test_crosshair_position_and_ruler_are_in_mm(room):
     layer = add_phantom(viewer, volume, "phantom")
     k, j, i = MARKERS["superior"]
     viewer.dims.set_point(range(3), world_of("superior"))
+    room.views.flush()
     expected = volume.affine @ np.array([k, j, i, 1.0])
     assert np.allclose(ras_of(layer, viewer.dims.point), expected[:3])
     text = room.position_label.text()
     assert f"S {expected[2]:.1f}" in text and "2000 HU" in text
     room.views.models["sagittal"].dims.set_point(2, 10 * SPACING[2])  # scrolling another view moves the crosshair
+    room.views.flush()
     assert viewer.dims.point[2] == pytest.approx(10 * SPACING[2])
     room.start_ruler()
     assert measure(viewer, (80.0, 10.0, 10.0), (80.0, 40.0, 50.0)) == pytest.approx(50.0)

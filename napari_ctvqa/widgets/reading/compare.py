@@ -125,7 +125,7 @@ class CompareView(QObject):
         place = {"scale": current_layer.scale, "translate": current_layer.translate}
         self.model.add_image(comparison.prior.array, name=f"prior: {comparison.name}", colormap="gray",
                              contrast_limits=current_layer.contrast_limits, **place)
-        self.model.add_image(comparison.difference, name="difference (current - prior)", colormap="PiYG",
+        self.model.add_image(comparison.difference, name="difference (current - prior)", colormap="twilight_shifted",
                              contrast_limits=DIFFERENCE_LIMITS, visible=with_difference, **place)
         self.title.setText(f"<b>Prior</b> {comparison.name}, registered ({comparison.description}); "
                            f"scrolls with the current scan")

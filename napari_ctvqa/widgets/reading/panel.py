@@ -218,6 +218,10 @@ class ReadingRoom(QWidget):
         self.cancel_button.setEnabled(True)
         self._comparing = layer
         self.comparison.start(layer, prior.path, prior.volume_name)
+        if self.compare_view is None:  # built now, as the answer to the click, not when the prior arrives
+            self.compare_view = CompareView(self.viewer, parent=self)
+            self._dock("Prior", self.compare_view.widget, "right")
+        self.compare_view.title.setText(f"<b>Prior</b> {prior.volume_name}: registering...")
 
     def _end_compare(self) -> None:
         self.progress.hide()
@@ -230,10 +234,8 @@ class ReadingRoom(QWidget):
         if layer is not self.current or layer not in self.viewer.layers:
             self.show_message("The scan changed while the prior was registered; compare again.")
             return
-        if self.compare_view is None:
-            self.compare_view = CompareView(self.viewer, parent=self)
         self.compare_view.show(layer, comparison, self.difference_check.isChecked())
-        self._dock("Prior", self.compare_view.widget, "right")
+        self._docks["Prior"].setVisible(True)  # docked at the click already: no re-layout of the window now
         self.show_message(f"{comparison.name}: {comparison.description}.", error=False)
 
     def _on_compare_failed(self, message: str) -> None:

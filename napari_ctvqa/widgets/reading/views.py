@@ -14,13 +14,16 @@ set their own orientation instead of rolling.
 
 The three viewers share one world (the same layer scale and translate), so the crosshair is
 simply the dims point: moving it in one (slider, scroll, a click on a canvas) moves the others.
+Moves are coalesced (at most one redraw of the other views per `SYNC_MS`): paging through slices
+fires a point event per slice, and re-slicing two more viewers and three crosshairs on each one
+would make the axial view lag behind the wheel.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import QLabel, QSplitter, QVBoxLayout, QWidget
 
 if TYPE_CHECKING:
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
 #: View name -> napari dims order (the last two axes are displayed, rows then columns).
 VIEW_ORDERS: dict[str, tuple[int, int, int]] = {"axial": (0, 1, 2), "coronal": (1, 0, 2), "sagittal": (2, 0, 1)}
 CROSSHAIR = "crosshair"
+SYNC_MS = 40
 _CROSSHAIR_COLOUR = "#ffd23f"
 
 
@@ -91,6 +95,11 @@ class OrthoViews(QObject):
             orient(model, view)
         orient(viewer, "axial")
         self._syncing = False
+        self._pending: Any = None
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(SYNC_MS)
+        self._timer.timeout.connect(self._flush)
         for model in (viewer, *self.models.values()):
             model.dims.events.point.connect(self._on_point)
             model.mouse_drag_callbacks.append(self._click_to_move)
@@ -123,8 +132,21 @@ class OrthoViews(QObject):
             self.viewer.layers.selection.active = self.layer  # the scan stays the selected layer
 
     def _on_point(self, event: Any) -> None:
-        if not self._syncing:
-            self._sync(event.value)
+        if self._syncing:
+            return
+        self._pending = event.value
+        if not self._timer.isActive():
+            self._timer.start()
+
+    def _flush(self) -> None:
+        if self._pending is not None:
+            point, self._pending = self._pending, None
+            self._sync(point)
+
+    def flush(self) -> None:
+        """Apply a pending crosshair move now (scripts and tests that read the other views at once)."""
+        self._timer.stop()
+        self._flush()
 
     def _sync(self, point: Any) -> None:
         """Give every viewer `point` and redraw the crosshairs through it."""
@@ -161,6 +183,7 @@ class OrthoViews(QObject):
             self._sync(tuple(float(v) for v in event.position))
 
     def unhook(self) -> None:
+        self._timer.stop()
         for model in self.all_viewers:
             model.dims.events.point.disconnect(self._on_point)
             if self._click_to_move in model.mouse_drag_callbacks:
