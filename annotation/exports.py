@@ -13,7 +13,6 @@ the HF dataset. An empty split writes no files at all; the manifest still lists 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import uuid
@@ -23,7 +22,6 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from annotation.export_splits import SPLIT_MODES, TRAIN, VALID, assign_splits, relative_images, valid_patients

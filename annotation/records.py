@@ -175,6 +175,8 @@ class ChatTurnRecord:
     total_s: float | None = None
     n_tokens: int | None = None
     created_at: datetime | None = None
+    task: str | None = None
+    encoding_s: float | None = None
 
 
 @dataclass(frozen=True)

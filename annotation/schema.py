@@ -303,6 +303,8 @@ class ChatTurn(Base):
     total_s: Mapped[float | None] = mapped_column(Float)
     n_tokens: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    task: Mapped[str | None] = mapped_column(String(64))  # the template's task key; None = free chat
+    encoding_s: Mapped[float | None] = mapped_column(Float)  # scan encoding before this answer
 
 
 class FinetuneRun(Base):

@@ -10,10 +10,12 @@ Requests (tuples, first item the kind):
   ("model_input", scan_key, volume_or_None)
   ("quit",)
 Replies:
-  ("loaded", info) | ("load_failed", message)   info: path, settings, slice_questions (bool)
+  ("loaded", info) | ("load_failed", message)   info: path, settings, slice_questions (bool); a failed
+                                                load keeps the model that was loaded
   ("status", request_id, text)          e.g. "encoding..." before a scan's first question
   ("piece", request_id, text)           streamed answer text
-  ("done", request_id, answer_dict)     the final Answer as a dict (plus "cancelled": bool)
+  ("done", request_id, answer_dict)     the final Answer as a dict (plus "cancelled": bool and
+                                        "encoding_s": seconds spent encoding the scan, or None)
   ("failed", request_id, message)
   ("model_input", scan_key, uint8 array (D, H, W), scale, offset)  (InputGeometry, in CT voxels) | ("failed", None, message)
 """
@@ -89,11 +91,11 @@ class ChatServer:
         from model.inference.loading import load_vlm
 
         try:
-            self.vlm = load_vlm(path)
+            vlm = load_vlm(path)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a panel message
-            self.vlm = None
-            self.send(("load_failed", error_message(exc)))
+            self.send(("load_failed", error_message(exc)))  # the working model stays loaded
             return
+        self.vlm = vlm
         self.scans.clear()
         self.send(("loaded", {"path": path, "settings": dict(getattr(self.vlm, "settings", {}) or {}),
                               "slice_questions": bool(getattr(self.vlm, "supports_slices", False))}))
@@ -120,10 +122,13 @@ class ChatServer:
         try:
             if self.vlm is None:
                 raise RuntimeError("no model is loaded; choose a model first")
-            if payload is not None or key not in self.scans:
+            encoding = payload is not None or key not in self.scans
+            if encoding:
                 self.send(("status", request_id, "encoding..."))
+            started = time.perf_counter()
             prepared = self.vlm.prepare(self._volume(key, payload), slice_index=slice_index)
-            answer = self._generate(request_id, prepared, question, choices, max_new_tokens)
+            encoding_s = time.perf_counter() - started if encoding else None
+            answer = {**self._generate(request_id, prepared, question, choices, max_new_tokens), "encoding_s": encoding_s}
         except Exception as exc:  # noqa: BLE001 - every failure becomes a panel message
             self.send(("failed", request_id, error_message(exc)))
             return

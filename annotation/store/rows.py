@@ -118,7 +118,7 @@ def chat_record(t: ChatTurn, volume_name: str, model: str | None) -> ChatTurnRec
     return ChatTurnRecord(t.id, t.scan_id, volume_name, t.conversation_id, t.turn_index, t.question,
                           t.answer, tuple(t.choices) if t.choices else None, t.choice, t.choice_scores,
                           tuple(t.box) if t.box is not None else None, model, t.latency_first_token_s,
-                          t.total_s, t.n_tokens, t.created_at)
+                          t.total_s, t.n_tokens, t.created_at, t.task, t.encoding_s)
 
 
 def model_record(mv: ModelVersion, session: Session) -> ModelVersionRecord:

@@ -82,8 +82,8 @@ class WindowWidget(QWidget):
     def apply(self, name: str) -> tuple[float, float] | None:
         """Apply preset `name` to the target image and say what is shown."""
         limits = apply_window(self.viewer, name)
-        if limits is not None:
-            self.status.setText(f"{name}: {limits[0]:g} to {limits[1]:g}")
+        if limits is not None:  # named, since it applies to the selected scan (the reading room's)
+            self.status.setText(f"{name}: {limits[0]:g} to {limits[1]:g} on {target_image(self.viewer).name}")
         return limits
 
 

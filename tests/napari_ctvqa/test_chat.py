@@ -174,24 +174,50 @@ def test_box_answer_draws_a_shapes_layer_at_the_right_place(chat, qtbot, viewer_
 
 def test_turn_goes_to_the_rating_queue_and_survives_a_restart(chat, qtbot, viewer_with_ct, store, chat_worker,
                                                               tiny_vlm_dir):
-    view = chat.ask("Is there a pleural effusion?")
+    chat.picker.set_task("existence_detection", "Pleural effusion")
+    question = chat.question_edit.toPlainText()
+    view = chat.ask()
     wait_done(qtbot, view)
-    assert view.send_button.isEnabled()
+    assert view.send_button.isEnabled(), view.flag_label.text()
     view.send_button.click()
     pairs = store.qa_pairs(source="chat")
-    assert [(p.question, p.answer, p.volume_name) for p in pairs] == [
-        ("Is there a pleural effusion?", view.state.text, "train_7_b_1.nii.gz")]
+    chosen = {"A": "Yes", "B": "No"}[view.state.choice]
+    assert [(p.question, p.answer, p.answer_choice, p.task, p.volume_name) for p in pairs] == [
+        (question, chosen, view.state.choice, "existence_detection", "train_7_b_1.nii.gz")]
+    assert tuple(pairs[0].choices) == ("Yes", "No", "-", "-")
     assert not view.send_button.isEnabled() and str(pairs[0].id) in view.send_button.text()
 
     chat.close()
     viewer, _ = viewer_with_ct
     reopened = make_chat(viewer, qtbot, store, chat_worker, tiny_vlm_dir)
     try:
-        assert [v.state.question for v in reopened.turns] == ["Is there a pleural effusion?"]
-        assert reopened.turns[0].state.text == view.state.text
-        assert "Is there a pleural effusion?" in reopened.conversation_markdown()
+        assert [v.state.question for v in reopened.turns] == [question]
+        restored = reopened.turns[0].state
+        assert (restored.text, restored.task, restored.choices) == (view.state.text, "existence_detection", ("Yes", "No"))
+        assert restored.encoding_s == pytest.approx(view.state.encoding_s)
+        assert question in reopened.conversation_markdown()
     finally:
         reopened.close()
+
+
+def test_an_empty_or_looping_answer_is_flagged_and_cannot_be_sent(viewer_with_ct, qtbot, store, chat_worker,
+                                                                 tiny_vlm_dir):
+    viewer, layer = viewer_with_ct
+    scan = store.add_scan("train_7_b_1.nii.gz", layer.metadata["path"])
+    for answer in ("", "lung lung lung lung lung"):
+        store.add_chat_turn(scan.id, "What is seen?", answer, conversation_id="c")
+    widget = make_chat(viewer, qtbot, store, chat_worker, tiny_vlm_dir)
+    try:
+        assert len(widget.turns) == 2
+        for view in widget.turns:
+            assert not view.send_button.isEnabled()
+            assert not view.flag_label.isHidden() and "cannot be sent" in view.flag_label.text()
+            widget.send_to_queue(view)
+            assert "Not sent to the rating queue" in widget.message.text()
+        assert store.qa_pairs() == []
+        assert "Flagged: the answer is empty" in widget.conversation_markdown()
+    finally:
+        widget.close()
 
 
 def test_copy_conversation_puts_markdown_on_the_clipboard(chat, qtbot):
@@ -207,7 +233,9 @@ def test_layer_choice_follows_the_viewer(chat, viewer_with_ct):
     viewer, ct = viewer_with_ct
     assert chat.ct_layer is ct and chat.layer_box.count() == 1
     other = viewer.add_image(np.zeros((4, 8, 8), dtype=np.float32), name="other")
-    assert chat.layer_box.count() == 2 and chat.ct_layer is ct
+    assert chat.layer_box.count() == 2 and chat.ct_layer is other  # the scan just opened (issue 20)
+    chat.layer_box.setCurrentIndex(0)
+    assert chat.ct_layer is ct
     viewer.layers.remove(ct)
     assert chat.layer_box.count() == 1 and chat.ct_layer is other
     viewer.layers.remove(other)

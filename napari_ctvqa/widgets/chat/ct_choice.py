@@ -1,7 +1,10 @@
 """Which CT the chat is about, and what of it the model process gets.
 
-The choice follows the viewer without a click: opening a scan offers it, removing the chosen one
-moves on to another, and a layer made active while none is chosen is taken. Only 3-D grey-value
+The choice follows the viewer's selected scan without a click: opening a scan selects it in
+napari and so makes it the chat's scan (a turn is then stored against the scan on screen, not the
+one opened first), selecting another scan (in the layer list or the reading room's scan list)
+moves the chat to it, removing the chosen one moves on to another, and a scan whose data is
+swapped in place (the rating panel's layer) is taken as the new scan it is. Only 3-D grey-value
 images are offered (not RGB, not the panel's own "model input" overlays).
 """
 from __future__ import annotations
@@ -22,8 +25,8 @@ MODEL_INPUT_PREFIX = "model input"
 
 
 def scan_key(layer: Any) -> str:
-    """How the model process tells scans apart: this layer object under this name."""
-    return f"{id(layer)}:{layer.name}"
+    """How the model process tells scans apart: this layer object under this name, from this file."""
+    return f"{id(layer)}:{layer.name}:{(layer.metadata or {}).get('path', '')}"
 
 
 def payload_of(layer: Any) -> VolumePayload:
@@ -44,7 +47,7 @@ class CTChoice(QObject):
         self.viewer = viewer
         self.layer: Any = None
         self.box = QComboBox()
-        self._viewer_links = ((viewer.layers.events.inserted, self.refresh),
+        self._viewer_links = ((viewer.layers.events.inserted, self._on_inserted),
                               (viewer.layers.events.removed, self.refresh),
                               (viewer.layers.selection.events.active, self._on_active))
         for emitter, callback in self._viewer_links:
@@ -58,10 +61,10 @@ class CTChoice(QObject):
         return [layer for layer in self.viewer.layers if isinstance(layer, Image) and not layer.rgb
                 and layer.ndim == 3 and not layer.name.startswith(MODEL_INPUT_PREFIX)]
 
-    def refresh(self, event: Any = None) -> None:
-        """Re-list the viewer's CTs, keeping the chosen one if it is still there."""
+    def refresh(self, event: Any = None, prefer: Any = None) -> None:
+        """Re-list the viewer's CTs and choose `prefer` when it is one, else keep the chosen one."""
         layers = self.ct_layers()
-        current = self.layer if self.layer in layers else None
+        current = prefer if prefer in layers else self.layer if self.layer in layers else None
         active = self.viewer.layers.selection.active
         if current is None:
             current = active if active in layers else (layers[-1] if layers else None)
@@ -79,15 +82,29 @@ class CTChoice(QObject):
         """Stop following the viewer (the panel is closing; the viewer lives on)."""
         for emitter, callback in self._viewer_links:
             emitter.disconnect(callback)
+        if self.layer is not None:
+            self.layer.events.data.disconnect(self._on_data)
+
+    def _on_inserted(self, event: Any) -> None:
+        self.refresh(prefer=event.value)  # a scan just opened is the one the user looks at
 
     def _on_active(self, event: Any = None) -> None:
-        if self.layer is None and self.viewer.layers.selection.active in self.ct_layers():
-            self.refresh()
+        active = self.viewer.layers.selection.active
+        if active is not self.layer and active in self.ct_layers():
+            self.refresh(prefer=active)
 
     def _on_chosen(self, index: int) -> None:
         layers = self.ct_layers()
         self._choose(layers[index] if 0 <= index < len(layers) else None)
 
     def _choose(self, layer: Any) -> None:
+        if self.layer is not None:
+            self.layer.events.data.disconnect(self._on_data)
         self.layer = layer
+        if layer is not None:
+            layer.events.data.connect(self._on_data)
         self.changed.emit(layer)
+
+    def _on_data(self, event: Any = None) -> None:
+        """The chosen layer now shows another scan (swapped in place): the chat moves with it."""
+        self.changed.emit(self.layer)

@@ -27,14 +27,20 @@ def volume_name_of(layer: Any) -> str:
     return str(metadata.get("volume_name") or layer.name)
 
 
-def earlier_labels(store: Any, scan_id: int) -> list[Mapping[str, int]]:
-    """Labels of the patient's scans before this one, oldest first (empty when none are stored)."""
+def earlier_scans(store: Any, scan_id: int) -> list[Any]:
+    """The patient's scans before this one, oldest first (`ScanRecord`s; empty when none are
+    stored): the priors the compare view opens and the longitudinal template's sequence."""
     earlier = []
     for scan in store.patient_scans(scan_id):
         if scan.id == scan_id:
             break
-        earlier.append(store.labels(scan.id))
+        earlier.append(scan)
     return earlier
+
+
+def earlier_labels(store: Any, scan_id: int) -> list[Mapping[str, int]]:
+    """Labels of the patient's scans before this one, oldest first (empty when none are stored)."""
+    return [store.labels(scan.id) for scan in earlier_scans(store, scan_id)]
 
 
 class ChatHistory:
@@ -75,6 +81,9 @@ class ChatHistory:
         scan = self._call("register the scan", lambda store: store.add_scan(volume_name, path))
         return scan.id if scan else None
 
+    def earlier_scans(self, scan_id: int) -> list[Any]:
+        return self._call("read earlier scans", lambda store: earlier_scans(store, scan_id)) or []
+
     def earlier_labels(self, scan_id: int) -> list[Mapping[str, int]]:
         return self._call("read earlier scans", lambda store: earlier_labels(store, scan_id)) or []
 
@@ -101,7 +110,8 @@ class ChatHistory:
         return self._call("save the turn", lambda store: store.add_chat_turn(
             scan_id, state.question, state.text, conversation_id=conversation_id, model_version=model_version,
             choices=state.choices, choice=state.choice, choice_scores=state.choice_scores, box=state.box,
-            latency_first_token_s=state.latency_first_token_s, total_s=state.total_s, n_tokens=state.n_tokens))
+            latency_first_token_s=state.latency_first_token_s, total_s=state.total_s, n_tokens=state.n_tokens,
+            task=None if state.task == "chat" else state.task, encoding_s=state.encoding_s))
 
     def send_to_queue(self, turn_id: int, task: str) -> int | None:
         """Make a stored turn a QA pair (source "chat"); the pair's id."""

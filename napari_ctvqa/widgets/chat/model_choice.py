@@ -5,6 +5,8 @@ The menu offers the embedded default, every registered version with a folder, an
 folder that is also a registered version are stored under that version, not under the folder.
 A scan is sent to the model process once per loaded model: the process keeps it (and its
 encoding) for follow-up questions, and forgets it when a model (re)loads or the process dies.
+A model that fails to load leaves the one that worked in place (the process keeps it loaded), so
+a wrong folder never costs the radiologist their working model.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ class ModelChoice(QObject):
         self.path: str | None = None
         self.ready = False
         self._loading: tuple[str, str | None] | None = None
+        self._previous: tuple[str, str | None] | None = None  # the working model while another loads
         self._sent_scans: set[str] = set()
         self.box = QComboBox()
         self.status = QLabel()
@@ -60,6 +63,7 @@ class ModelChoice(QObject):
 
     def begin(self, path: str | None, name: str | None) -> None:
         """Show that `path` (None: the embedded default) is loading, listed under `name`."""
+        self._previous = (self.name, self.path) if self.ready and self.name else self._previous
         self.ready = False
         self._sent_scans.clear()
         if name is None:
@@ -91,13 +95,27 @@ class ModelChoice(QObject):
         style = (info.get("settings") or {}).get("prompt_style", "m3d")
         self.status.setText(f"Ready: {self.name} (prompt style {style})")
 
-    def failed(self) -> None:
+    def failed(self) -> str | None:
+        """The load failed: back to the model that worked (its name), else no model (None)."""
         self._loading = None
-        self.lost()
+        if self._previous is None:
+            self.lost()
+            return None
+        self.name, self.path = self._previous
+        self.ready = True
+        self.progress.setVisible(False)
+        index = self.box.findText(self.name, Qt.MatchFlag.MatchStartsWith)
+        if self.name == DEFAULT_MODEL_NAME:
+            index = 0
+        if index >= 0:
+            self.box.setCurrentIndex(index)
+        self.status.setText(f"Ready: {self.name} (kept: the chosen model could not be loaded)")
+        return self.name
 
     def lost(self) -> None:
         """No model any more (its process died, or the load failed)."""
         self.ready = False
+        self._previous = None
         self._sent_scans.clear()
         self.progress.setVisible(False)
         self.status.setText("No model loaded")

@@ -3,9 +3,12 @@
 It keeps the newest text in view while an answer streams, but stops following as soon as the
 user scrolls up to read an earlier answer, so streaming never yanks the page from under them.
 Replies are matched to turns by request id; a turn cleared meanwhile (another scan, a new
-conversation) simply gets no more text.
+conversation) simply gets no more text. The clock of each turn starts here, when it is asked,
+so its timings are what the user waited (encoding, sending the scan and queueing included).
 """
 from __future__ import annotations
+
+import time
 
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QScrollArea, QVBoxLayout, QWidget
@@ -23,7 +26,7 @@ class Transcript(QScrollArea):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.turns: list[TurnView] = []
-        self._answering: dict[int, TurnView] = {}  # request id -> its turn, until the answer ends
+        self._answering: dict[int, tuple[TurnView, float]] = {}  # request id -> turn, asked at; until answered
         content = QWidget()
         self._layout = QVBoxLayout(content)
         self._layout.setContentsMargins(2, 2, 2, 2)
@@ -47,22 +50,24 @@ class Transcript(QScrollArea):
         self._follow = True
         return view
 
-    def expect(self, request_id: int, view: TurnView) -> None:
-        self._answering[request_id] = view
+    def expect(self, request_id: int, view: TurnView, asked_at: float | None = None) -> None:
+        self._answering[request_id] = (view, time.perf_counter() if asked_at is None else asked_at)
 
     def show_status(self, request_id: int, text: str) -> None:
-        view = self._answering.get(request_id)
+        view, _ = self._answering.get(request_id, (None, 0.0))
         if view is not None and text.startswith("encoding"):
             view.set_status("encoding")
 
     def append_piece(self, request_id: int, piece: str) -> None:
-        view = self._answering.get(request_id)
+        view, asked_at = self._answering.get(request_id, (None, 0.0))
         if view is not None:
-            view.append(piece)
+            view.append(piece, time.perf_counter() - asked_at)
 
-    def answered(self, request_id: int) -> TurnView | None:
-        """The turn the request was for, now no longer waiting (None when it was cleared)."""
-        return self._answering.pop(request_id, None)
+    def answered(self, request_id: int) -> tuple[TurnView | None, float | None]:
+        """The turn the request was for, now no longer waiting, and the seconds since it was asked
+        ((None, None) when it was cleared)."""
+        view, asked_at = self._answering.pop(request_id, (None, None))
+        return view, (None if asked_at is None else time.perf_counter() - asked_at)
 
     def clear_turns(self) -> None:
         for view in self.turns:

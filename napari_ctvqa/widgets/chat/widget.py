@@ -24,8 +24,9 @@ from qtpy.QtWidgets import (
 )
 
 from napari_ctvqa.vlm_worker import VLMWorker
+from napari_ctvqa.widgets.chat.banner import DefaultModelBanner
 from napari_ctvqa.widgets.chat.ct_choice import MODEL_INPUT_PREFIX, CTChoice, scan_key
-from napari_ctvqa.widgets.chat.history import ChatHistory, volume_name_of
+from napari_ctvqa.widgets.chat.history import DEFAULT_MODEL_NAME, ChatHistory, volume_name_of
 from napari_ctvqa.widgets.chat.model_choice import ModelChoice
 from napari_ctvqa.widgets.chat.overlays import (
     add_box_layer,
@@ -123,8 +124,10 @@ class ChatWidget(QWidget):
         self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.message.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
 
+        self.banner = DefaultModelBanner()
         layout = QVBoxLayout(self)
         layout.addLayout(form)
+        layout.addWidget(self.banner)
         layout.addWidget(self.message)  # at the top, where a problem is seen before the next click
         layout.addWidget(self.picker)
         layout.addWidget(self.transcript, 1)
@@ -182,6 +185,7 @@ class ChatWidget(QWidget):
         self.model_input_check.blockSignals(False)
         self._scan_id = None
         self.scope.set_layer(layer)
+        self._update_banner()
         if layer is None:
             self.picker.set_earlier_labels([])
             return
@@ -205,11 +209,17 @@ class ChatWidget(QWidget):
         self.models.loaded(info)
         self.scope.set_supported(bool(info.get("slice_questions")))
         self._update_buttons()
+        self._update_banner()
+
+    def _update_banner(self) -> None:
+        self.banner.update_for(self.models.name if self.models.ready else None, DEFAULT_MODEL_NAME, self.ct_layer)
 
     def _on_load_failed(self, message: str) -> None:
-        self.models.failed()
-        self.show_message(f"The model could not be loaded: {message}")
+        kept = self.models.failed()
+        self.show_message(f"The model could not be loaded: {message}"
+                          + (f" Still using {kept}." if kept else ""))
         self._update_buttons()
+        self._update_banner()
 
     def _on_worker_error(self, message: str) -> None:
         if not self.worker.alive:
@@ -248,18 +258,18 @@ class ChatWidget(QWidget):
         self.worker.cancel()
 
     def _on_finished(self, request_id: int, answer: dict) -> None:
-        view = self.transcript.answered(request_id)
+        view, waited_s = self.transcript.answered(request_id)
         self._update_buttons()
         if view is None:
             return
-        view.finish(answer, self.model_name)
+        view.finish(answer, self.model_name, waited_s)
         if not answer.get("cancelled"):
             self._save_turn(view)
         if view.state.box is not None:
             self.show_box(view)
 
     def _on_failed(self, request_id: int, message: str) -> None:
-        view = self.transcript.answered(request_id)
+        view, _ = self.transcript.answered(request_id)
         self._update_buttons()
         if view is not None:
             view.fail(message)
@@ -284,6 +294,9 @@ class ChatWidget(QWidget):
         state = view.state
         if state.turn_id is None:
             self.show_message("Only saved turns can be sent to the rating queue.")
+            return
+        if (problem := state.problem()) is not None:
+            self.show_message(f"Not sent to the rating queue: {problem}.")
             return
         qa_id = self.history.send_to_queue(state.turn_id, state.task if state.task != FREE else "chat")
         if qa_id is not None:

@@ -1,0 +1,193 @@
+"""Coronal and sagittal views beside napari's axial canvas, the right way up, linked by a crosshair.
+
+Why extra viewers: napari has one canvas per window (multi-canvas is its open issue #5348), so,
+as napari's "multiple viewer widget" example does, each extra view is a `ViewerModel` with its
+own `QtViewer`, docked in the window, showing the same data array (no copy) of the shown scan.
+
+Orientation (radiological convention, canonical arrays: k inferior->superior, j anterior->
+posterior, i right->left; model/ct/volume.py): the axial canvas shows (j, i) rows down, so anterior
+is at the top and the patient's right on the screen's left. The coronal view shows (k, i) and the
+sagittal view (k, j) with the vertical axis pointing up (`camera.orientation2d`), so superior is
+at the top, the patient's right on the left of the coronal view and anterior on the left of the
+sagittal view. napari's dimension roll shows (k, i) rows down, upside down: that is why the views
+set their own orientation instead of rolling.
+
+The three viewers share one world (the same layer scale and translate), so the crosshair is
+simply the dims point: moving it in one (slider, scroll, a click on a canvas) moves the others.
+Moves are coalesced (at most one redraw of the other views per `SYNC_MS`): paging through slices
+fires a point event per slice, and re-slicing two more viewers and three crosshairs on each one
+would make the axial view lag behind the wheel.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
+from qtpy.QtWidgets import QLabel, QSplitter, QVBoxLayout, QWidget
+
+if TYPE_CHECKING:
+    import napari
+
+#: View name -> napari dims order (the last two axes are displayed, rows then columns).
+VIEW_ORDERS: dict[str, tuple[int, int, int]] = {"axial": (0, 1, 2), "coronal": (1, 0, 2), "sagittal": (2, 0, 1)}
+CROSSHAIR = "crosshair"
+SYNC_MS = 40
+_CROSSHAIR_COLOUR = "#ffd23f"
+
+
+def orient(viewer: Any, view: str) -> None:
+    """Show `view` in `viewer`: its dims order, and the vertical axis up for coronal and sagittal."""
+    viewer.dims.order = VIEW_ORDERS[view]
+    viewer.camera.orientation2d = ("down", "right") if view == "axial" else ("up", "right")
+
+
+def crosshair_lines(point: Any, order: tuple[int, int, int], box: np.ndarray, layer: Any) -> list[np.ndarray]:
+    """Two lines through world `point` across the displayed plane of a view (rows, columns), lying
+    on its slice so napari draws them there, in the data coordinates of `layer`'s grid (the
+    crosshair shares the scan's scale: a layer at scale 1 would make the slider step 1 mm)."""
+    point = np.asarray(point, dtype=float)
+    rows, cols = order[1], order[2]
+    lines = []
+    for along in (rows, cols):
+        start, end = point.copy(), point.copy()
+        start[along], end[along] = box[0][along], box[1][along]
+        lines.append((np.stack([start, end]) - np.asarray(layer.translate)) / np.asarray(layer.scale))
+    return lines
+
+
+def mirror(source: Any, target_viewer: Any, name: str) -> Any:
+    """A layer in `target_viewer` showing `source`'s data (shared, not copied) at its place and window."""
+    layer = target_viewer.add_image(source.data, name=name, scale=source.scale, translate=source.translate,
+                                    colormap=source.colormap, contrast_limits=source.contrast_limits,
+                                    multiscale=source.multiscale, metadata=source.metadata)
+    source.events.contrast_limits.connect(lambda _e: setattr(layer, "contrast_limits", source.contrast_limits))
+    return layer
+
+
+class OrthoViews(QObject):
+    """The coronal and sagittal viewers (`widget`, to dock), following `show(layer)` and the point.
+
+    `moved` carries the world point whenever the crosshair moves (in any of the three views)."""
+
+    moved = Signal(object)
+
+    def __init__(self, viewer: napari.viewer.Viewer, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        # deferred: napari's Qt viewer loads only when the views are built
+        from napari.components.viewer_model import ViewerModel
+        from napari.qt import QtViewer
+
+        self.viewer = viewer
+        self.layer: Any = None
+        self.models = {view: ViewerModel(title=view) for view in ("coronal", "sagittal")}
+        self.qt_viewers = {view: QtViewer(model) for view, model in self.models.items()}
+        self.widget = QSplitter(Qt.Orientation.Vertical)
+        for view, qt_viewer in self.qt_viewers.items():
+            box = QWidget()
+            layout = QVBoxLayout(box)
+            layout.setContentsMargins(0, 0, 0, 0)
+            title = QLabel(f"<b>{view.capitalize()}</b> ({'R | L, S up' if view == 'coronal' else 'A | P, S up'})")
+            layout.addWidget(title)
+            layout.addWidget(qt_viewer, 1)
+            self.widget.addWidget(box)
+        for view, model in self.models.items():
+            orient(model, view)
+        orient(viewer, "axial")
+        self._syncing = False
+        self._pending: Any = None
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(SYNC_MS)
+        self._timer.timeout.connect(self._flush)
+        for model in (viewer, *self.models.values()):
+            model.dims.events.point.connect(self._on_point)
+            model.mouse_drag_callbacks.append(self._click_to_move)
+
+    @property
+    def all_viewers(self) -> list[Any]:
+        return [self.viewer, *self.models.values()]
+
+    def show(self, layer: Any) -> None:
+        """Show `layer` in the extra views (None clears them), each with its crosshair."""
+        self.layer = layer
+        for view, model in self.models.items():
+            model.layers.clear()
+            if layer is None:
+                continue
+            mirror(layer, model, layer.name)
+            self._add_crosshair(model)
+            orient(model, view)
+            model.reset_view()
+        if layer is not None:
+            self._add_crosshair(self.viewer)
+            self._sync(self.viewer.dims.point)
+
+    def _add_crosshair(self, model: Any) -> None:
+        if CROSSHAIR in model.layers:
+            model.layers.remove(CROSSHAIR)
+        model.add_shapes(ndim=3, name=CROSSHAIR, edge_color=_CROSSHAIR_COLOUR, edge_width=0.4, opacity=0.8,
+                         blending="additive", scale=self.layer.scale, translate=self.layer.translate)
+        if model is self.viewer and self.layer is not None:
+            self.viewer.layers.selection.active = self.layer  # the scan stays the selected layer
+
+    def _on_point(self, event: Any) -> None:
+        if self._syncing:
+            return
+        self._pending = event.value
+        if not self._timer.isActive():
+            self._timer.start()
+
+    def _flush(self) -> None:
+        if self._pending is not None:
+            point, self._pending = self._pending, None
+            self._sync(point)
+
+    def flush(self) -> None:
+        """Apply a pending crosshair move now (scripts and tests that read the other views at once)."""
+        self._timer.stop()
+        self._flush()
+
+    def _sync(self, point: Any) -> None:
+        """Give every viewer `point` and redraw the crosshairs through it."""
+        if self.layer is None:
+            return
+        # deferred: only the box of the shown scan, computed once per move
+        from napari_ctvqa.widgets.reading.scans import box_of
+
+        self._syncing = True
+        try:
+            box = box_of(self.layer)
+            point = tuple(float(v) for v in point)[-3:]
+            for model in self.all_viewers:
+                if model.dims.ndim != 3 or len(point) != 3:
+                    continue  # a viewer with no scan yet (2-D), or a point from before one opened
+                if tuple(model.dims.point) != point:
+                    model.dims.set_point(range(3), point)
+                if CROSSHAIR in model.layers:
+                    lines = model.layers[CROSSHAIR]
+                    lines.data = crosshair_lines(point, tuple(model.dims.order), box, lines)
+                    lines.shape_type = "line"
+        finally:
+            self._syncing = False
+        self.moved.emit(point)
+
+    def _click_to_move(self, model: Any, event: Any):
+        """A click (press and release without dragging) puts the crosshair there; a drag still pans."""
+        dragged = False
+        yield
+        while event.type == "mouse_move":
+            dragged = True
+            yield
+        if not dragged and self.layer is not None:
+            self._sync(tuple(float(v) for v in event.position))
+
+    def unhook(self) -> None:
+        self._timer.stop()
+        for model in self.all_viewers:
+            model.dims.events.point.disconnect(self._on_point)
+            if self._click_to_move in model.mouse_drag_callbacks:
+                model.mouse_drag_callbacks.remove(self._click_to_move)
+        for qt_viewer in self.qt_viewers.values():
+            qt_viewer.close()  # deletes itself (WA_DeleteOnClose); napari counts live QtViewers
+        self.qt_viewers.clear()

@@ -1,0 +1,184 @@
+"""The reading room (issue 20): scans as a list, three views the right way up, crosshair and ruler
+in mm, and a registered prior beside the current scan. Real napari viewers, real SQLite, real
+NIfTI files and SimpleITK registration; no model."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from qtpy.QtWidgets import QApplication
+
+from annotation.store import Store
+from model.ct.io import write_ct
+from model.ct.registration import to_itk
+from model.ct.volume import CTVolume
+from napari_ctvqa.widgets.reading import ReadingRoom
+from napari_ctvqa.widgets.reading.geometry import ras_of
+from napari_ctvqa.widgets.reading.ruler import measure
+from tests.marker_phantom import MARKERS, SPACING, marker_phantom
+
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = Store.create(f"sqlite:///{tmp_path / 'room.sqlite'}")
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def room(make_napari_viewer, qtbot, store):
+    viewer = make_napari_viewer(show=True)
+    widget = ReadingRoom(viewer, store=store)
+    viewer.window.add_dock_widget(widget, name="Reading room", area="left")
+    viewer.window.resize(1500, 950)
+    QApplication.processEvents()
+    yield widget
+    widget.shutdown()
+
+
+def add_phantom(viewer, volume: CTVolume, name: str, path=None):
+    metadata = {"affine": volume.affine, "ct_meta": {}, **({"path": str(path)} if path else {})}
+    return viewer.add_image(volume.array, name=name, scale=volume.spacing, metadata=metadata,
+                            contrast_limits=(-1000, 2000))
+
+
+def world_of(marker: str) -> tuple[float, float, float]:
+    return tuple(float(v * s) for v, s in zip(MARKERS[marker], SPACING))
+
+
+def bright_centre(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, col) of the marker's white pixels and of everything that is not black, in a screenshot."""
+    grey = image[..., :3].mean(axis=-1)
+    marker = np.argwhere(grey > 245).mean(axis=0)
+    body = np.argwhere(grey > 40).mean(axis=0)
+    return marker, body
+
+
+# view, marker, axis of the screenshot (0 rows, 1 columns), sign: -1 = marker above / left of the body
+ORIENTATION_CHECKS = [
+    ("axial", "anterior", 0, -1), ("axial", "right", 1, -1),
+    ("coronal", "superior", 0, -1), ("coronal", "right", 1, -1),
+    ("sagittal", "superior", 0, -1), ("sagittal", "anterior", 1, -1),
+]
+
+
+def test_each_view_is_the_right_way_up_on_a_phantom_with_markers(room, qtbot):
+    viewer = room.viewer
+    add_phantom(viewer, marker_phantom(), "phantom")
+    room.fit()
+    for view, marker, axis, sign in ORIENTATION_CHECKS:
+        viewer.dims.set_point(range(3), world_of(marker))
+        room.views.flush()  # moves reach the other views at most every SYNC_MS; no waiting here
+        for _ in range(5):
+            QApplication.processEvents()
+        if view == "axial":
+            shot = viewer.screenshot(canvas_only=True, flash=False)
+        else:
+            shot = room.views.qt_viewers[view].screenshot(flash=False)
+        found, body = bright_centre(shot)
+        assert sign * (found[axis] - body[axis]) > 5, f"{marker} marker on the wrong side of the {view} view"
+    assert tuple(room.views.models["coronal"].dims.point) == tuple(viewer.dims.point)  # linked
+
+
+def test_crosshair_position_and_ruler_are_in_mm(room):
+    viewer = room.viewer
+    volume = marker_phantom(origin_ras=(100.0, -50.0, 20.0))
+    layer = add_phantom(viewer, volume, "phantom")
+    k, j, i = MARKERS["superior"]
+    viewer.dims.set_point(range(3), world_of("superior"))
+    room.views.flush()
+    expected = volume.affine @ np.array([k, j, i, 1.0])
+    assert np.allclose(ras_of(layer, viewer.dims.point), expected[:3])
+    text = room.position_label.text()
+    assert f"S {expected[2]:.1f}" in text and "2000 HU" in text
+    room.views.models["sagittal"].dims.set_point(2, 10 * SPACING[2])  # scrolling another view moves the crosshair
+    room.views.flush()
+    assert viewer.dims.point[2] == pytest.approx(10 * SPACING[2])
+    room.start_ruler()
+    assert measure(viewer, (80.0, 10.0, 10.0), (80.0, 40.0, 50.0)) == pytest.approx(50.0)
+    assert "50.0 mm" in room.ruler_label.text()
+
+
+def open_as_the_reader_does(viewer, volume: CTVolume, path):
+    from napari_ctvqa._reader import layer_data
+
+    write_ct(volume, path)
+    data, kwargs, _ = layer_data(volume, path)
+    return viewer.add_image(data, **kwargs)
+
+
+def test_scans_of_two_patients_are_each_visible_and_removal_does_not_crash(room, tmp_path):
+    viewer = room.viewer
+    first = open_as_the_reader_does(viewer, marker_phantom(), tmp_path / "patient_a.nii.gz")
+    far = marker_phantom(origin_ras=(0.0, 0.0, 1200.0))  # 1.2 m away, as another scanner put its patient
+    second = open_as_the_reader_does(viewer, far, tmp_path / "patient_b.nii.gz")
+    assert room.scans.current is second and second.visible and not first.visible
+    assert room.scans.widget.count() == 2
+    assert second.metadata["scanner_translate"][0] == pytest.approx(1200.0)  # kept, but not where it is shown
+    assert viewer.dims.nsteps[0] <= first.data.shape[0] + 1, "one slider spread over the space between the scans"
+    assert first.data.shape[0] // 2 - 2 <= viewer.dims.current_step[0] <= first.data.shape[0] // 2 + 2
+    room.start_ruler()
+    assert viewer.dims.nsteps[0] <= first.data.shape[0] + 1  # the ruler keeps slice steps too
+    room.scans.widget.setCurrentRow(0)
+    assert room.scans.current is first and first.visible and not second.visible
+    assert viewer.layers.selection.active is first
+    viewer.layers.remove(first)
+    for size in ((900, 700), (1400, 900)):
+        viewer.window.resize(*size)
+        QApplication.processEvents()
+    assert room.scans.current is second and second.visible
+
+
+def moved_prior_file(tmp_path, current: CTVolume):
+    image = to_itk(current)
+    centre = image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()])
+    truth = sitk.Euler3DTransform(centre, 0.0, 0.0, math.radians(4.0), (5.0, -8.0, 3.0))
+    prior = sitk.Resample(image, image, truth.GetInverse(), sitk.sitkLinear, -1000.0, sitk.sitkFloat32)
+    volume = CTVolume(sitk.GetArrayFromImage(prior), current.spacing, current.affine.copy(), {})
+    return write_ct(volume, tmp_path / "train_5_a_1.nii.gz")
+
+
+def test_compare_with_prior_opens_the_registered_prior_scrolling_in_step(room, qtbot, store, tmp_path):
+    current = marker_phantom()
+    current_path = write_ct(current, tmp_path / "train_5_b_1.nii.gz")
+    prior_path = moved_prior_file(tmp_path, current)
+    store.add_scan("train_5_a_1.nii.gz", str(prior_path))
+    store.add_scan("train_5_b_1.nii.gz", str(current_path))
+    store.add_scan("train_6_a_1.nii.gz", str(prior_path))  # another patient: never offered
+    viewer = room.viewer
+    layer = add_phantom(viewer, current, "train_5_b_1", current_path)
+    assert [p.volume_name for p in room.priors] == ["train_5_a_1.nii.gz"]
+    assert room.compare_button.isEnabled()
+
+    room.difference_check.setChecked(True)
+    room.compare_button.click()
+    assert room.cancel_button.isEnabled() and not room.compare_button.isEnabled()
+    qtbot.waitUntil(lambda: room.compare_view is not None and len(room.compare_view.model.layers) == 2,
+                    timeout=TIMEOUT_MS)
+    prior_layer, difference = room.compare_view.model.layers
+    assert prior_layer.data.shape == layer.data.shape and tuple(prior_layer.scale) == tuple(layer.scale)
+    assert difference.visible
+    residual = np.abs(difference.data[layer.data > -500]).mean()
+    unregistered = np.abs(current.array - np.asarray(__import__("model.ct.io", fromlist=["read_ct"])
+                                                     .read_ct(prior_path).array))[layer.data > -500].mean()
+    assert residual < 0.3 * unregistered
+    assert "degrees rotation" in room.message.text()
+
+    viewer.dims.set_point(0, 20 * SPACING[0])  # scrolling the current scan scrolls the prior, in mm
+    assert room.compare_view.model.dims.point[0] == pytest.approx(20 * SPACING[0])
+    room.compare_view.model.dims.set_point(0, 12 * SPACING[0])  # and the other way round
+    assert viewer.dims.point[0] == pytest.approx(12 * SPACING[0])
+    room.difference_check.setChecked(False)
+    assert not difference.visible
+
+
+def test_a_scan_without_priors_says_why_compare_is_off(room, store, tmp_path):
+    add_phantom(room.viewer, marker_phantom(), "unknown scan")
+    assert not room.compare_button.isEnabled()
+    assert "not in the database" in room.compare_button.toolTip()
+    room.compare_with_prior()
+    assert "No prior" in room.message.text()
