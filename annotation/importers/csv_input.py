@@ -86,6 +86,9 @@ def _rows(reader: csv.DictReader, required: Sequence[str], problems: RowProblems
             problems.add(where, line, f"{n_columns + len(extra)} fields where the header has {n_columns}")
             continue
         missing = [c for c, v in record.items() if v is None]
+        if missing and not set(missing) & set(required):  # spreadsheets drop trailing empty optional cells
+            record.update(dict.fromkeys(missing, ""))
+            missing = []
         if missing:
             problems.add(where, line, f"{n_columns - len(missing)} fields where the header has {n_columns} "
                                       f"(missing column(s) {missing[:5]}{' ...' if len(missing) > 5 else ''})")

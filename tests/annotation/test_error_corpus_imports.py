@@ -15,7 +15,7 @@ from annotation.importers import MAX_LISTED, BadInputError
 from annotation.importers.ctrate import import_ctrate
 from annotation.importers.m3d_vqa import COLUMNS as M3D_COLUMNS
 from annotation.importers.m3d_vqa import import_m3d_vqa
-from annotation.importers.ratings_csv import CSV_COLUMNS, import_ratings_csv
+from annotation.importers.ratings_csv import REQUIRED_COLUMNS, import_ratings_csv
 from annotation.importers.threedrad import import_3drad
 from annotation.qa_templates import CSV_COLUMNS as RAD_COLUMNS
 from annotation.qa_templates import CT_RATE_LABELS
@@ -31,6 +31,10 @@ def table_counts(store: Store) -> dict[str, int]:
                 for t in inspect(conn).get_table_names()}
 
 
+# The ten columns of DESIGN.md's ratings CSV (Status, Reason and Answer are optional extras).
+COLUMNS = [*REQUIRED_COLUMNS, "Note"]
+
+
 def csv_bytes(header: list[str], rows: list[list[str]], encoding: str = "utf-8") -> bytes:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -40,7 +44,7 @@ def csv_bytes(header: list[str], rows: list[list[str]], encoding: str = "utf-8")
 
 
 def row(**changes: str) -> list[str]:
-    names = list(CSV_COLUMNS)
+    names = COLUMNS
     values = list(GOOD)
     for key, value in changes.items():
         values[names.index(key)] = value
@@ -53,7 +57,7 @@ def raw(values: list[str]) -> bytes:
 
 def with_bytes(line_text: bytes) -> bytes:
     """A ratings file whose line 3 is `line_text` (raw bytes), between two good rows."""
-    return csv_bytes(list(CSV_COLUMNS), [GOOD]) + line_text + b"\n" + raw(row(Annotator="carl"))
+    return csv_bytes(COLUMNS, [GOOD]) + line_text + b"\n" + raw(row(Annotator="carl"))
 
 
 def names(message: str, path: Path, line: int) -> bool:
@@ -67,31 +71,31 @@ def names(message: str, path: Path, line: int) -> bool:
 RATINGS_CASES: list[tuple[str, bytes, list[int], list[str]]] = [
     ("latin-1 byte in the question", with_bytes(b'test_0_a_1.nii.gz,Gr\xf6\xdfe?,ann,3,3,3,3,3,1,'), [3], ["not UTF-8", "0xf6"]),
     ("windows-1252 quote in the note", with_bytes(b'test_0_a_1.nii.gz,q,ann,3,3,3,3,3,1,\x93ok\x94'), [3], ["not UTF-8"]),
-    ("two non-UTF-8 lines", csv_bytes(list(CSV_COLUMNS), [GOOD]) + b"a\xe4,q,ann,3,3,3,3,3,1,\n"
+    ("two non-UTF-8 lines", csv_bytes(COLUMNS, [GOOD]) + b"a\xe4,q,ann,3,3,3,3,3,1,\n"
      + raw(row(Annotator="carl")) + b"b\xe4,q,bob,3,3,3,3,3,1,\n", [3, 5], ["2 bad rows"]),
-    ("UTF-16 file", csv_bytes(list(CSV_COLUMNS), [GOOD], "utf-16"), [1], ["UTF-16"]),
+    ("UTF-16 file", csv_bytes(COLUMNS, [GOOD], "utf-16"), [1], ["UTF-16"]),
     ("non-UTF-8 header", b"VolumeName,Qu\xe9stion\n" + b",".join(x.encode() for x in GOOD) + b"\n", [1], ["not UTF-8"]),
-    ("field over 131,072 characters", csv_bytes(list(CSV_COLUMNS), [GOOD, row(Note=BIG)]), [3], ["131,072"]),
-    ("unclosed quote swallowing the rest", csv_bytes(list(CSV_COLUMNS), [GOOD]) + b'test_0_a_1.nii.gz,"open quote\n'
+    ("field over 131,072 characters", csv_bytes(COLUMNS, [GOOD, row(Note=BIG)]), [3], ["131,072"]),
+    ("unclosed quote swallowing the rest", csv_bytes(COLUMNS, [GOOD]) + b'test_0_a_1.nii.gz,"open quote\n'
      + (b"more text\n" * 20_000), [3], ["unclosed quote"]),
-    ("six bad scores", csv_bytes(list(CSV_COLUMNS), [row(QAAlignment="9")] * 6), [2, 3, 4, 5, 6, 7], ["6 bad rows"]),
-    ("thirty bad rows, capped", csv_bytes(list(CSV_COLUMNS), [row(Consistent="maybe")] * 30),
+    ("six bad scores", csv_bytes(COLUMNS, [row(QAAlignment="9")] * 6), [2, 3, 4, 5, 6, 7], ["6 bad rows"]),
+    ("thirty bad rows, capped", csv_bytes(COLUMNS, [row(Consistent="maybe")] * 30),
      list(range(2, 2 + MAX_LISTED)), ["30 bad rows", f"and {30 - MAX_LISTED} more"]),
-    ("too many fields", csv_bytes(list(CSV_COLUMNS), [GOOD + ["extra", "more"]]), [2], ["12 fields"]),
-    ("too few fields", csv_bytes(list(CSV_COLUMNS), [GOOD[:4]]), [2], ["missing column"]),
-    ("empty annotator", csv_bytes(list(CSV_COLUMNS), [row(Annotator="")]), [2], ["annotator name"]),
-    ("blank annotator", csv_bytes(list(CSV_COLUMNS), [row(Annotator="   \t")]), [2], ["annotator name"]),
-    ("annotator with a line break", csv_bytes(list(CSV_COLUMNS), [row(Annotator="ann\nbob")]), [3], ["line breaks"]),
-    ("overlong annotator", csv_bytes(list(CSV_COLUMNS), [row(Annotator="a" * 300)]), [2], ["300 characters"]),
-    ("NaN score", csv_bytes(list(CSV_COLUMNS), [row(VisualVerifiability="NaN")]), [2], ["visual_verifiability"]),
-    ("infinite score", csv_bytes(list(CSV_COLUMNS), [row(LinguisticQuality="inf")]), [2], ["linguistic_quality"]),
-    ("fractional score", csv_bytes(list(CSV_COLUMNS), [row(SpecificityClarity="3.5")]), [2], ["specificity_clarity"]),
-    ("negative score", csv_bytes(list(CSV_COLUMNS), [row(AnswerAppropriateness="-1")]), [2], ["answer_appropriateness"]),
-    ("consistency not a flag", csv_bytes(list(CSV_COLUMNS), [row(Consistent="maybe")]), [2], ["Consistent"]),
-    ("the same rating twice", csv_bytes(list(CSV_COLUMNS), [GOOD, GOOD]), [3], ["repeats the rating of line 2"]),
-    ("missing column", csv_bytes(list(CSV_COLUMNS)[:-3], [GOOD[:-3]]), [1], ["missing column", "Consistent"]),
+    ("too many fields", csv_bytes(COLUMNS, [GOOD + ["extra", "more"]]), [2], ["12 fields"]),
+    ("too few fields", csv_bytes(COLUMNS, [GOOD[:4]]), [2], ["missing column"]),
+    ("empty annotator", csv_bytes(COLUMNS, [row(Annotator="")]), [2], ["annotator name"]),
+    ("blank annotator", csv_bytes(COLUMNS, [row(Annotator="   \t")]), [2], ["annotator name"]),
+    ("annotator with a line break", csv_bytes(COLUMNS, [row(Annotator="ann\nbob")]), [3], ["line breaks"]),
+    ("overlong annotator", csv_bytes(COLUMNS, [row(Annotator="a" * 300)]), [2], ["300 characters"]),
+    ("NaN score", csv_bytes(COLUMNS, [row(VisualVerifiability="NaN")]), [2], ["visual_verifiability"]),
+    ("infinite score", csv_bytes(COLUMNS, [row(LinguisticQuality="inf")]), [2], ["linguistic_quality"]),
+    ("fractional score", csv_bytes(COLUMNS, [row(SpecificityClarity="3.5")]), [2], ["specificity_clarity"]),
+    ("negative score", csv_bytes(COLUMNS, [row(AnswerAppropriateness="-1")]), [2], ["answer_appropriateness"]),
+    ("consistency not a flag", csv_bytes(COLUMNS, [row(Consistent="maybe")]), [2], ["Consistent"]),
+    ("the same rating twice", csv_bytes(COLUMNS, [GOOD, GOOD]), [3], ["repeats the rating of line 2"]),
+    ("missing column", csv_bytes(COLUMNS[:-3], [GOOD[:-3]]), [1], ["missing column", "Consistent"]),
     ("NUL byte in a field", with_bytes(b"test_0_a_1.nii.gz,q\x00q,ann,3,3,3,3,3,1,"), [3], []),
-    ("unknown QA pairs", csv_bytes(list(CSV_COLUMNS), [GOOD, row(Question="Not asked?"),
+    ("unknown QA pairs", csv_bytes(COLUMNS, [GOOD, row(Question="Not asked?"),
                                                         row(VolumeName="test_9_a_1.nii.gz")]), [3, 4], ["no QA pair"]),
     ("bad bytes, a bad score and good rows", with_bytes(b"test_0_a_1.nii.gz,\xff,ann,3,3,3,3,3,1,")
      + raw(row(QAAlignment="6", Annotator="dee")), [3, 5], ["2 bad rows"]),
