@@ -1,0 +1,116 @@
+"""Many questions about one volume at once: what makes `ctvqa evaluate` fast at benchmark scale.
+
+Every prompt about a volume starts with the same BOS + image tokens, so their KV cache
+(`VLM.prefix_cache`) is computed once and repeated over the batch; only the question parts differ.
+- Closed questions: every choice of every question in the batch is one row of ONE forward pass
+  (question + `"{letter}. {choice}"`, right-padded), scored like `VLM.score_choices` (softmax over
+  a question's choices of the mean log-likelihood of its target tokens).
+- Open (and closed) answers: greedy `generate` over the batch with the question parts padded on
+  the left, between the shared image prefix and the question, masked out; position ids follow the
+  mask, so every row sees the positions it would see alone.
+The figures equal one-question-at-a-time answers up to float rounding in the batched matrix
+products (the tests check the metrics come out identical).
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from model.inference import prompts
+from model.inference.vlm import VLM, Answer, PreparedImage
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question to answer in a batch: its text and, for closed questions, its choices."""
+
+    text: str
+    choices: tuple[str, ...] | None = None
+
+
+def _question_ids(vlm: VLM, question: Question) -> list[int]:
+    """The prompt's ids after BOS + image tokens (the part that differs between questions)."""
+    ids = vlm.prompt_ids(vlm.build_prompt(question.text, question.choices))
+    return ids[0, vlm.num_image_tokens + 1:].tolist()
+
+
+def _prefix(vlm: VLM, prepared: PreparedImage, rows: int) -> tuple[object, torch.Tensor]:
+    """The image prefix's KV cache repeated over `rows`, and its ids (BOS + image tokens)."""
+    cache = copy.deepcopy(vlm.prefix_cache(prepared))
+    cache.batch_repeat_interleave(rows)
+    ids = [vlm.tokenizer.bos_token_id] + [vlm.image_token_id] * vlm.num_image_tokens
+    return cache, torch.tensor([ids] * rows, dtype=torch.long, device=vlm.device)
+
+
+def generate_batch(vlm: VLM, prepared: PreparedImage, question_ids: Sequence[list[int]],
+                   max_new_tokens: int) -> list[list[int]]:
+    """Greedy new token ids per question (EOS and padding included, as `generate` returns them)."""
+    width = max(len(q) for q in question_ids)
+    pad = vlm.pad_token_id
+    cache, prefix = _prefix(vlm, prepared, len(question_ids))
+    body = torch.tensor([[pad] * (width - len(q)) + q for q in question_ids], dtype=torch.long, device=vlm.device)
+    mask = torch.tensor([[0] * (width - len(q)) + [1] * len(q) for q in question_ids], dtype=torch.long,
+                        device=vlm.device)
+    ids = torch.cat([prefix, body], dim=1)
+    attention = torch.cat([torch.ones_like(prefix), mask], dim=1)
+    with torch.inference_mode():
+        out = vlm.model.generate(input_ids=ids, attention_mask=attention, past_key_values=cache,
+                                 generation_config=vlm.generation_config(max_new_tokens))
+    return out[:, ids.shape[1]:].tolist()
+
+
+def score_choices_batch(vlm: VLM, prepared: PreparedImage, question_ids: Sequence[list[int]],
+                        choices: Sequence[Sequence[str]]) -> list[dict[str, float]]:
+    """Per question, the softmax over its offered choices of the mean log-likelihood of each
+    `"{letter}. {choice}"` after its prompt; all rows of all questions in one forward pass."""
+    rows: list[tuple[int, str, list[int], int]] = []  # question index, letter, ids, prompt length
+    for k, (q, offered) in enumerate(zip(question_ids, choices)):
+        for letter, text in prompts.listed_choices(offered):
+            target = vlm.tokenizer(prompts.format_target(text, letter), add_special_tokens=False)["input_ids"]
+            rows.append((k, letter, q + target, len(q)))
+    width = max(len(r[2]) for r in rows)
+    pad = vlm.pad_token_id
+    cache, prefix = _prefix(vlm, prepared, len(rows))
+    body = torch.tensor([r[2] + [pad] * (width - len(r[2])) for r in rows], dtype=torch.long, device=vlm.device)
+    # logits at index i predict token i + 1: a target of prompt length p and full length n is
+    # read from logits p - 1 .. n - 2
+    target_mask = torch.tensor([[0] * (r[3] - 1) + [1] * (len(r[2]) - r[3]) + [0] * (width - len(r[2]))
+                                for r in rows], dtype=torch.float32, device=vlm.device)
+    valid = torch.tensor([[1] * len(r[2]) + [0] * (width - len(r[2])) for r in rows], dtype=torch.long,
+                         device=vlm.device)
+    attention = torch.cat([torch.ones_like(prefix), valid], dim=1)
+    with torch.inference_mode():
+        logits = vlm.model(input_ids=body, attention_mask=attention, past_key_values=cache).logits
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, body[:, 1:, None])[..., 0]
+        mean = (logp * target_mask).sum(1) / target_mask.sum(1)
+    scores: list[dict[str, float]] = [{} for _ in question_ids]
+    for k in range(len(question_ids)):
+        members = [n for n, r in enumerate(rows) if r[0] == k]
+        probs = torch.softmax(mean[members], dim=0)
+        scores[k] = {rows[n][1]: float(p) for n, p in zip(members, probs)}
+    return scores
+
+
+def answer_batch(vlm: VLM, prepared: PreparedImage, questions: Sequence[Question], max_new_tokens: int = 64,
+                 batch_size: int = 16) -> list[Answer]:
+    """`VLM.answer` for many questions about one prepared volume, in batches of `batch_size`
+    (questions sorted by prompt length so that a batch pads little); answers in input order."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    ids = [_question_ids(vlm, q) for q in questions]
+    order = sorted(range(len(questions)), key=lambda k: (len(ids[k]), k))
+    answers: list[Answer | None] = [None] * len(questions)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        generated = generate_batch(vlm, prepared, [ids[k] for k in chunk], max_new_tokens)
+        closed = [k for k in chunk if prompts.listed_choices(questions[k].choices)]
+        scored = dict(zip(closed, score_choices_batch(vlm, prepared, [ids[k] for k in closed],
+                                                      [questions[k].choices for k in closed]))) if closed else {}
+        for k, new_ids in zip(chunk, generated):
+            scores = scored.get(k)
+            choice = max(scores, key=scores.__getitem__) if scores else None
+            answers[k] = Answer(**vlm.decode_answer(prepared, new_ids), choice=choice, choice_scores=scores)
+    return answers  # type: ignore[return-value]
