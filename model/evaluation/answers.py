@@ -90,6 +90,11 @@ class AnswerLog:
 
     def _append(self, entries: Iterable[dict[str, Any]]) -> None:
         text = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries)
+        if self.part.exists() and self.part.stat().st_size:
+            with self.part.open("rb") as handle:
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":  # a line cut short by a killed run: start a new one
+                    text = "\n" + text
         with self.part.open("a", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()

@@ -10,6 +10,7 @@ included, are computed from the answers (report.py, measures.py).
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -101,11 +102,13 @@ def evaluate_vlm(vlm: VLM, qa_dir: str | Path, volumes_dir: str | Path, limit: i
         group.wait()
         done = log.read()
         group.wait()  # everyone has read what was done before anyone writes
+        started = time.perf_counter()
         answer_jobs(vlm, jobs, paths, runs, log, done, group.shard, seed=seed, max_new_tokens=max_new_tokens,
                     batch_size=batch_size, progress=progress)
         group.wait()
         if not group.shard.main:
             return None
+        answering = time.perf_counter() - started
         done = log.read()
 
     answered = [i for i in selected if (qa_key(i), "normal") in done.answers]
@@ -131,6 +134,9 @@ def evaluate_vlm(vlm: VLM, qa_dir: str | Path, volumes_dir: str | Path, limit: i
         report["boxes"] = box_report(boxed, done.answers, runs[1:])
     if needs_text_encoder:
         report["bertscore_encoder"] = encoder.name
+    # answering: this run's (all processes, resumed answers not included); scoring: the figures
+    report["seconds"] = {"answering": round(answering, 3), "scoring": round(time.perf_counter() - started - answering, 3),
+                         "processes": group.shard.world, "batch_size": batch_size}
     return report
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,24 +31,28 @@ class Shard:
 
 class Group:
     """The launch's processes: rank/world from the launcher's environment, and a barrier
-    (accelerate's process state: gloo on the CPU, NCCL on GPUs)."""
+    (accelerate's process state: gloo on the CPU, NCCL on GPUs). `shard` and `wait` given
+    explicitly stand in for a launcher (threads in the tests)."""
 
-    def __init__(self) -> None:
+    def __init__(self, shard: Shard | None = None, wait: Callable[[], Any] | None = None) -> None:
+        self._wait = wait
+        if shard is not None:
+            self.shard = shard
+            return
+        self.shard = Shard()
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        self._state: Any = None
         if world > 1:
             import torch
             from accelerate import PartialState
 
-            self._state = PartialState(cpu=not torch.cuda.is_available(), timeout=_BARRIER_TIMEOUT)
-            self.shard = Shard(self._state.process_index, self._state.num_processes)
-        else:
-            self.shard = Shard()
+            state = PartialState(cpu=not torch.cuda.is_available(), timeout=_BARRIER_TIMEOUT)
+            self.shard = Shard(state.process_index, state.num_processes)
+            self._wait = state.wait_for_everyone
 
     def wait(self) -> None:
         """Block until every process got here (a no-op alone)."""
-        if self._state is not None:
-            self._state.wait_for_everyone()
+        if self._wait is not None:
+            self._wait()
 
 
 def split(weights: Sequence[int], world: int) -> list[range]:
