@@ -154,3 +154,37 @@ def test_ctvqa_evaluate_under_torchrun_merges_two_processes(cohort, tmp_path, on
         k: v for k, v in _figures(one_at_a_time).items() if k != "model"}
     assert sorted(p.name for p in (tmp_path / "eval.answers").glob("part-*.jsonl")) == ["part-0.jsonl", "part-1.jsonl"]
     assert proc.stdout.count("closed questions") == 1  # one report, from the first process
+
+
+def test_model_card_figures_are_ctvqa_evaluate_figures(tmp_path):
+    """The training script's held-out evaluation (eval.json and the card) is `ctvqa evaluate
+    --robustness` on the same folder: the same code, the same numbers."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from annotation.synth import write_cohort
+    from model.inference.loading import DEFAULT_MODEL_DIR
+    from model.training.default.recipe import Recipe
+    from model.training.default.run import evaluate_and_describe
+    from napari_ctvqa.cli import app
+
+    cohort = tmp_path / "cohort"
+    write_cohort(cohort, patients=2, seed=8, size=(32, 64, 64), valid_frac=0.5, workers=1)
+    folder = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, folder)
+    record = json.loads((folder / "training.json").read_text())
+    stored = record["recipe"]
+    recipe = Recipe(**{**stored, "eval_limit": 5, **{k: tuple(stored[k]) for k in ("synth_size", "image_size", "patch_size")}})
+    card_report = evaluate_and_describe(folder, cohort, recipe, record)
+    out = tmp_path / "cli.json"
+    result = CliRunner().invoke(app, ["evaluate", "--model", str(folder), "--qa", str(cohort / "qa" / "valid"),
+                                      "--volumes", str(cohort / "volumes"), "--limit", "5", "--robustness",
+                                      "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    cli = json.loads(out.read_text())
+    assert cli["tasks"] == card_report["tasks"] == json.loads((folder / "eval.json").read_text())["tasks"]
+    card = (folder / "README.md").read_text()
+    existence = cli["tasks"]["existence_detection"]
+    assert f"| existence_detection | {existence['accuracy']:.1f} | {existence['majority_baseline']:.1f}" in card
+    assert "another patient's scan" in card and "Every held-out existence question, per finding" in card
