@@ -18,7 +18,7 @@ from typing import Any
 from model.data.box_questions import BOX_FILE, BoxItem, read_box_questions
 from model.data.qa_folders import QAFolderError, QAItem, index_volumes, read_qa_folder, take_per_task
 from model.evaluation import metrics
-from model.evaluation.answers import AnswerLog
+from model.evaluation.answers import AnswerLog, AnswersFolderError, Done
 from model.evaluation.findings import read_label_names
 from model.evaluation.report import box_key, box_report, qa_key, task_figures
 from model.evaluation.runner import ROBUSTNESS_RUNS, Job, Progress, answer_jobs, patient_of
@@ -54,6 +54,16 @@ def _find_labels(qa_dir: Path, labels: str | Path | None) -> list[str] | None:
         if (folder / "labels.csv").is_file():
             return read_label_names(folder / "labels.csv")
     return None
+
+
+def _check_same_questions(jobs: dict[str, list[Job]], done: Done, folder: Path) -> None:
+    """Refuse answers kept for a question key that now names another question (edited QA files)."""
+    for volume_jobs in jobs.values():
+        for job in volume_jobs:
+            kept = done.answers.get((job.key, "normal"))
+            if kept is not None and kept["question"] != job.question:
+                raise AnswersFolderError(f"{folder}: the answer kept for {job.key} is about {kept['question']!r}, "
+                                         f"the QA files now ask {job.question!r}; rerun without --resume")
 
 
 def evaluate_vlm(vlm: VLM, qa_dir: str | Path, volumes_dir: str | Path, limit: int | None = None,
@@ -101,6 +111,7 @@ def evaluate_vlm(vlm: VLM, qa_dir: str | Path, volumes_dir: str | Path, limit: i
             log.start(settings, resume)
         group.wait()
         done = log.read()
+        _check_same_questions(jobs, done, log.folder)
         group.wait()  # everyone has read what was done before anyone writes
         started = time.perf_counter()
         answer_jobs(vlm, jobs, paths, runs, log, done, group.shard, seed=seed, max_new_tokens=max_new_tokens,

@@ -121,6 +121,14 @@ def test_resume_redoes_only_the_unfinished_unit(vlm, cohort, tmp_path):
     assert again[-1] == (0, 0)
     with pytest.raises(AnswersFolderError, match=r"max_new_tokens 12 -> 5"):
         _evaluate(vlm, cohort, answers_dir=tmp_path, resume=True, max_new_tokens=5)
+    csv_path = sorted((cohort / "qa" / "train" / "Task4_Existence_Detection").glob("*.csv"))[0]
+    original = csv_path.read_text()
+    try:  # an edited QA file: the kept answer's line now holds another question
+        csv_path.write_text(original.replace("?", "? (edited)", 1))
+        with pytest.raises(AnswersFolderError, match=r"the QA files now ask .*\(edited\)"):
+            _evaluate(vlm, cohort, answers_dir=tmp_path, resume=True)
+    finally:
+        csv_path.write_text(original)
 
 
 def test_figures_of_the_report_are_the_honest_measures(one_at_a_time):
