@@ -94,10 +94,26 @@ def score_choices_batch(vlm: VLM, prepared: PreparedImage, question_ids: Sequenc
     return scores
 
 
+def _by_rows(closed: list[int], questions: Sequence[Question], rows: int) -> list[list[int]]:
+    """Closed questions grouped so that a forward pass holds at most `rows` choice rows (a question's
+    choices always together): the image prefix's cache is repeated once per row."""
+    groups: list[list[int]] = []
+    used = rows
+    for k in closed:
+        n = len(prompts.listed_choices(questions[k].choices))
+        if used + n > rows:
+            groups.append([])
+            used = 0
+        groups[-1].append(k)
+        used += n
+    return groups
+
+
 def answer_batch(vlm: VLM, prepared: PreparedImage, questions: Sequence[Question], max_new_tokens: int = 64,
                  batch_size: int = 16) -> list[Answer]:
     """`VLM.answer` for many questions about one prepared volume, in batches of `batch_size`
-    (questions sorted by prompt length so that a batch pads little); answers in input order."""
+    (questions sorted by prompt length so that a batch pads little; choice scoring at most
+    `batch_size` rows, or one question's choices, per forward pass); answers in input order."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     ids = [_question_ids(vlm, q) for q in questions]
@@ -106,9 +122,11 @@ def answer_batch(vlm: VLM, prepared: PreparedImage, questions: Sequence[Question
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         generated = generate_batch(vlm, prepared, [ids[k] for k in chunk], max_new_tokens)
-        closed = [k for k in chunk if prompts.listed_choices(questions[k].choices)]
-        scored = dict(zip(closed, score_choices_batch(vlm, prepared, [ids[k] for k in closed],
-                                                      [questions[k].choices for k in closed]))) if closed else {}
+        scored: dict[int, dict[str, float]] = {}
+        for group in _by_rows([k for k in chunk if prompts.listed_choices(questions[k].choices)], questions,
+                              batch_size):
+            scored.update(zip(group, score_choices_batch(vlm, prepared, [ids[k] for k in group],
+                                                         [questions[k].choices for k in group])))
         for k, new_ids in zip(chunk, generated):
             scores = scored.get(k)
             choice = max(scores, key=scores.__getitem__) if scores else None
