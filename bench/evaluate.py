@@ -55,9 +55,9 @@ def main() -> None:
     cores = os.cpu_count() or 1
     print(f"default model, `ctvqa synth` cohort of {args.patients} patients (64x256x256), qa/train"
           f"{' with --robustness' if args.robustness else ''}; CPU cores visible: {cores}")
-    rows = [("one at a time, 1 process (baseline)", 1, 1, cores), ("batched, 1 process", 16, 1, cores),
-            ("one at a time, 1 process x 1 thread", 1, 1, 1), ("batched, 1 process x 1 thread", 16, 1, 1),
-            ("batched, 2 processes x 1 thread", 16, 2, 1)]
+    rows = [("one at a time, 1 process (baseline)", 1, 1, cores), ("batched, 1 process", 32, 1, cores),
+            ("one at a time, 1 process x 1 thread", 1, 1, 1), ("batched, 1 process x 1 thread", 32, 1, 1),
+            ("batched, 2 processes x 1 thread", 32, 2, 1)]
     figures = {}
     try:
         for label, batch, processes, threads in rows:

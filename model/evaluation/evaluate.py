@@ -70,7 +70,7 @@ def evaluate_vlm(vlm: VLM, qa_dir: str | Path, volumes_dir: str | Path, limit: i
                  tasks: Iterable[str] | None = None, robustness: bool = False,
                  progress: Progress | None = None, *, model_name: str | None = None,
                  encoder: metrics.TokenEncoder | None = None, max_new_tokens: int = 64,
-                 seed: int = 0, batch_size: int = 16, answers_dir: str | Path | None = None,
+                 seed: int = 0, batch_size: int = 32, answers_dir: str | Path | None = None,
                  resume: bool = False, labels: str | Path | None = None, boxes: str | Path | None = None,
                  group: Group | None = None) -> dict[str, Any] | None:
     """Per-task (and per-subtask) figures in percent, as `ctvqa evaluate --json` writes them;

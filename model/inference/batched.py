@@ -65,27 +65,42 @@ def generate_batch(vlm: VLM, prepared: PreparedImage, question_ids: Sequence[lis
 def score_choices_batch(vlm: VLM, prepared: PreparedImage, question_ids: Sequence[list[int]],
                         choices: Sequence[Sequence[str]]) -> list[dict[str, float]]:
     """Per question, the softmax over its offered choices of the mean log-likelihood of each
-    `"{letter}. {choice}"` after its prompt; all rows of all questions in one forward pass."""
-    rows: list[tuple[int, str, list[int], int]] = []  # question index, letter, ids, prompt length
+    `"{letter}. {choice}"` after its prompt, as `VLM.score_choices` computes it: the questions'
+    cache (all tokens but the last) in one forward pass, then every choice of every question,
+    from its question's last token, in a second one."""
+    rows: list[tuple[int, str, list[int]]] = []  # question index, letter, last question token + target
     for k, (q, offered) in enumerate(zip(question_ids, choices)):
         for letter, text in prompts.listed_choices(offered):
             target = vlm.tokenizer(prompts.format_target(text, letter), add_special_tokens=False)["input_ids"]
-            rows.append((k, letter, q + target, len(q)))
-    width = max(len(r[2]) for r in rows)
+            rows.append((k, letter, [q[-1], *target]))
     pad = vlm.pad_token_id
-    cache, prefix = _prefix(vlm, prepared, len(rows))
-    body = torch.tensor([r[2] + [pad] * (width - len(r[2])) for r in rows], dtype=torch.long, device=vlm.device)
-    # logits at index i predict token i + 1: a target of prompt length p and full length n is
-    # read from logits p - 1 .. n - 2
-    target_mask = torch.tensor([[0] * (r[3] - 1) + [1] * (len(r[2]) - r[3]) + [0] * (width - len(r[2]))
-                                for r in rows], dtype=torch.float32, device=vlm.device)
-    valid = torch.tensor([[1] * len(r[2]) + [0] * (width - len(r[2])) for r in rows], dtype=torch.long,
-                         device=vlm.device)
-    attention = torch.cat([torch.ones_like(prefix), valid], dim=1)
+    width = max(len(q) for q in question_ids) - 1  # the questions but their last tokens, left-padded
+    cache, prefix = _prefix(vlm, prepared, len(question_ids))
+    start = prefix.shape[1]
+    head_mask = torch.tensor([[0] * (width - len(q) + 1) + [1] * (len(q) - 1) for q in question_ids],
+                             dtype=torch.long, device=vlm.device)
     with torch.inference_mode():
-        logits = vlm.model(input_ids=body, attention_mask=attention, past_key_values=cache).logits
+        if width > 0:
+            head = torch.tensor([[pad] * (width - len(q) + 1) + q[:-1] for q in question_ids], dtype=torch.long,
+                                device=vlm.device)
+            attention = torch.cat([torch.ones_like(prefix), head_mask], dim=1)
+            positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, start:]
+            vlm.model(input_ids=head, attention_mask=attention, position_ids=positions, past_key_values=cache,
+                      logits_to_keep=1)
+        cache.reorder_cache(torch.tensor([r[0] for r in rows], device=vlm.device))
+        length = max(len(r[2]) for r in rows)
+        body = torch.tensor([r[2] + [pad] * (length - len(r[2])) for r in rows], dtype=torch.long, device=vlm.device)
+        valid = torch.tensor([[1] * len(r[2]) + [0] * (length - len(r[2])) for r in rows], dtype=torch.long,
+                             device=vlm.device)
+        attention = torch.cat([torch.ones(len(rows), start, dtype=torch.long, device=vlm.device),
+                               head_mask[[r[0] for r in rows]], valid], dim=1)
+        first = torch.tensor([start + len(question_ids[r[0]]) - 1 for r in rows], device=vlm.device)
+        positions = first[:, None] + torch.arange(length, device=vlm.device)[None]
+        logits = vlm.model(input_ids=body, attention_mask=attention, position_ids=positions,
+                           past_key_values=cache).logits
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, body[:, 1:, None])[..., 0]
-        mean = (logp * target_mask).sum(1) / target_mask.sum(1)
+        target = valid[:, 1:].float()
+        mean = (logp * target).sum(1) / target.sum(1)
     scores: list[dict[str, float]] = [{} for _ in question_ids]
     for k in range(len(question_ids)):
         members = [n for n, r in enumerate(rows) if r[0] == k]
@@ -110,7 +125,7 @@ def _by_rows(closed: list[int], questions: Sequence[Question], rows: int) -> lis
 
 
 def answer_batch(vlm: VLM, prepared: PreparedImage, questions: Sequence[Question], max_new_tokens: int = 64,
-                 batch_size: int = 16) -> list[Answer]:
+                 batch_size: int = 32) -> list[Answer]:
     """`VLM.answer` for many questions about one prepared volume, in batches of `batch_size`
     (questions sorted by prompt length so that a batch pads little; choice scoring at most
     `batch_size` rows, or one question's choices, per forward pass); answers in input order."""

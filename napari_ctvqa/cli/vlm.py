@@ -142,7 +142,7 @@ def _register_evaluate(app: typer.Typer) -> None:
         tasks: str | None = typer.Option(None, "--tasks", help="Comma-separated task keys, e.g. existence_detection,image_observation."),
         robustness: bool = typer.Option(False, "--robustness", help="Also ask with another patient's scan and with noise (3x the time)."),
         max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Generation length per answer."),
-        batch_size: int = typer.Option(16, "--batch-size", min=1, help="Questions about one volume answered together; 1 = one at a time."),
+        batch_size: int = typer.Option(32, "--batch-size", min=1, help="Questions about one volume answered together; 1 = one at a time."),
         answers: Path | None = typer.Option(None, "--answers", help="Folder the answers are written to as they come (default: beside --json, OUT.answers)."),
         resume: bool = typer.Option(False, "--resume", help="Keep the answers already in the answers folder and ask only the rest."),
         labels: Path | None = typer.Option(None, "--labels", help="CT-RATE labels.csv naming the findings (default: the cohort's, found above --qa)."),
