@@ -1,7 +1,7 @@
 """Write a synthetic cohort in the real formats: CT-RATE volumes, reports, labels and metadata,
-3D-RAD QA CSVs for all six tasks, a ground_truth.json with every lesion's place and size, and
-each volume's organ label map (`rois/<VolumeName>`, values in `rois/labels.json`) for checking
-`model.find_rois` and for `ctvqa ask --rois FILE --roi-names synth`.
+3D-RAD QA CSVs for all six tasks, box questions (qa/{split}/boxes.csv), a ground_truth.json with
+every lesion's place and size, and each volume's organ label map (`rois/<VolumeName>`, values in
+`rois/labels.json`) for checking `model.find_rois` and for `ctvqa ask --rois FILE --roi-names synth`.
 
 Deterministic for a seed (byte-identical files): every patient draws from its own
 `SeedSequence([seed, index])`, files carry no timestamps, and rows are written in a fixed order.
@@ -23,10 +23,12 @@ import numpy as np
 
 from annotation.qa_templates import CT_RATE_LABELS, closed_qa_for_scan, write_3drad_csvs
 from annotation.synth.anatomy import REGION_LABELS
+from annotation.synth.box_qa import box_rows_for_scan
 from annotation.synth.geometry import Grid
 from annotation.synth.open_qa import open_qa_for_scan
 from annotation.synth.patient import scan_regions, synthesize_patient
 from annotation.synth.reports import write_report
+from model.data.box_questions import BOX_COLUMNS, BOX_FILE
 
 DEFAULT_SIZE = (64, 256, 256)
 FIELD_OF_VIEW_MM = (320.0, 358.4, 358.4)  # z, y, x: a chest from the upper abdomen to the neck
@@ -135,6 +137,9 @@ def write_cohort(out_dir: str | Path, patients: int, seed: int = 0,
     for split, rows in qa.items():
         if rows:
             files += [str(p.relative_to(out)) for p in write_3drad_csvs(rows, out / "qa" / split)]
+            box_rows = [row for res in results if res["split"] == split for row in res["boxes"]]
+            _write_csv(out / "qa" / split / BOX_FILE, BOX_COLUMNS, box_rows)
+            files.append(f"qa/{split}/{BOX_FILE}")
     truth = {name: entry for res in results for name, entry in res["truth"].items()}
     document = {
         "generator": "napari-ctvqa synthetic chest CT cohort", "seed": seed, "size": list(size),
@@ -167,7 +172,7 @@ def _patient_files(job: tuple) -> dict:
     age = int(rng.integers(35, 85))
     day0 = np.datetime64("2020-01-01") + int(rng.integers(0, 700))
     devices = {l.location: l.params["name"] for l in patient.lesions if l.kind == "medical_material"}
-    result: dict = {"split": split, "labels": [], "reports": [], "metadata": [], "qa": [], "truth": {}}
+    result: dict = {"split": split, "labels": [], "reports": [], "metadata": [], "qa": [], "boxes": [], "truth": {}}
     previous = None
     for t, scan in enumerate(patient.scans):
         name = f"{split}_{number}_{scan.letter}_1.nii.gz"
@@ -180,6 +185,7 @@ def _patient_files(job: tuple) -> dict:
         result["metadata"].append(_metadata(name, scan.hu.shape, spacing, sex, age + t // 3, date))
         priors = [s.labels for s in patient.scans[:t]]
         result["qa"] += open_qa_for_scan(name, findings, anatomy) + closed_qa_for_scan(name, scan.labels, priors)
+        result["boxes"] += box_rows_for_scan(name, findings)
         result["truth"][name] = {"split": split, "patient": f"{split}_{number}", "letter": scan.letter,
                                  "labels": scan.labels, "anatomy": anatomy, "lesions": findings}
         previous = findings

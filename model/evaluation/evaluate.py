@@ -1,210 +1,158 @@
-"""Evaluate a VLM on a 3D-RAD-layout QA folder: per-task and per-subtask metrics in percent.
+"""Evaluate a VLM on a 3D-RAD-layout QA folder: per-task and per-subtask figures in percent.
 
-The folder layout is read by model/data/qa_folders.py. Each volume is read, preprocessed and encoded once for all of its questions.
-
-Robustness runs (OmniCT's stress tests) ask every question again with the image of another
-scan ("wrong volume") and with uniform noise ("noise volume"); a model that really looks at the
-image loses accuracy there, one that answers from the text alone does not.
+At benchmark scale (3D-RAD-Bench: 33,910 questions over 2,662 volumes): questions are grouped by
+volume and each volume is read and encoded once; its questions are answered in batches
+(runner.py); every answer is written as it is made to an answers folder, so `resume=True` skips
+what is done (answers.py); the same call in several processes (torchrun, accelerate launch)
+shares the volumes out and the first process merges (sharding.py). The figures, honest measures
+included, are computed from the answers (report.py, measures.py).
 """
 from __future__ import annotations
 
-import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from model import read_ct
-from model.ct.metadata import row_for
-from model.ct.modality import NotCTError
-from model.ct.volume import CTReadError
-from model.data.qa_folders import (
-    TASK_KEYS,
-    QAItem,
-    index_volumes,
-    read_qa_folder,
-    take_per_task,
-)
+from model.data.box_questions import BOX_FILE, BoxItem, read_box_questions
+from model.data.qa_folders import QAFolderError, QAItem, index_volumes, read_qa_folder, take_per_task
 from model.evaluation import metrics
+from model.evaluation.answers import AnswerLog, AnswersFolderError, Done
+from model.evaluation.findings import read_label_names
+from model.evaluation.report import box_key, box_report, qa_key, task_figures
+from model.evaluation.runner import ROBUSTNESS_RUNS, Job, Progress, answer_jobs, patient_of
+from model.evaluation.sharding import Group
 from model.inference.vlm import VLM
 
-if TYPE_CHECKING:
-    from model.inference.vlm import VLM
-
 _SHOWN_MISSING = 5  # how many missing/unreadable names a report lists
-ROBUSTNESS_RUNS = ("wrong_volume", "noise_volume")
-
-Progress = Callable[[int, int], None]
 
 
-@dataclass
-class _Outputs:
-    """What the model said for one question under the normal run and each robustness run."""
-
-    item: QAItem
-    answers: dict[str, Any]  # run name ("normal", "wrong_volume", "noise_volume") -> Answer
-
-
-def _ask(vlm: VLM, image: Any, item: QAItem, max_new_tokens: int) -> Any:
-    choices = item.choices if item.closed else None
-    return vlm.answer(image, item.question, choices=choices, max_new_tokens=max_new_tokens)
-
-
-def _run_questions(vlm: VLM, by_volume: dict[str, list[QAItem]], paths: dict[str, Path], robustness: bool,
-                   max_new_tokens: int, progress: Progress | None, seed: int,
-                   metadata: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[list[_Outputs], list[dict]]:
-    """Answer every question, reading and encoding each volume once.
-
-    For the wrong-volume run, volume k's questions see volume k+1's image (cyclic) in a seeded
-    shuffled order, so neighbours are usually other patients; at most two images are held.
-    """
-    import torch
-
-
-    order = sorted(by_volume)
-    random.Random(seed).shuffle(order)
-    runs_per_question = 1 + len(ROBUSTNESS_RUNS) * robustness
-    total = sum(len(by_volume[v]) for v in order) * runs_per_question
-    records = {item.source: _Outputs(item, {}) for v in order for item in by_volume[v]}
-    unreadable: list[dict] = []
-    done = 0
-    if progress:
-        progress(done, total)
-
-    def answer_all(volume: str, image: Any, run: str) -> None:
-        nonlocal done
-        for item in by_volume[volume]:
-            records[item.source].answers[run] = _ask(vlm, image, item, max_new_tokens)
-        done += len(by_volume[volume])
-        if progress:
-            progress(done, total)
-
-    first: tuple[str, Any] | None = None  # kept to close the wrong-volume cycle
-    previous: str | None = None
-    noise = None
-    for volume in order:
-        try:
-            ct = read_ct(paths[volume], metadata=row_for(metadata, volume))
-            image = vlm.prepare(ct)  # preprocessed and encoded once; every question reuses it
-        except (CTReadError, NotCTError) as exc:
-            unreadable.append({"name": volume, "reason": str(exc)})
-            done += len(by_volume[volume]) * runs_per_question
-            continue
-        answer_all(volume, image, "normal")
-        if robustness:
-            if noise is None:
-                generator = torch.Generator().manual_seed(seed)
-                noise = vlm.prepare(torch.rand((1, *vlm.image_size), generator=generator))
-            answer_all(volume, noise, "noise_volume")
-            if previous is not None:
-                answer_all(previous, image, "wrong_volume")
-            first = first or (volume, image)
-            previous = volume
-    if robustness and first is not None:
-        if previous != first[0]:
-            answer_all(previous, first[1], "wrong_volume")
-        elif progress:  # a single readable volume has no other image to pair with
-            done += len(by_volume[previous])
-            progress(done, total)
-    return [r for r in records.values() if "normal" in r.answers], unreadable
-
-
-def _sample_scores(outputs: Sequence[_Outputs], encoder: metrics.TokenEncoder | None) -> list[dict[str, float]]:
-    """Per-question figures: the contract metrics plus the primary metric of each robustness run."""
-    rows: list[dict[str, float]] = [{} for _ in outputs]
-    open_idx = [k for k, o in enumerate(outputs) if not o.item.closed]
-    closed_idx = [k for k, o in enumerate(outputs) if o.item.closed]
-    if open_idx:
-        opened = metrics.open_sample_scores([outputs[k].answers["normal"].text for k in open_idx],
-                                            [outputs[k].item.answer for k in open_idx], encoder)
-        for k, row in zip(open_idx, opened):
-            rows[k] = row
-    if closed_idx:
-        closed = metrics.closed_sample_scores([outputs[k].answers["normal"].choice for k in closed_idx],
-                                              [outputs[k].answers["normal"].text for k in closed_idx],
-                                              [outputs[k].item.answer_choice for k in closed_idx])
-        for k, row in zip(closed_idx, closed):
-            rows[k] = row
-    for row, o in zip(rows, outputs):
-        for run in ROBUSTNESS_RUNS:
-            if run not in o.answers:
-                continue
-            answer = o.answers[run]
-            if o.item.closed:
-                row[f"accuracy_{run}"] = 100.0 if answer.choice == o.item.answer_choice else 0.0
-            else:
-                row[f"rouge1_{run}"] = metrics.rouge1(answer.text, o.item.answer)
-    return rows
-
-
-def _aggregate(rows: Sequence[dict[str, float]], closed: bool) -> dict[str, float]:
-    """Means of a group, plus how much the primary metric drops without the right image."""
-    scores = metrics.mean_scores(rows)
-    primary = "accuracy" if closed else "rouge1"
-    perturbed = [scores[f"{primary}_{run}"] for run in ROBUSTNESS_RUNS if f"{primary}_{run}" in scores]
-    if perturbed:
-        # Percentage points lost when the image is wrong or noise: near 0 means the image is ignored.
-        scores["image_effect"] = scores[primary] - sum(perturbed) / len(perturbed)
-    return scores
-
-
-def _shown(names: Sequence[Any]) -> dict[str, Any]:
+def _shown(names: list[Any]) -> dict[str, Any]:
     return {"count": len(names), "first": list(names[:_SHOWN_MISSING])}
+
+
+def _box_items(qa_dir: Path, boxes: str | Path | None, limit: int | None) -> list[BoxItem]:
+    """The box questions: `boxes`, else the QA folder's own boxes.csv where there is one."""
+    path = Path(boxes) if boxes is not None else qa_dir / BOX_FILE
+    if boxes is None and not path.exists():
+        return []
+    try:
+        items = read_box_questions(path)
+    except OSError as exc:
+        raise QAFolderError(f"{path}: cannot read the box questions ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise QAFolderError(str(exc)) from None
+    return items[:limit] if limit is not None else items
+
+
+def _find_labels(qa_dir: Path, labels: str | Path | None) -> list[str] | None:
+    """Finding names from `labels`, else a cohort's labels.csv two levels up (cohort/qa/valid)."""
+    if labels is not None:
+        return read_label_names(labels)
+    for folder in (qa_dir, *list(qa_dir.resolve().parents)[:2]):
+        if (folder / "labels.csv").is_file():
+            return read_label_names(folder / "labels.csv")
+    return None
+
+
+def _check_same_questions(jobs: dict[str, list[Job]], done: Done, folder: Path) -> None:
+    """Refuse answers kept for a question key that now names another question (edited QA files)."""
+    for volume_jobs in jobs.values():
+        for job in volume_jobs:
+            kept = done.answers.get((job.key, "normal"))
+            if kept is not None and kept["question"] != job.question:
+                raise AnswersFolderError(f"{folder}: the answer kept for {job.key} is about {kept['question']!r}, "
+                                         f"the QA files now ask {job.question!r}; rerun without --resume")
 
 
 def evaluate_vlm(vlm: VLM, qa_dir: str | Path, volumes_dir: str | Path, limit: int | None = None,
                  tasks: Iterable[str] | None = None, robustness: bool = False,
                  progress: Progress | None = None, *, model_name: str | None = None,
                  encoder: metrics.TokenEncoder | None = None, max_new_tokens: int = 64,
-                 seed: int = 0, metadata: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
-    """Per-task (and per-subtask) figures in percent, as `ctvqa evaluate --json` writes them.
+                 seed: int = 0, batch_size: int = 32, answers_dir: str | Path | None = None,
+                 resume: bool = False, labels: str | Path | None = None, boxes: str | Path | None = None,
+                 group: Group | None = None,
+                 metadata: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any] | None:
+    """Per-task (and per-subtask) figures in percent, as `ctvqa evaluate --json` writes them;
+    None in every process of a sharded run but the first. `metadata` maps a volume name to its
+    CT-RATE metadata row (applied where the file lacks slope/intercept/spacing).
 
     `metadata`: CT-RATE metadata rows by volume name (`model.ct.metadata.read_metadata_table`),
     handed to `read_ct` for each volume.
 
     Questions whose volume is missing or unreadable are skipped and reported (count and first
     names) rather than failing the whole run: a partial volume download is the common case.
+    `batch_size=1` answers one question at a time through `VLM.answer`.
     """
+    qa_dir = Path(qa_dir)
     questions = read_qa_folder(qa_dir, tasks)
+    selected: list[QAItem] = [item for key in questions for item in take_per_task(questions[key], limit)]
+    box_items = _box_items(qa_dir, boxes, limit) if tasks is None or boxes is not None else []
+    label_names = _find_labels(qa_dir, labels)
     paths = index_volumes(volumes_dir)
-    selected = [item for key in questions for item in take_per_task(questions[key], limit)]
-    missing = sorted({i.volume_name for i in selected if i.volume_name not in paths})
-    by_volume: dict[str, list[QAItem]] = {}
+    wanted = [i.volume_name for i in selected] + [b.volume_name for b in box_items]
+    missing = sorted({name for name in wanted if name not in paths})
+    jobs: dict[str, list[Job]] = {}
     for item in selected:
         if item.volume_name in paths:
-            by_volume.setdefault(item.volume_name, []).append(item)
+            choices = item.choices if item.closed else None
+            jobs.setdefault(item.volume_name, []).append(Job(qa_key(item), item.volume_name, item.question, choices))
+    for box in box_items:
+        if box.volume_name in paths:
+            jobs.setdefault(box.volume_name, []).append(Job(box_key(box), box.volume_name, box.question))
 
-    outputs, unreadable = _run_questions(vlm, by_volume, paths, robustness, max_new_tokens, progress, seed, metadata)
-    needs_text_encoder = any(not o.item.closed for o in outputs)
+    group = group or Group()
+    runs = ("normal", *ROBUSTNESS_RUNS) if robustness else ("normal",)
+    if answers_dir is None and group.shard.world > 1:
+        raise ValueError("a sharded evaluation needs an answers folder all processes share (--answers or --json)")
+    settings = {"model": model_name or vlm.name, "prompt_style": vlm.prompt_style,
+                "max_new_tokens": max_new_tokens, "seed": seed}
+    with tempfile.TemporaryDirectory(prefix="ctvqa-answers-") as scratch:
+        log = AnswerLog(answers_dir if answers_dir is not None else scratch, group.shard.rank)
+        if resume:
+            log.check_resumable(settings)
+        if group.shard.main:
+            log.start(settings, resume)
+        group.wait()
+        done = log.read()
+        _check_same_questions(jobs, done, log.folder)
+        group.wait()  # everyone has read what was done before anyone writes
+        started = time.perf_counter()
+        answer_jobs(vlm, jobs, paths, runs, log, done, group.shard, seed=seed, max_new_tokens=max_new_tokens,
+                    batch_size=batch_size, progress=progress, metadata=metadata)
+        group.wait()
+        if not group.shard.main:
+            return None
+        answering = time.perf_counter() - started
+        done = log.read()
+
+    answered = [i for i in selected if (qa_key(i), "normal") in done.answers]
+    boxed = [b for b in box_items if (box_key(b), "normal") in done.answers]
+    needs_text_encoder = any(not i.closed for i in answered)
     if needs_text_encoder and encoder is None:
         encoder = _text_encoder(vlm)
-
-    rows = _sample_scores(outputs, encoder)
     report: dict[str, Any] = {
         "model": model_name or vlm.name,
-        "n": len(outputs),
+        "n": len(answered),
         "prompt_style": vlm.prompt_style,
-        "tasks": {},
-        "skipped_questions": len(selected) - len(outputs),
+        "tasks": task_figures(answered, done.answers, runs[1:], encoder, label_names),
+        "skipped_questions": len(selected) - len(answered),
         "missing_volumes": _shown(missing),
-        "unreadable_volumes": _shown(unreadable),
+        "unreadable_volumes": _shown([{"name": k, "reason": v} for k, v in sorted(done.unreadable.items())]),
         "limit_per_task": limit,
         "robustness": list(ROBUSTNESS_RUNS) if robustness else [],
+        "volumes": len({i.volume_name for i in answered}),
+        "patients": len({patient_of(i.volume_name) for i in answered}),
+        "finding_names": "labels.csv" if label_names else "subtask files",
     }
+    if boxed:
+        report["boxes"] = box_report(boxed, done.answers, runs[1:])
     if needs_text_encoder:
         report["bertscore_encoder"] = encoder.name
-    for key in TASK_KEYS:
-        members = [k for k, o in enumerate(outputs) if o.item.task == key]
-        if not members:
-            continue
-        closed = outputs[members[0]].item.closed
-        subtasks: dict[str, list[dict[str, float]]] = {}
-        for k in members:
-            subtasks.setdefault(outputs[k].item.subtask, []).append(rows[k])
-        report["tasks"][key] = {
-            "n": len(members), **_aggregate([rows[k] for k in members], closed),
-            "subtasks": {name: {"n": len(g), **_aggregate(g, closed)} for name, g in subtasks.items()},
-        }
+    # answering: this run's (all processes, resumed answers not included); scoring: the figures
+    report["seconds"] = {"answering": round(answering, 3), "scoring": round(time.perf_counter() - started - answering, 3),
+                         "processes": group.shard.world, "batch_size": batch_size}
     return report
 
 

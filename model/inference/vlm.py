@@ -274,7 +274,7 @@ class VLM:
     def cached_keys(self) -> list[str]:
         return list(self._cache)
 
-    def _prefix_cache(self, prepared: PreparedImage) -> Any:
+    def prefix_cache(self, prepared: PreparedImage) -> Any:
         """KV cache of BOS + image tokens, shared by every question about this volume."""
         if prepared.prefix_cache is None:
             n = prepared.num_tokens
@@ -286,7 +286,7 @@ class VLM:
 
     def _prompt_cache(self, prepared: PreparedImage, ids: torch.Tensor) -> Any:
         """A fresh KV cache holding all prompt tokens but the last (generate/scoring feed that one)."""
-        cache = copy.deepcopy(self._prefix_cache(prepared))
+        cache = copy.deepcopy(self.prefix_cache(prepared))
         start = prepared.num_tokens + 1
         if ids.shape[1] - 1 > start:
             with torch.inference_mode():
@@ -309,13 +309,17 @@ class VLM:
         ids.update(configured if isinstance(configured, list) else [configured])
         return sorted(i for i in ids if i is not None)
 
-    def _generate_in_thread(self, prepared: PreparedImage, ids: torch.Tensor, max_new_tokens: int,
-                            sampling: dict[str, Any]) -> tuple[Any, threading.Thread, dict[str, Any]]:
-        from transformers import (
-            GenerationConfig,
-            StoppingCriteriaList,
-            TextIteratorStreamer,
-        )
+    @property
+    def pad_token_id(self) -> int:
+        """The id batches are padded with (the EOS id where the tokenizer has no pad token)."""
+        if self.tokenizer.pad_token_id is not None:
+            return int(self.tokenizer.pad_token_id)
+        eos = self._eos_ids()
+        return eos[0] if eos else 0
+
+    def generation_config(self, max_new_tokens: int, **sampling: Any) -> Any:
+        """Greedy unless sampling options say otherwise; shared by the streamed and the batched answers."""
+        from transformers import GenerationConfig
 
         unknown = set(sampling) - _SAMPLING_KEYS
         if unknown:
@@ -323,13 +327,31 @@ class VLM:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         eos = self._eos_ids()
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
         config = GenerationConfig(
             max_new_tokens=max_new_tokens, do_sample=bool(sampling.pop("do_sample", False)),
-            eos_token_id=eos or None, pad_token_id=pad, **sampling,
+            eos_token_id=eos or None, pad_token_id=self.pad_token_id, **sampling,
         )
         if not config.do_sample:
             config.temperature = config.top_p = config.top_k = None
+        return config
+
+    def decode_answer(self, prepared: PreparedImage, new_ids: Sequence[int]) -> dict[str, Any]:
+        """Text, token count and box of generated ids (EOS and padding dropped): what `Answer` holds
+        besides choices and timings, the same for one question and for a batch."""
+        eos = set(self._eos_ids())
+        n_tokens = len([i for i in new_ids if i not in eos and i != self.tokenizer.pad_token_id])
+        text = self.tokenizer.decode(new_ids, skip_special_tokens=True).strip()
+        box_normalized = boxes.parse_box(self.tokenizer.decode(new_ids, skip_special_tokens=False))
+        box = None
+        if box_normalized is not None and prepared.geometry is not None:
+            box = boxes.to_voxels(box_normalized, prepared.geometry)
+        return {"text": text, "n_tokens": n_tokens, "box": box, "box_normalized": box_normalized}
+
+    def _generate_in_thread(self, prepared: PreparedImage, ids: torch.Tensor, max_new_tokens: int,
+                            sampling: dict[str, Any]) -> tuple[Any, threading.Thread, dict[str, Any]]:
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+        config = self.generation_config(max_new_tokens, **sampling)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         cache = self._prompt_cache(prepared, ids)
         result: dict[str, Any] = {}
@@ -397,24 +419,14 @@ class VLM:
         first_at = self._criteria.first_token_at
         first = first_at - start if first_at is not None else None
         prompt_len = final["prompt_ids"].shape[1]
-        new_ids = final["ids"][0, prompt_len:].tolist()
-        eos = set(self._eos_ids())
-        n_tokens = len([i for i in new_ids if i not in eos and i != self.tokenizer.pad_token_id])
-        text = self.tokenizer.decode(new_ids, skip_special_tokens=True).strip()
-        raw_text = self.tokenizer.decode(new_ids, skip_special_tokens=False)
-        box_normalized = boxes.parse_box(raw_text)
         prepared: PreparedImage = final["prepared"]
-        box = None
-        if box_normalized is not None and prepared.geometry is not None:
-            box = boxes.to_voxels(box_normalized, prepared.geometry)
+        decoded = self.decode_answer(prepared, final["ids"][0, prompt_len:].tolist())
         choice = scores = None
         if prompts.listed_choices(choices):
             scores = self.score_choices(prepared, final["prompt_ids"], choices)  # type: ignore[arg-type]
             choice = max(scores, key=scores.__getitem__)
-        return Answer(
-            text=text, choice=choice, choice_scores=scores, box=box, box_normalized=box_normalized,
-            n_tokens=n_tokens, latency_first_token_s=first, total_s=time.perf_counter() - start,
-        )
+        return Answer(**decoded, choice=choice, choice_scores=scores, latency_first_token_s=first,
+                      total_s=time.perf_counter() - start)
 
     def score_choices(self, prepared: PreparedImage, prompt_ids: torch.Tensor, choices: Sequence[str]) -> dict[str, float]:
         """Softmax over choices of the mean log-likelihood of `"{letter}. {choice}"` after the prompt,

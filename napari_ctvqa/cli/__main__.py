@@ -1,4 +1,5 @@
-"""`python -m napari_ctvqa.cli`: the `ctvqa` command (the finetune panel runs it this way)."""
+"""`python -m napari_ctvqa.cli`: the `ctvqa` command, for launchers that run a module (torchrun) and
+for the finetune panel."""
 from napari_ctvqa.cli import main
 
 main()

@@ -62,8 +62,12 @@ def finite_json(value: Any) -> Any:  # noqa: ANN401
 
 
 @contextmanager
-def progress_bar(description: str, total: int | None = None) -> Iterator:
-    """A rich progress bar on stderr; yields `advance(n=1)`-style callback `update(done, total)`."""
+def progress_bar(description: str, total: int | None = None, show: bool = True) -> Iterator:
+    """A rich progress bar on stderr; yields `advance(n=1)`-style callback `update(done, total)`.
+    With `show=False` (the other processes of a sharded run) the callback does nothing."""
+    if not show:
+        yield lambda done, total_=None: None
+        return
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.console import Console
 

@@ -1,9 +1,8 @@
-"""`ctvqa` commands of this area (placeholder until the area lands)."""
+"""`ctvqa ask` and `ctvqa evaluate`: asking a model one question, and scoring it on a QA folder."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -131,7 +130,28 @@ def _register_ask(app: typer.Typer) -> None:
             }), allow_nan=False))
 
 
-# ----- ctvqa evaluate (H4b) -----------------------------------------------------------------
+# ----- ctvqa evaluate --------------------------------------------------------------------------
+
+
+def answers_folder(answers: Path | None, json_out: Path | None) -> Path | None:
+    """Where the answers go: --answers, else beside --json OUT (OUT's name + .answers), else nowhere kept."""
+    if answers is not None:
+        return answers
+    return json_out.with_name(json_out.stem + ".answers") if json_out is not None else None
+
+
+def relaunch(processes: int, args: list[str]) -> int:
+    """Run `ctvqa evaluate ARGS` in `processes` processes under torchrun (gloo on the CPU), the
+    cores shared out between them; returns the exit status."""
+    import os
+    import subprocess
+    import sys
+
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    env = {"OMP_NUM_THREADS": str(threads), **os.environ}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               "-m", "napari_ctvqa.cli", "evaluate", *args]
+    return subprocess.run(command, env=env).returncode
 
 
 def _register_evaluate(app: typer.Typer) -> None:
@@ -139,106 +159,99 @@ def _register_evaluate(app: typer.Typer) -> None:
 
     @app.command("evaluate")
     def evaluate(
-        qa: Path = typer.Option(..., "--qa", help="3D-RAD-layout QA folder: Task*/ folders of CSVs."),
+        qa: Path = typer.Option(..., "--qa", help="3D-RAD-layout QA folder: Task*/ folders of CSVs (and boxes.csv)."),
         volumes: Path = typer.Option(..., "--volumes", help="Folder with the CTs named by VolumeName (nested folders are searched)."),
         model: Path | None = typer.Option(None, "--model", envvar="CTVQA_MODEL", help="Model folder; default: the embedded model."),
         limit: int | None = typer.Option(None, "--limit", min=1, help="First N questions per task, spread over its subtasks."),
         json_out: Path | None = typer.Option(None, "--json", help="Write the figures as JSON to this file."),
         tasks: str | None = typer.Option(None, "--tasks", help="Comma-separated task keys, e.g. existence_detection,image_observation."),
-        robustness: bool = typer.Option(False, "--robustness", help="Also ask with the wrong volume and with noise (3x the time)."),
+        robustness: bool = typer.Option(False, "--robustness", help="Also ask with another patient's scan and with noise (3x the time)."),
         max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Generation length per answer."),
         metadata: Path | None = typer.Option(None, "--metadata", help="CT-RATE metadata.csv: slope/intercept/spacing/orientation per volume, applied where a file lacks them."),
+        batch_size: int = typer.Option(32, "--batch-size", min=1, help="Questions about one volume answered together; 1 = one at a time."),
+        answers: Path | None = typer.Option(None, "--answers", help="Folder the answers are written to as they come (default: beside --json, OUT.answers)."),
+        resume: bool = typer.Option(False, "--resume", help="Keep the answers already in the answers folder and ask only the rest."),
+        labels: Path | None = typer.Option(None, "--labels", help="CT-RATE labels.csv naming the findings (default: the cohort's, found above --qa)."),
+        boxes: Path | None = typer.Option(None, "--boxes", help="Box-question CSV (default: boxes.csv in --qa, if there)."),
+        processes: int = typer.Option(1, "--processes", min=1, help="Share the volumes over N processes (torchrun; or run this command under torchrun/accelerate launch)."),
+        seed: int = typer.Option(0, "--seed", help="Volume order, wrong-scan pairing and the noise input."),
     ) -> None:
-        """Score a model on 3D-RAD-style questions: BLEU-1, ROUGE-1, METEOR, BERTScore-F1 (open), accuracy (closed).
+        """Score a model on 3D-RAD-style questions: BLEU-1, ROUGE-1, METEOR, BERTScore-F1 (open); accuracy
+        beside the majority-answer baseline (closed); per-finding balanced accuracy (existence); box IoU.
 
-        All figures are percent. Questions whose volume is missing are skipped and reported.
+        All figures are percent. Questions whose volume is missing are skipped and reported. Answers are
+        written as they come, so an interrupted run continues with --resume.
         """
-        from model import load_vlm
-        from model.data.qa_folders import QAFolderError, read_qa_folder
-        from model.evaluation.evaluate import evaluate_vlm
+        from napari_ctvqa.cli._common import fail
 
-        from napari_ctvqa.cli._common import fail, metadata_table_or_fail, progress_bar
-
-        task_list = tasks.split(",") if tasks else None
-        try:
-            selected = read_qa_folder(qa, task_list)  # a bad CSV fails here, before the slow model load
-        except QAFolderError as exc:
-            fail(str(exc))
-        if not volumes.is_dir():
-            fail(f"{volumes}: volumes folder not found")
-        table = metadata_table_or_fail(metadata)
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # one progress bar (ours) on stderr, not weight-loading bars
-        try:
-            vlm = load_vlm(model)
-        except (OSError, ValueError) as exc:
-            fail(f"cannot load model {model or '(embedded default)'}: {exc}")
-        try:
-            with progress_bar("evaluating") as update:
-                report = evaluate_vlm(vlm, qa, volumes, limit=limit, tasks=list(selected), robustness=robustness,
-                                      progress=update, model_name=str(model or "embedded default"),
-                                      max_new_tokens=max_new_tokens, metadata=table)
-        except QAFolderError as exc:
-            fail(str(exc))
-        if report["n"] == 0:
-            missing = report["missing_volumes"]
-            fail(f"no question could be evaluated: {missing['count']} volume(s) missing under {volumes} "
-                 f"(first: {', '.join(missing['first'])})")
-        _print_report(report)
-        if json_out is not None:
-            json_out.parent.mkdir(parents=True, exist_ok=True)
-            json_out.write_text(json.dumps(report, indent=2) + "\n")
-            typer.echo(f"wrote {json_out}", err=True)
+        folder = answers_folder(answers, json_out)
+        if folder is None and (resume or processes > 1):
+            fail("--resume and --processes need an answers folder: give --answers DIR or --json OUT")
+        if processes > 1:
+            args = ["--qa", str(qa), "--volumes", str(volumes), "--max-new-tokens", str(max_new_tokens),
+                    "--batch-size", str(batch_size), "--answers", str(folder), "--seed", str(seed)]
+            for flag, value in (("--model", model), ("--limit", limit), ("--json", json_out), ("--tasks", tasks),
+                                ("--labels", labels), ("--boxes", boxes), ("--metadata", metadata)):
+                if value is not None:
+                    args += [flag, str(value)]
+            args += ["--robustness"] * robustness + ["--resume"] * resume
+            raise typer.Exit(relaunch(processes, args))
+        _run_evaluate(qa, volumes, model, limit, json_out, tasks, robustness, max_new_tokens, batch_size, folder,
+                      resume, labels, boxes, seed, metadata)
 
 
-_HEADERS = {"bleu1": "BLEU-1", "rouge1": "ROUGE-1", "meteor": "METEOR", "bertscore_f1": "BERTScore F1",
-            "accuracy": "accuracy", "accuracy_reference": "accuracy (text)",
-            "normal": "image", "wrong_volume": "wrong", "noise_volume": "noise", "image_effect": "drop"}
+def _run_evaluate(qa: Path, volumes: Path, model: Path | None, limit: int | None, json_out: Path | None,
+                  tasks: str | None, robustness: bool, max_new_tokens: int, batch_size: int, folder: Path | None,
+                  resume: bool, labels: Path | None, boxes: Path | None, seed: int, metadata: Path | None) -> None:
+    """One process of `ctvqa evaluate` (the first of a sharded run prints and writes the figures)."""
+    from model import load_vlm
+    from model.data.qa_folders import QAFolderError, read_qa_folder
+    from model.evaluation.answers import AnswersFolderError
+    from model.evaluation.evaluate import evaluate_vlm
+    from model.evaluation.findings import LabelsFileError
+    from model.evaluation.sharding import Group
 
+    from napari_ctvqa.cli._common import fail, metadata_table_or_fail, progress_bar
+    from napari_ctvqa.cli.evaluate_tables import print_report
 
-def _task_table(title: str, rows: list[tuple[str, dict]], metrics: list[str], caption: str | None = None) -> Any:
-    from rich.table import Table
+    task_list = tasks.split(",") if tasks else None
+    try:
+        selected = read_qa_folder(qa, task_list)  # a bad CSV fails here, before the slow model load
+    except QAFolderError as exc:
+        fail(str(exc))
+    if not volumes.is_dir():
+        fail(f"{volumes}: volumes folder not found")
+    table = metadata_table_or_fail(metadata)
+    from transformers.utils import logging as hf_logging
 
-    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
-    table.add_column("task", no_wrap=True)
-    table.add_column("n", justify="right")
-    for name in metrics:
-        table.add_column(_HEADERS.get(name, name), justify="right")
-    for task, figures in rows:
-        table.add_row(task, str(figures["n"]), *(f"{figures[m]:.1f}" if m in figures else "" for m in metrics))
-    return table
-
-
-def _print_report(report: dict) -> None:
-    """Per-task tables (open and closed questions apart, robustness apart) and what was skipped."""
-    from rich.console import Console
-
-    from model.evaluation.evaluate import ROBUSTNESS_RUNS
-    from model.evaluation.metrics import CLOSED_METRICS, OPEN_METRICS
-
-    console = Console()
-    console.print(f"{report['model']}: {report['n']} questions, figures in percent")
-    tasks = list(report["tasks"].items())
-    for title, metrics in (("open questions", OPEN_METRICS), ("closed questions", CLOSED_METRICS)):
-        rows = [(task, figures) for task, figures in tasks if metrics[0] in figures]
-        if rows:
-            console.print(_task_table(title, rows, list(metrics)))
-    if report["robustness"]:
-        columns = ["normal", *ROBUSTNESS_RUNS, "image_effect"]
-        rows = []
-        for task, figures in tasks:
-            primary = "accuracy" if "accuracy" in figures else "rouge1"
-            keys = {"normal": primary, "image_effect": "image_effect",
-                    **{run: f"{primary}_{run}" for run in ROBUSTNESS_RUNS}}
-            rows.append((task, {"n": figures["n"], **{c: figures[k] for c, k in keys.items() if k in figures}}))
-        console.print(_task_table(
-            "robustness: right image / another scan / noise", rows, columns,
-            caption="accuracy (ROUGE-1 for open tasks); drop: points lost, near 0 = image ignored"))
-    for kind in ("missing_volumes", "unreadable_volumes"):
-        shown = report[kind]
-        if shown["count"]:
-            names = [v["name"] if isinstance(v, dict) else v for v in shown["first"]]
-            console.print(f"{shown['count']} {kind.replace('_', ' ')} skipped (first: {', '.join(names)})")
-    if "bertscore_encoder" in report:
-        console.print(f"BERTScore encoder: {report['bertscore_encoder']}")
+    hf_logging.disable_progress_bar()  # one progress bar (ours) on stderr, not weight-loading bars
+    try:
+        vlm = load_vlm(model)
+    except (OSError, ValueError) as exc:
+        fail(f"cannot load model {model or '(embedded default)'}: {exc}")
+    group = Group()
+    shard = group.shard
+    title = "evaluating" if shard.world == 1 else f"evaluating (process {shard.rank + 1} of {shard.world})"
+    try:
+        with progress_bar(title, show=shard.main) as update:
+            report = evaluate_vlm(vlm, qa, volumes, limit=limit, tasks=list(selected) if task_list else None,
+                                  robustness=robustness, progress=update, model_name=str(model or "embedded default"),
+                                  max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size,
+                                  answers_dir=folder, resume=resume, labels=labels, boxes=boxes, group=group,
+                                  metadata=table)
+    except (QAFolderError, AnswersFolderError, LabelsFileError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        hint = f"; continue with the same command and --resume (answers in {folder})" if folder else ""
+        fail(f"interrupted{hint}", code=130)
+    if report is None:  # another process of a sharded run writes the figures
+        return
+    if report["n"] == 0:
+        missing = report["missing_volumes"]
+        fail(f"no question could be evaluated: {missing['count']} volume(s) missing under {volumes} "
+             f"(first: {', '.join(missing['first'])})")
+    print_report(report)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2) + "\n")
+        typer.echo(f"wrote {json_out}", err=True)

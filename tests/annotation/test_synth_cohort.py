@@ -162,3 +162,19 @@ def test_cli_writes_a_cohort_and_refuses_bad_sizes(tmp_path: Path) -> None:
     bad = runner.invoke(app, ["synth", "--out", str(tmp_path / "d"), "--patients", "1", "--size", "24,64"])
     assert bad.exit_code != 0 and "three positive numbers" in bad.output
     assert not (tmp_path / "d").exists()
+
+
+def test_box_questions_are_the_painted_lesions_boxes(cohort: Path) -> None:
+    from model.data.box_questions import read_box_questions
+
+    truth = json.loads((cohort / "ground_truth.json").read_text())["volumes"]
+    asked = [item for split in ("train", "valid") for item in read_box_questions(cohort / "qa" / split / "boxes.csv")]
+    kinds = {"nodule", "pleural_effusion", "cardiomegaly", "consolidation"}
+    expected = sorted((name, l["label"], tuple(float(v) for v in l["bbox_voxel"]))
+                      for name, entry in truth.items() for l in entry["lesions"] if l["type"] in kinds)
+    assert expected and sorted((i.volume_name, i.finding, i.box) for i in asked) == expected
+    for item in asked:
+        assert item.question.startswith("Where is ") and item.question.endswith("Give the box.")
+        assert truth[item.volume_name]["split"] in item.source  # each split's questions in its own file
+        z1, y1, x1, z2, y2, x2 = (int(v) for v in item.box)
+        assert 0 <= z1 < z2 <= SIZE[0] and 0 <= y1 < y2 <= SIZE[1] and 0 <= x1 < x2 <= SIZE[2]

@@ -87,7 +87,7 @@ def test_tokenizer_splits_digits_and_keeps_lamed_tokens(tmp_path: Path) -> None:
 
 
 def test_finding_asked_takes_the_longest_label_named() -> None:
-    from model.training.default.data import finding_asked
+    from model.evaluation.findings import finding_asked
 
     FINDINGS = ["Pericardial effusion", "Pleural effusion", "Lung nodule"]
     assert finding_asked("Is there pericardial effusion in this image?", FINDINGS) == "Pericardial effusion"

@@ -19,6 +19,7 @@ import torch
 from model.ct.io import read_ct
 from model.ct.preprocess import InputGeometry, to_model_input_with_crop
 from model.data.qa_folders import read_qa_folder
+from model.evaluation.findings import finding_asked
 from model.inference import prompts
 from model.inference.boxes import to_normalized
 from model.training.default.recipe import (
@@ -182,15 +183,6 @@ def build_dataset(cohort_dir: Path, split: str, tokenizer: Any, recipe: Recipe) 
                                      item.answer_choice, item.choices, finding_asked(item.question, label_names))
             data.by_volume[example.volume].setdefault(task, []).append(example)
     return data
-
-
-
-def finding_asked(question: str, label_names: Sequence[str]) -> str | None:
-    """The label a 3D-RAD closed question names (longest match, so "pericardial effusion" is not
-    read as "effusion"), or None."""
-    text = question.lower()
-    named = [name for name in label_names if name.lower() in text]
-    return max(named, key=len) if named else None
 
 
 

@@ -1,0 +1,149 @@
+"""Many questions about one volume at once: what makes `ctvqa evaluate` fast at benchmark scale.
+
+Every prompt about a volume starts with the same BOS + image tokens, so their KV cache
+(`VLM.prefix_cache`) is computed once and repeated over the batch; only the question parts differ.
+- Closed questions: every choice of every question in the batch is one row of ONE forward pass
+  (question + `"{letter}. {choice}"`, right-padded), scored like `VLM.score_choices` (softmax over
+  a question's choices of the mean log-likelihood of its target tokens).
+- Open (and closed) answers: greedy `generate` over the batch with the question parts padded on
+  the left, between the shared image prefix and the question, masked out; position ids follow the
+  mask, so every row sees the positions it would see alone.
+The figures equal one-question-at-a-time answers up to float rounding in the batched matrix
+products (the tests check the metrics come out identical).
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from model.inference import prompts
+from model.inference.vlm import VLM, Answer, PreparedImage
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question to answer in a batch: its text and, for closed questions, its choices."""
+
+    text: str
+    choices: tuple[str, ...] | None = None
+
+
+def _question_ids(vlm: VLM, question: Question) -> list[int]:
+    """The prompt's ids after BOS + image tokens (the part that differs between questions)."""
+    ids = vlm.prompt_ids(vlm.build_prompt(question.text, question.choices))
+    return ids[0, vlm.num_image_tokens + 1:].tolist()
+
+
+def _prefix(vlm: VLM, prepared: PreparedImage, rows: int) -> tuple[object, torch.Tensor]:
+    """The image prefix's KV cache repeated over `rows`, and its ids (BOS + image tokens)."""
+    cache = copy.deepcopy(vlm.prefix_cache(prepared))
+    cache.batch_repeat_interleave(rows)
+    ids = [vlm.tokenizer.bos_token_id] + [vlm.image_token_id] * vlm.num_image_tokens
+    return cache, torch.tensor([ids] * rows, dtype=torch.long, device=vlm.device)
+
+
+def generate_batch(vlm: VLM, prepared: PreparedImage, question_ids: Sequence[list[int]],
+                   max_new_tokens: int) -> list[list[int]]:
+    """Greedy new token ids per question (EOS and padding included, as `generate` returns them)."""
+    width = max(len(q) for q in question_ids)
+    pad = vlm.pad_token_id
+    cache, prefix = _prefix(vlm, prepared, len(question_ids))
+    body = torch.tensor([[pad] * (width - len(q)) + q for q in question_ids], dtype=torch.long, device=vlm.device)
+    mask = torch.tensor([[0] * (width - len(q)) + [1] * len(q) for q in question_ids], dtype=torch.long,
+                        device=vlm.device)
+    ids = torch.cat([prefix, body], dim=1)
+    attention = torch.cat([torch.ones_like(prefix), mask], dim=1)
+    with torch.inference_mode():
+        out = vlm.model.generate(input_ids=ids, attention_mask=attention, past_key_values=cache,
+                                 generation_config=vlm.generation_config(max_new_tokens))
+    return out[:, ids.shape[1]:].tolist()
+
+
+def score_choices_batch(vlm: VLM, prepared: PreparedImage, question_ids: Sequence[list[int]],
+                        choices: Sequence[Sequence[str]]) -> list[dict[str, float]]:
+    """Per question, the softmax over its offered choices of the mean log-likelihood of each
+    `"{letter}. {choice}"` after its prompt, as `VLM.score_choices` computes it: the questions'
+    cache (all tokens but the last) in one forward pass, then every choice of every question,
+    from its question's last token, in a second one."""
+    rows: list[tuple[int, str, list[int]]] = []  # question index, letter, last question token + target
+    for k, (q, offered) in enumerate(zip(question_ids, choices)):
+        for letter, text in prompts.listed_choices(offered):
+            target = vlm.tokenizer(prompts.format_target(text, letter), add_special_tokens=False)["input_ids"]
+            rows.append((k, letter, [q[-1], *target]))
+    pad = vlm.pad_token_id
+    width = max(len(q) for q in question_ids) - 1  # the questions but their last tokens, left-padded
+    cache, prefix = _prefix(vlm, prepared, len(question_ids))
+    start = prefix.shape[1]
+    head_mask = torch.tensor([[0] * (width - len(q) + 1) + [1] * (len(q) - 1) for q in question_ids],
+                             dtype=torch.long, device=vlm.device)
+    with torch.inference_mode():
+        if width > 0:
+            head = torch.tensor([[pad] * (width - len(q) + 1) + q[:-1] for q in question_ids], dtype=torch.long,
+                                device=vlm.device)
+            attention = torch.cat([torch.ones_like(prefix), head_mask], dim=1)
+            positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, start:]
+            vlm.model(input_ids=head, attention_mask=attention, position_ids=positions, past_key_values=cache,
+                      logits_to_keep=1)
+        cache.reorder_cache(torch.tensor([r[0] for r in rows], device=vlm.device))
+        length = max(len(r[2]) for r in rows)
+        body = torch.tensor([r[2] + [pad] * (length - len(r[2])) for r in rows], dtype=torch.long, device=vlm.device)
+        valid = torch.tensor([[1] * len(r[2]) + [0] * (length - len(r[2])) for r in rows], dtype=torch.long,
+                             device=vlm.device)
+        attention = torch.cat([torch.ones(len(rows), start, dtype=torch.long, device=vlm.device),
+                               head_mask[[r[0] for r in rows]], valid], dim=1)
+        first = torch.tensor([start + len(question_ids[r[0]]) - 1 for r in rows], device=vlm.device)
+        positions = first[:, None] + torch.arange(length, device=vlm.device)[None]
+        logits = vlm.model(input_ids=body, attention_mask=attention, position_ids=positions,
+                           past_key_values=cache).logits
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, body[:, 1:, None])[..., 0]
+        target = valid[:, 1:].float()
+        mean = (logp * target).sum(1) / target.sum(1)
+    scores: list[dict[str, float]] = [{} for _ in question_ids]
+    for k in range(len(question_ids)):
+        members = [n for n, r in enumerate(rows) if r[0] == k]
+        probs = torch.softmax(mean[members], dim=0)
+        scores[k] = {rows[n][1]: float(p) for n, p in zip(members, probs)}
+    return scores
+
+
+def _by_rows(closed: list[int], questions: Sequence[Question], rows: int) -> list[list[int]]:
+    """Closed questions grouped so that a forward pass holds at most `rows` choice rows (a question's
+    choices always together): the image prefix's cache is repeated once per row."""
+    groups: list[list[int]] = []
+    used = rows
+    for k in closed:
+        n = len(prompts.listed_choices(questions[k].choices))
+        if used + n > rows:
+            groups.append([])
+            used = 0
+        groups[-1].append(k)
+        used += n
+    return groups
+
+
+def answer_batch(vlm: VLM, prepared: PreparedImage, questions: Sequence[Question], max_new_tokens: int = 64,
+                 batch_size: int = 32) -> list[Answer]:
+    """`VLM.answer` for many questions about one prepared volume, in batches of `batch_size`
+    (questions sorted by prompt length so that a batch pads little; choice scoring at most
+    `batch_size` rows, or one question's choices, per forward pass); answers in input order."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    ids = [_question_ids(vlm, q) for q in questions]
+    order = sorted(range(len(questions)), key=lambda k: (len(ids[k]), k))
+    answers: list[Answer | None] = [None] * len(questions)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        generated = generate_batch(vlm, prepared, [ids[k] for k in chunk], max_new_tokens)
+        scored: dict[int, dict[str, float]] = {}
+        for group in _by_rows([k for k in chunk if prompts.listed_choices(questions[k].choices)], questions,
+                              batch_size):
+            scored.update(zip(group, score_choices_batch(vlm, prepared, [ids[k] for k in group],
+                                                         [questions[k].choices for k in group])))
+        for k, new_ids in zip(chunk, generated):
+            scores = scored.get(k)
+            choice = max(scores, key=scores.__getitem__) if scores else None
+            answers[k] = Answer(**vlm.decode_answer(prepared, new_ids), choice=choice, choice_scores=scores)
+    return answers  # type: ignore[return-value]
