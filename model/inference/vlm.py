@@ -23,6 +23,8 @@ import torch
 
 from model.ct.preprocess import InputGeometry, to_model_input_with_crop
 from model.inference import boxes, prompts
+from model.inference.devices import describe
+from model.inference.quantize import is_quantized
 
 DEFAULT_SETTINGS: dict[str, Any] = {"prompt_style": "m3d", "window": None}
 _HASH_LIMIT_BYTES = 64 * 1024**2
@@ -129,6 +131,15 @@ class VLM:
     @property
     def device(self) -> torch.device:
         return self.model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    @property
+    def runtime(self) -> str:
+        """Where and how it runs, e.g. `cpu, bfloat16, int8 weights` (shown beside the model's name)."""
+        return describe(self.device, self.dtype, "int8" if is_quantized(self.model) else "none")
 
     # ----- images --------------------------------------------------------------------------
     def encode(self, images: torch.Tensor) -> torch.Tensor:
