@@ -33,6 +33,7 @@ DEVICE_HELP = "auto|cpu|cuda[:N]|mps"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZE_MODES = ("none", "int8")
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_INDEXED_SINGLE = re.compile(r"^(cpu|mps):\d+$")  # what torch.device prints for them; there is only one
 _DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "float": "float32"}
 _NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 AVX512-BF16 / AMX, Arm BF16 (cpuinfo names)
 
@@ -57,6 +58,8 @@ class Runtime:
         dtype = (dtype or os.environ.get(ENV_DTYPE) or "auto").strip().lower()
         quantize = (quantize or os.environ.get(ENV_QUANTIZE) or "none").strip().lower()
         dtype = _DTYPE_ALIASES.get(dtype.removeprefix("torch."), dtype.removeprefix("torch."))
+        if _INDEXED_SINGLE.match(device):
+            device = device.partition(":")[0]
         if not _DEVICE_PATTERN.match(device):
             raise DeviceError(f"device {device!r} is not one of {DEVICE_HELP}")
         if dtype not in DTYPES:

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from napari_ctvqa.cli._common import fail, progress_bar
+from napari_ctvqa.cli._runtime import DeviceOption, DtypeOption, runtime_or_fail
 from napari_ctvqa.cli.store import DbOption, JsonOption
 
 
@@ -51,6 +52,8 @@ def finetune_cmd(
     name: Annotated[str | None, typer.Option(help="Name of the new model version "
                                                   "(default: ft-BASE-TIME-rRUN).")] = None,
     eval_limit: Annotated[int | None, typer.Option(help="At most this many held-out questions per task.")] = None,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """LoRA-finetune a model on the curated QA pairs, evaluate it against its base on held-out
@@ -62,6 +65,7 @@ def finetune_cmd(
 
     if from_db and data is not None:
         fail("choose one source: --from-db or --data DIR")
+    runtime = runtime_or_fail(device, dtype)
     if resume and db is None:  # the run's own database, unless told otherwise
         from annotation.training_set import read_run_record
 
@@ -84,7 +88,7 @@ def finetune_cmd(
                 volumes_dir=volumes, config=config, val_frac=val_frac, split_seed=seed, resume=resume,
                 merge=merge, name=name, processes=processes, eval_limit=eval_limit,
                 progress=lambda p: update(p.step, p.total_steps), handle_sigint=True,
-                log=lambda text: typer.echo(text, err=True))
+                log=lambda text: typer.echo(text, err=True), device=runtime.device, dtype=runtime.dtype)
     except (FinetuneError, ValueError, KeyError, FileNotFoundError) as exc:
         fail(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside training (evaluation, loading)

@@ -7,6 +7,8 @@ from typing import Any
 
 import typer
 
+from napari_ctvqa.cli._runtime import DeviceOption, DtypeOption, QuantizeOption, load_model_or_fail, runtime_or_fail
+
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the `ctvqa` app."""
@@ -56,6 +58,9 @@ def _register_ask(app: typer.Typer) -> None:
         max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Longest answer, in tokens."),
         window: str | None = typer.Option(None, "--window", help="CT window before normalising: lung, mediastinum, bone, full."),
         as_json: bool = typer.Option(False, "--json", help='Also print {"text", "choice", "choice_scores", "box"} as the last line.'),
+        device: DeviceOption = None,
+        dtype: DtypeOption = None,
+        quantize: QuantizeOption = None,
     ) -> None:
         """Ask the model one question about one CT; the answer streams to stdout as it is generated.
 
@@ -69,7 +74,8 @@ def _register_ask(app: typer.Typer) -> None:
             prior_list = parse_priors(priors)
         except ValueError as exc:
             fail(str(exc))
-        from model import CTReadError, load_vlm, read_ct
+        runtime_or_fail(device, dtype, quantize)  # an absent GPU fails before reading the CT
+        from model import CTReadError, read_ct
 
         if not volume.exists():
             fail(f"volume {volume} does not exist")
@@ -77,13 +83,7 @@ def _register_ask(app: typer.Typer) -> None:
             ct = read_ct(volume)
         except CTReadError as exc:
             fail(str(exc))
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # stdout/stderr carry the answer, not weight-loading bars
-        try:
-            vlm = load_vlm(model)
-        except (OSError, ValueError) as exc:
-            fail(f"cannot load model {model or '(embedded default)'}: {exc}")
+        vlm = load_model_or_fail(model, device, dtype, quantize)
         try:
             prepared = vlm.prepare(ct, window=window)
             result = vlm.answer(
@@ -121,12 +121,14 @@ def _register_evaluate(app: typer.Typer) -> None:
         tasks: str | None = typer.Option(None, "--tasks", help="Comma-separated task keys, e.g. existence_detection,image_observation."),
         robustness: bool = typer.Option(False, "--robustness", help="Also ask with the wrong volume and with noise (3x the time)."),
         max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Generation length per answer."),
+        device: DeviceOption = None,
+        dtype: DtypeOption = None,
+        quantize: QuantizeOption = None,
     ) -> None:
         """Score a model on 3D-RAD-style questions: BLEU-1, ROUGE-1, METEOR, BERTScore-F1 (open), accuracy (closed).
 
         All figures are percent. Questions whose volume is missing are skipped and reported.
         """
-        from model import load_vlm
         from model.data.qa_folders import QAFolderError, read_qa_folder
         from model.evaluation.evaluate import evaluate_vlm
 
@@ -139,13 +141,7 @@ def _register_evaluate(app: typer.Typer) -> None:
             fail(str(exc))
         if not volumes.is_dir():
             fail(f"{volumes}: volumes folder not found")
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # one progress bar (ours) on stderr, not weight-loading bars
-        try:
-            vlm = load_vlm(model)
-        except (OSError, ValueError) as exc:
-            fail(f"cannot load model {model or '(embedded default)'}: {exc}")
+        vlm = load_model_or_fail(model, device, dtype, quantize)
         try:
             with progress_bar("evaluating") as update:
                 report = evaluate_vlm(vlm, qa, volumes, limit=limit, tasks=list(selected), robustness=robustness,
