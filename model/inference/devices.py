@@ -14,6 +14,9 @@ Why `auto` chooses what it chooses (figures in docs/devices.md, from bench/cpu_d
   AMX) and is no more faithful in float32 than the bf16 weights it was published as. So the CPU
   keeps the checkpoint's own dtype when it is bf16 (or fp16) and the CPU has native bf16, and
   uses float32 otherwise (float16 matrix products are slow on CPUs).
+
+torch is imported inside the resolving functions only: the chat panel parses and shows these
+options in napari's process, which never loads torch (the model runs in its own process).
 """
 from __future__ import annotations
 
@@ -23,8 +26,10 @@ import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 ENV_DEVICE = "CTVQA_DEVICE"
 ENV_DTYPE = "CTVQA_DTYPE"
@@ -84,9 +89,9 @@ class Runtime:
 
 def resolve_device(spec: str | torch.device | None = None) -> torch.device:
     """`auto` = the first CUDA GPU when there is one, else the CPU; an absent device is an error."""
-    if isinstance(spec, torch.device):
-        spec = str(spec)
-    spec = Runtime.from_options(device=spec).device
+    import torch
+
+    spec = Runtime.from_options(device=None if spec is None else str(spec)).device
     if spec == "auto":
         return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     if spec == "cpu":
@@ -110,9 +115,9 @@ def resolve_device(spec: str | torch.device | None = None) -> torch.device:
 def resolve_dtype(spec: str | torch.dtype | None, device: torch.device, stored: torch.dtype | None = None,
                   quantize: str = "none") -> torch.dtype:
     """The compute dtype on `device`; `stored` is the checkpoint's own dtype (None: unknown)."""
-    if isinstance(spec, torch.dtype):
-        spec = str(spec)
-    spec = Runtime.from_options(dtype=spec).dtype
+    import torch
+
+    spec = Runtime.from_options(dtype=None if spec is None else str(spec)).dtype
     if spec == "auto":
         return auto_dtype(device, stored, quantize)
     dtype = getattr(torch, spec)
@@ -124,6 +129,8 @@ def resolve_dtype(spec: str | torch.dtype | None, device: torch.device, stored: 
 def auto_dtype(device: torch.device, stored: torch.dtype | None = None, quantize: str = "none") -> torch.dtype:
     """The rule of the module docstring (int8 weights on a CPU: bf16 activations where native,
     since the int8 kernel is several times slower with float32 activations)."""
+    import torch
+
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "mps":
@@ -147,6 +154,18 @@ def cpu_has_native_bf16() -> bool:
         if line.startswith(("flags", "Features")):
             flags.update(line.partition(":")[2].split())
     return bool(flags & _NATIVE_BF16_FLAGS)
+
+
+def available_devices() -> list[str]:
+    """The devices this machine can run a model on (for the chat panel's menu)."""
+    import torch
+
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
 
 
 def describe(device: torch.device, dtype: torch.dtype, quantize: str = "none") -> str:
