@@ -51,15 +51,14 @@ def _answer_logits(vlm: VLM, image: torch.Tensor, prompt_ids: torch.Tensor, answ
 
 
 def reference_answers(reference: VLM, prompts: Sequence[Prompt], max_new_tokens: int = 16) -> list[dict]:
-    """Per prompt: the reference's greedy answer (re-tokenized; `max_new_tokens` long, so short
-    answers still give tokens to compare), its own teacher-forced argmax ids and its letter.
+    """Per prompt: the reference's greedy answer ids (`max_new_tokens` long, so short answers
+    still give tokens to compare), its own teacher-forced argmax ids and its letter.
     Plain data, so a benchmark can compute it in one process and compare in another."""
     results = []
     for p in prompts:
         answer = reference.answer(p.image, p.question, choices=list(p.choices) if p.choices else None,
                                   max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens)
-        ids = reference.tokenizer(answer.text, add_special_tokens=False)["input_ids"] if answer.text else []
-        ids = ids[:max_new_tokens] or [reference.tokenizer.eos_token_id]
+        ids = list(answer.token_ids[:max_new_tokens]) or [reference.tokenizer.eos_token_id]
         prompt_ids = reference.prompt_ids(reference.build_prompt(p.question, p.choices))
         top1 = _answer_logits(reference, p.image, prompt_ids, ids).argmax(-1).tolist()
         results.append({"answer_ids": ids, "top1": top1, "choice": answer.choice})

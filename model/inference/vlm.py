@@ -43,6 +43,7 @@ class Answer:
     n_tokens: int = 0
     latency_first_token_s: float | None = None
     total_s: float = 0.0
+    token_ids: tuple[int, ...] = ()  # the generated ids, special tokens included (for fidelity checks)
 
 
 @dataclass
@@ -350,6 +351,7 @@ class VLM:
         return Answer(
             text=text, choice=choice, choice_scores=scores, box=box, box_normalized=box_normalized,
             n_tokens=n_tokens, latency_first_token_s=first, total_s=time.perf_counter() - start,
+            token_ids=tuple(new_ids),
         )
 
     def score_choices(self, prepared: PreparedImage, prompt_ids: torch.Tensor, choices: Sequence[str]) -> dict[str, float]:
