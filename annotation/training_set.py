@@ -227,13 +227,16 @@ def run_finetune(store: Store, out_dir: str | Path, *, base: str | None = None, 
                  name: str | None = None, processes: int = 1, eval_limit: int | None = None,
                  progress: Callable[[TrainProgress], None] | None = None, stop: threading.Event | None = None,
                  handle_sigint: bool = False, log: Log | None = None, split: str = "patient",
-                 allow_regression: bool = False, max_steps: int | None = None) -> FinetuneOutcome:
+                 allow_regression: bool = False, max_steps: int | None = None, device: str | None = None,
+                 dtype: str | None = None) -> FinetuneOutcome:
     """Train, evaluate, register: the whole loop of one finetune run (see the module docstring).
 
     `data_dir` trains on an exported folder instead of the store's curated pairs. A cancelled run
     (`stop` set, or Ctrl-C with `handle_sigint`) returns status "cancelled" with a checkpoint;
     `resume=True` on the same `out_dir` continues it with the settings it started with, except
-    `max_steps`, which sets a new total (refused below the step already reached)."""
+    `max_steps`, which sets a new total (refused below the step already reached).
+    `device`/`dtype` (`model.inference.devices`; env, else auto) are where training and the
+    evaluation run; they are not part of the run's identity, so a resume may choose others."""
     say = log or (lambda text: None)
     out_dir = Path(out_dir).expanduser().resolve()
     if resume:
@@ -255,7 +258,8 @@ def run_finetune(store: Store, out_dir: str | Path, *, base: str | None = None, 
     store.update_finetune_run(run_id, status="running")
     try:
         say(f"training on {record['training_set']['n_train']} QA pairs from {record['base_name']}")
-        result = _train(record, out_dir, resume, processes, progress, stop, handle_sigint, max_steps)
+        runtime = {"device": device, "dtype": dtype}
+        result = _train(record, out_dir, resume, processes, progress, stop, handle_sigint, runtime, max_steps)
         if resume and max_steps is not None:  # accepted by the training: the run's total from now on
             record["config"]["max_steps"] = max_steps
             (out_dir / RECORD_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
@@ -268,7 +272,7 @@ def run_finetune(store: Store, out_dir: str | Path, *, base: str | None = None, 
         if record["merge"]:
             say("merging the adapter into a standalone model folder")
             model_path = merge_adapter(model_path, out_dir / MERGED_DIR)
-        metrics = _evaluate(record, model_path, eval_limit, say)
+        metrics = _evaluate(record, model_path, eval_limit, say, runtime)
         metrics["training"] = {"steps": result.step, "first_loss": result.losses[0] if result.losses else None,
                                "final_loss": result.losses[-1] if result.losses else None,
                                "seconds": result.seconds, "samples_per_s": result.samples_per_s,
@@ -331,22 +335,23 @@ def read_run_record(out_dir: Path) -> dict[str, Any]:
 
 def _train(record: dict[str, Any], out_dir: Path, resume: bool, processes: int,
            progress: Callable[[TrainProgress], None] | None, stop: threading.Event | None,
-           handle_sigint: bool, max_steps: int | None = None) -> TrainResult:
+           handle_sigint: bool, runtime: dict[str, str | None], max_steps: int | None = None) -> TrainResult:
     """Train in this process (`processes` 1), or under torchrun with that many workers."""
     data_dir = record["training_set"]["data_dir"]
     config = FinetuneConfig.from_dict({**record["config"], **({} if max_steps is None else {"max_steps": max_steps})})
     resume = resume and (out_dir / RUN_FILE).is_file()  # stopped before training began: start it
     if processes <= 1:
         return train(record["base_path"], data_dir, out_dir, config, resume=resume, progress=progress,
-                     stop=stop, handle_sigint=handle_sigint, max_steps=max_steps if resume else None)
+                     stop=stop, handle_sigint=handle_sigint, max_steps=max_steps if resume else None, **runtime)
     return train_in_processes(record["base_path"], data_dir, out_dir, config, processes, resume=resume,
-                              progress=progress, stop=stop)
+                              progress=progress, stop=stop, **runtime)
 
 
 def train_in_processes(base: str | None, data_dir: str | Path, out_dir: Path, config: FinetuneConfig,
                        processes: int, *, resume: bool = False,
                        progress: Callable[[TrainProgress], None] | None = None,
-                       stop: threading.Event | None = None) -> TrainResult:
+                       stop: threading.Event | None = None, device: str | None = None,
+                       dtype: str | None = None) -> TrainResult:
     """`model.training.finetune` under torchrun with `processes` workers (gloo on CPU), reading its JSON
     progress lines. Cancelling writes the run's stop file: every worker sees it at the next step,
     checkpoints and exits (a signal could kill a worker mid-checkpoint)."""
@@ -356,6 +361,9 @@ def train_in_processes(base: str | None, data_dir: str | Path, out_dir: Path, co
         args += ["--base", str(base)]
     if resume:
         args.append("--resume")
+    for flag, value in (("--device", device), ("--dtype", dtype)):
+        if value is not None:
+            args += [flag, value]
     for key, value in asdict(config).items():
         if key != "target_modules" and value is not None:
             args += [f"--{key.replace('_', '-')}", str(value)]
@@ -413,7 +421,8 @@ def _event(line: str) -> dict[str, Any] | None:
     return event if isinstance(event, dict) and "event" in event else None
 
 
-def _evaluate(record: dict[str, Any], model_path: Path, limit: int | None, say: Log) -> dict[str, Any]:
+def _evaluate(record: dict[str, Any], model_path: Path, limit: int | None, say: Log,
+              runtime: dict[str, str | None]) -> dict[str, Any]:
     """Both models on the held-out split with the `ctvqa evaluate` metrics (and the difference)."""
     qa = record["training_set"]["heldout_qa"]
     if qa is None:
@@ -423,7 +432,7 @@ def _evaluate(record: dict[str, Any], model_path: Path, limit: int | None, say: 
     reports = {}
     for key, path in (("base", record["base_path"]), ("finetuned", str(model_path))):
         say(f"evaluating the {key} model on the held-out split")
-        reports[key] = evaluate_vlm(load_vlm(path), qa, volumes, limit=limit, model_name=key,
+        reports[key] = evaluate_vlm(load_vlm(path, **runtime), qa, volumes, limit=limit, model_name=key,
                                     metadata=table_beside(record["training_set"]["data_dir"]))
     return {"heldout": {"n": reports["finetuned"]["n"]}, **reports,
             "delta": metric_deltas(reports["base"], reports["finetuned"]),

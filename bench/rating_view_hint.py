@@ -14,7 +14,6 @@ from pathlib import Path
 
 from annotation.importers.ctrate import import_ctrate
 from annotation.importers.finding_boxes import import_finding_boxes
-from annotation.qa_templates import CT_RATE_LABELS
 from annotation.store import Store
 from annotation.synth import write_cohort
 from annotation.view_hint import initial_view, lung_extent

@@ -25,6 +25,7 @@ from napari_ctvqa.demo_setup import DemoSetup
 if TYPE_CHECKING:
     import napari
 
+    from model.inference.devices import Runtime
     from napari_ctvqa.widgets.chat.turn import TurnState
     from napari_ctvqa.widgets.chat import ChatWidget
     from napari_ctvqa.widgets.rating import RatingWidget
@@ -64,10 +65,11 @@ class DemoWindow:
 
 
 def open_demo(setup: DemoSetup, model_path: str | None = None,
-              viewer: napari.viewer.Viewer | None = None) -> DemoWindow:
+              viewer: napari.viewer.Viewer | None = None, runtime: Runtime | None = None) -> DemoWindow:
     """Open napari (or fill `viewer`) on the demo scan with the chat, rating and window panels.
 
-    `model_path` None loads the embedded default model. When the demo opens its own window the
+    `model_path` None loads the embedded default model, on `runtime`'s device/dtype/quantization
+    (None: $CTVQA_DEVICE/$CTVQA_DTYPE/$CTVQA_QUANTIZE, else auto). When the demo opens its own window the
     model process is started before napari builds it (torch imports meanwhile), and the chat
     panel is built first of the panels so the model loads while the rest is laid out."""
     # deferred: SQLAlchemy, torch and the Qt widgets load once the demo opens its window
@@ -88,7 +90,7 @@ def open_demo(setup: DemoSetup, model_path: str | None = None,
         worker.start()
         viewer = napari.Viewer(title=f"ctvqa demo: {setup.volume_name}")
     store = Store(setup.db_url)
-    chat = ChatWidget(viewer, store=store, worker=worker, model_path=model_path)
+    chat = ChatWidget(viewer, store=store, worker=worker, model_path=model_path, runtime=runtime)
     layer = _add_scan(viewer, setup)
     window = WindowWidget(viewer)
     rating = RatingWidget(viewer, store=store, annotator=setup.annotator)

@@ -5,7 +5,7 @@ spawned process (what the panel uses: torch then never competes with napari's GU
 GIL or for CPU threads) or in a thread (what the responsiveness benchmark compares it with).
 
 Requests (tuples, first item the kind):
-  ("load", path_or_None)
+  ("load", path_or_None[, {"device", "dtype", "quantize"}])   (model.inference.devices options)
   ("ask", request_id, scan_key, volume_or_None, question, choices, max_new_tokens[, slice_index_or_None])
   ("model_input", scan_key, volume_or_None)
   ("quit",)
@@ -77,7 +77,7 @@ class ChatServer:
         if kind == "quit":
             return False
         if kind == "load":
-            self._load(request[1])
+            self._load(*request[1:])
         elif kind == "ask":
             self._ask(*request[1:])
         elif kind == "model_input":
@@ -86,19 +86,21 @@ class ChatServer:
             self.send(("failed", None, f"unknown request {kind!r}"))
         return True
 
-    def _load(self, path: str | None) -> None:
+    def _load(self, path: str | None, runtime: dict[str, str | None] | None = None) -> None:
         # deferred: torch and transformers load in the model process only
+        from model.inference.devices import available_devices
         from model.inference.loading import load_vlm
 
         try:
-            vlm = load_vlm(path)
+            vlm = load_vlm(path, **(runtime or {}))
         except Exception as exc:  # noqa: BLE001 - every failure becomes a panel message
             self.send(("load_failed", error_message(exc)))  # the working model stays loaded
             return
         self.vlm = vlm
         self.scans.clear()
         self.send(("loaded", {"path": path, "settings": dict(getattr(self.vlm, "settings", {}) or {}),
-                              "slice_questions": bool(getattr(self.vlm, "supports_slices", False))}))
+                              "slice_questions": bool(getattr(self.vlm, "supports_slices", False)),
+                              "runtime": self.vlm.runtime, "devices": available_devices()}))
 
     def _volume(self, key: str, payload: VolumePayload | None) -> Any:
         """The CTVolume of a scan: rebuilt from the payload when one comes, else the kept one.

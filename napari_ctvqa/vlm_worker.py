@@ -125,11 +125,12 @@ class VLMWorker(QObject):
         self.loading = False
 
     # -- requests --------------------------------------------------------------------------
-    def load(self, path: str | None) -> None:
-        """Load a model folder (None = the embedded default) in the background; emits loaded/load_failed."""
+    def load(self, path: str | None, runtime: dict[str, str | None] | None = None) -> None:
+        """Load a model folder (None = the embedded default) in the background, on the device,
+        dtype and quantization of `runtime` (None: the environment, else auto); emits loaded/load_failed."""
         self._start()
         self.loading = True
-        self._requests.put(("load", None if path is None else str(path)))
+        self._requests.put(("load", None if path is None else str(path), dict(runtime or {})))
 
     def ask(self, scan_key: str, question: str, *, volume: VolumePayload | None = None,
             choices: list[str] | None = None, max_new_tokens: int = 64, slice_index: int | None = None) -> int:

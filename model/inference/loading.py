@@ -14,6 +14,8 @@ import torch
 
 from model.data.json_files import read_json_file
 from model.inference import prompts
+from model.inference.devices import Runtime
+from model.inference.quantize import quantize_weights
 from model.inference.vlm import VLM
 from model.nets.lamed import LamedConfig, LamedForCausalLM
 from model.nets.published import CheckpointError, checkpoint_files, is_published_lamed, load_published
@@ -28,24 +30,20 @@ ADAPTER_CONFIG = "adapter_config.json"
 
 
 # ----- model --------------------------------------------------------------------------------------
-def load_finetuned(path: str | Path, dtype: torch.dtype | str | None = None, device: str = "cpu") -> Any:
+def load_finetuned(path: str | Path, dtype: torch.dtype | str | None = None,
+                   device: str | torch.device | None = None, quantize: str | None = None) -> VLM:
     """A VLM from an adapter folder: its base model (recorded in `finetune.json`) with the LoRA
-    weights merged in, so inference runs at the base model's speed with no peft wrapper.
-    `load_vlm` calls this for folders holding `adapter_config.json`."""
+    weights merged in, so inference runs at the base model's speed with no peft wrapper (and can
+    then be quantized like any other). `load_vlm` calls this for folders holding `adapter_config.json`."""
     from peft import PeftModel
-
 
     folder = Path(path)
     record = read_provenance(folder)
-    base_path = record.get("base_path")
     if "base_path" not in record:
         raise CheckpointError(f"{folder / PROVENANCE_FILE}: no base_path; this folder was not written by model.training.finetune")
-    base = load_vlm(base_path)
-    if dtype is not None or device != "cpu":
-        base.model.to(device=device, dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    base = load_vlm(record["base_path"], dtype=dtype, device=device, quantize="none")
     model = PeftModel.from_pretrained(base.model, str(folder), is_trainable=False).merge_and_unload()
-    return VLM(model, load_tokenizer(folder), read_settings(folder), name=str(folder))
-
+    return _finish(model, folder, Runtime.from_options(quantize=quantize).quantize)
 
 
 def read_provenance(folder: str | Path) -> dict[str, Any]:
@@ -122,9 +120,28 @@ def load_tokenizer(folder: Path) -> Any:
 
 
 
-def load_vlm(path: str | Path | None = None, dtype: torch.dtype | str | None = None, device: str = "cpu") -> VLM:
+def stored_dtype(folder: Path) -> torch.dtype | None:
+    """The dtype a checkpoint folder says its weights are in (an adapter: its base's)."""
+    if (folder / ADAPTER_CONFIG).is_file():
+        base = read_provenance(folder).get("base_path")
+        return stored_dtype(Path(base) if base else DEFAULT_MODEL_DIR)
+    try:
+        raw = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    name = raw.get("torch_dtype") or raw.get("dtype") if isinstance(raw, dict) else None
+    value = getattr(torch, name, None) if isinstance(name, str) else None
+    return value if isinstance(value, torch.dtype) else None
+
+
+def load_vlm(path: str | Path | None = None, dtype: torch.dtype | str | None = None,
+             device: str | torch.device | None = None, quantize: str | None = None) -> VLM:
     """Load one of our save_pretrained folders, a LoRA adapter folder written by `ctvqa finetune`, a
-    published M3D-LaMed / M3D-RAD folder, or (None) the model shipped in `model/default/`."""
+    published M3D-LaMed / M3D-RAD folder, or (None) the model shipped in `model/default/`.
+
+    `device` (`auto|cpu|cuda[:N]|mps`), `dtype` (`auto|float32|bfloat16|float16`) and `quantize`
+    (`none|int8`) default to $CTVQA_DEVICE / $CTVQA_DTYPE / $CTVQA_QUANTIZE, else auto / auto /
+    none (`model.inference.devices` says what auto picks); an absent device raises DeviceError."""
 
     folder = run_model_folder(Path(path)) if path is not None else DEFAULT_MODEL_DIR
     if path is None and not (folder / "config.json").is_file():
@@ -134,20 +151,27 @@ def load_vlm(path: str | Path | None = None, dtype: torch.dtype | str | None = N
         )
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder {folder} does not exist")
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-
+    runtime = Runtime.from_options(None if device is None else str(device),
+                                   None if dtype is None else str(dtype), quantize)
     if (folder / ADAPTER_CONFIG).is_file():  # a LoRA finetune: its base plus the adapter
-        return load_finetuned(folder, dtype, device)
+        return load_finetuned(folder, runtime.dtype, runtime.device, runtime.quantize)
+    target = runtime.torch_device()
+    compute = runtime.torch_dtype(target, stored_dtype(folder))
     try:
         if is_published_lamed(folder):
-            model = load_published(folder, dtype=dtype, device=device)
+            model = load_published(folder, dtype=compute, device=str(target))
         else:
-            model = load_own(folder, dtype).to(device)
+            model = load_own(folder, compute).to(target)
     except CheckpointError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise CheckpointError(f"{folder}: cannot load the model ({_first_line(exc)})") from None
+    return _finish(model, folder, runtime.quantize)
+
+
+def _finish(model: Any, folder: Path, quantize: str) -> VLM:
+    """The loaded module as a VLM, quantized when asked (`vlm.runtime` says where and how it runs)."""
+    quantize_weights(model, quantize)
     return VLM(model, load_tokenizer(folder), read_settings(folder), name=str(folder))
 
 

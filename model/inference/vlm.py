@@ -25,6 +25,8 @@ from model.ct.modality import require_ct
 from model.ct.preprocess import InputGeometry, masks_to_input, slice_input_with_crop, to_model_input_with_crop
 from model.ct.rois import rois_for
 from model.inference import boxes, prompts
+from model.inference.devices import describe
+from model.inference.quantize import is_quantized
 
 DEFAULT_SETTINGS: dict[str, Any] = {"prompt_style": "m3d", "window": None}
 _HASH_LIMIT_BYTES = 64 * 1024**2
@@ -43,6 +45,7 @@ class Answer:
     n_tokens: int = 0
     latency_first_token_s: float | None = None
     total_s: float = 0.0
+    token_ids: tuple[int, ...] = ()  # the generated ids, special tokens included (for fidelity checks)
 
 
 @dataclass
@@ -151,6 +154,15 @@ class VLM:
     @property
     def device(self) -> torch.device:
         return self.model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    @property
+    def runtime(self) -> str:
+        """Where and how it runs, e.g. `cpu, bfloat16, int8 weights` (shown beside the model's name)."""
+        return describe(self.device, self.dtype, "int8" if is_quantized(self.model) else "none")
 
     # ----- images --------------------------------------------------------------------------
     def encode(self, images: torch.Tensor, organ_masks: torch.Tensor | None = None) -> torch.Tensor:
@@ -426,7 +438,7 @@ class VLM:
             scores = self.score_choices(prepared, final["prompt_ids"], choices)  # type: ignore[arg-type]
             choice = max(scores, key=scores.__getitem__)
         return Answer(**decoded, choice=choice, choice_scores=scores, latency_first_token_s=first,
-                      total_s=time.perf_counter() - start)
+                      total_s=time.perf_counter() - start, token_ids=tuple(final["ids"][0, prompt_len:].tolist()))
 
     def score_choices(self, prepared: PreparedImage, prompt_ids: torch.Tensor, choices: Sequence[str]) -> dict[str, float]:
         """Softmax over choices of the mean log-likelihood of `"{letter}. {choice}"` after the prompt,

@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from napari_ctvqa.cli._common import fail, progress_bar
+from napari_ctvqa.cli._runtime import DeviceOption, DtypeOption, QuantizeOption, runtime_or_fail
 
 if TYPE_CHECKING:
+    from model.inference.devices import Runtime
     from napari_ctvqa.demo import DemoWindow
     from napari_ctvqa.demo_setup import DemoSetup
 
@@ -27,6 +29,9 @@ def demo(
     model: Annotated[Path | None, typer.Option("--model", help="Model folder (ours or a published M3D-LaMed); default: $CTVQA_MODEL, else the embedded model.")] = None,
     timeout: Annotated[float, typer.Option("--timeout", min=1.0, help="With --screenshot: seconds to wait for the model to load and answer.")] = 300.0,
     as_json: Annotated[bool, typer.Option("--json", help="With --screenshot: print the timings and the answer as JSON.")] = False,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
+    quantize: QuantizeOption = None,
 ) -> None:
     """Open napari on a synthetic chest CT with the chat panel (a question pre-filled) and a
     rating queue. The first run builds a small cohort and its database in --workdir (about a
@@ -37,6 +42,7 @@ def demo(
     model_path = str(model) if model is not None else os.environ.get("CTVQA_MODEL") or None
     if model_path is not None and not Path(model_path).is_dir():
         fail(f"model folder {model_path} does not exist (from {'--model' if model else 'CTVQA_MODEL'})")
+    runtime = runtime_or_fail(device, dtype, quantize)
     if workdir.exists() and not workdir.is_dir():
         fail(f"--workdir {workdir} exists and is not a folder")
     setup = existing_setup(workdir)
@@ -52,29 +58,29 @@ def demo(
     typer.echo(f"{'built' if built else 'reused'} {setup.workdir} in {prepared:.1f} s; "
                f"opening {setup.volume_name} ({setup.finding.lower()})", err=True)
     if screenshot is None:
-        _interactive(setup, model_path, start)
+        _interactive(setup, model_path, start, runtime)
     else:
-        _screenshot(setup, model_path, screenshot, timeout, start, prepared, built, as_json)
+        _screenshot(setup, model_path, screenshot, timeout, start, prepared, built, as_json, runtime)
 
 
-def _open(setup: DemoSetup, model_path: str | None) -> DemoWindow:
+def _open(setup: DemoSetup, model_path: str | None, runtime: Runtime) -> DemoWindow:
     """The demo window, or one clear line when its scan or database cannot be opened."""
     from model.ct.volume import CTReadError
 
     from napari_ctvqa.demo import open_demo
 
     try:
-        return open_demo(setup, model_path)
+        return open_demo(setup, model_path, runtime=runtime)
     except (CTReadError, OSError, ValueError, RuntimeError) as exc:
         fail(f"could not open the demo in {setup.workdir}: {exc} (delete the folder to rebuild it)")
 
 
-def _interactive(setup: DemoSetup, model_path: str | None, start: float) -> None:
+def _interactive(setup: DemoSetup, model_path: str | None, start: float, runtime: Runtime) -> None:
     import napari
 
     from napari_ctvqa.demo import fit_window
 
-    window = _open(setup, model_path)
+    window = _open(setup, model_path, runtime)
     fit_window(window)
     typer.echo(f"ctvqa demo: window open after {time.perf_counter() - start:.1f} s in total; the model "
                "loads in the chat panel, press Ask there (Ctrl+Enter).", err=True)
@@ -83,10 +89,10 @@ def _interactive(setup: DemoSetup, model_path: str | None, start: float) -> None
 
 
 def _screenshot(setup: DemoSetup, model_path: str | None, path: Path, timeout: float, start: float,
-                prepared: float, built: bool, as_json: bool) -> None:
+                prepared: float, built: bool, as_json: bool, runtime: Runtime) -> None:
     from napari_ctvqa.demo import DemoError, answer_prefilled, fit_window, save_screenshot, wait_for_model
 
-    window = _open(setup, model_path)
+    window = _open(setup, model_path, runtime)
     try:
         fit_window(window)
         opened = time.perf_counter() - start
@@ -103,7 +109,7 @@ def _screenshot(setup: DemoSetup, model_path: str | None, path: Path, timeout: f
     total = time.perf_counter() - start
     figures = {"screenshot": str(path), "workdir": setup.workdir, "built": built, "volume_name": setup.volume_name,
                "question": setup.question, "answer": answer.text, "choice": answer.choice,
-               "model": window.chat.model_name, "seconds": {
+               "model": window.chat.model_name, "runtime": window.chat.models.runtime, "seconds": {
                    "prepare": round(prepared, 1), "window": round(opened, 1), "model_loaded": round(loaded, 1),
                    "answered": round(answered, 1), "total": round(total, 1)}}
     if as_json:

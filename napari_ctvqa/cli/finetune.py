@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from napari_ctvqa.cli._common import fail, progress_bar
+from napari_ctvqa.cli._runtime import DeviceOption, DtypeOption, runtime_or_fail
 from napari_ctvqa.cli.store import DbOption, JsonOption
 
 
@@ -68,6 +69,8 @@ def finetune_cmd(
                                    "standard error (otherwise it is only kept in --out).")] = False,
     progress_json: Annotated[bool, typer.Option("--progress-json", hidden=True,
                                                 help="One JSON object per line (for the napari panel).")] = False,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """LoRA-finetune a model on the curated QA pairs, evaluate it against its base on held-out
@@ -80,6 +83,7 @@ def finetune_cmd(
 
     if from_db and data is not None:
         fail("choose one source: --from-db or --data DIR")
+    runtime = runtime_or_fail(device, dtype)
     if resume and db is None:  # the run's own database, unless told otherwise
         from annotation.training_set import read_run_record
 
@@ -116,7 +120,7 @@ def finetune_cmd(
                 volumes_dir=volumes, config=config, val_frac=val_frac, split_seed=seed, resume=resume,
                 merge=merge, name=name, processes=processes, eval_limit=eval_limit, progress=on_progress,
                 handle_sigint=True, log=on_log, split=split, allow_regression=allow_regression,
-                max_steps=max_steps)
+                max_steps=max_steps, device=runtime.device, dtype=runtime.dtype)
     except (FinetuneError, ValueError, KeyError, FileNotFoundError) as exc:
         fail(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside training (evaluation, loading)

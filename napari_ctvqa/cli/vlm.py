@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from napari_ctvqa.cli._runtime import DeviceOption, DtypeOption, QuantizeOption, load_model_or_fail, runtime_or_fail
+
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the `ctvqa` app."""
@@ -68,6 +70,9 @@ def _register_ask(app: typer.Typer) -> None:
         ),
         metadata: Path | None = typer.Option(None, "--metadata", help="CT-RATE metadata.csv whose row for VOLUME applies where the file lacks slope/intercept/spacing."),
         allow_non_ct: bool = typer.Option(False, "--allow-non-ct", help="Answer about an MR/PET/... series too (the model knows CT only)."),
+        device: DeviceOption = None,
+        dtype: DtypeOption = None,
+        quantize: QuantizeOption = None,
     ) -> None:
         """Ask the model one question about one CT; the answer streams to stdout as it is generated.
 
@@ -81,7 +86,8 @@ def _register_ask(app: typer.Typer) -> None:
             prior_list = parse_priors(priors)
         except ValueError as exc:
             fail(str(exc))
-        from model import CTReadError, load_vlm, read_ct
+        runtime_or_fail(device, dtype, quantize)  # an absent GPU fails before reading the CT
+        from model import CTReadError, read_ct
         from model.ct.metadata import row_for
 
         if not volume.exists():
@@ -93,13 +99,7 @@ def _register_ask(app: typer.Typer) -> None:
             fail(str(exc))
         for note in ct.meta.get("notes", []):
             typer.echo(f"note: {note}", err=True)
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # stdout/stderr carry the answer, not weight-loading bars
-        try:
-            vlm = load_vlm(model)
-        except (OSError, ValueError) as exc:
-            fail(f"cannot load model {model or '(embedded default)'}: {exc}")
+        vlm = load_model_or_fail(model, device, dtype, quantize)
         organ_masks = None
         if rois is not None:
             from model.ct.rois import read_roi_labels
@@ -175,6 +175,9 @@ def _register_evaluate(app: typer.Typer) -> None:
         boxes: Path | None = typer.Option(None, "--boxes", help="Box-question CSV (default: boxes.csv in --qa, if there)."),
         processes: int = typer.Option(1, "--processes", min=1, help="Share the volumes over N processes (torchrun; or run this command under torchrun/accelerate launch)."),
         seed: int = typer.Option(0, "--seed", help="Volume order, wrong-scan pairing and the noise input."),
+        device: DeviceOption = None,
+        dtype: DtypeOption = None,
+        quantize: QuantizeOption = None,
     ) -> None:
         """Score a model on 3D-RAD-style questions: BLEU-1, ROUGE-1, METEOR, BERTScore-F1 (open); accuracy
         beside the majority-answer baseline (closed); per-finding balanced accuracy (existence); box IoU.
@@ -184,6 +187,7 @@ def _register_evaluate(app: typer.Typer) -> None:
         """
         from napari_ctvqa.cli._common import fail
 
+        runtime_or_fail(device, dtype, quantize)  # an absent GPU fails before anything slow
         folder = answers_folder(answers, json_out)
         if folder is None and (resume or processes > 1):
             fail("--resume and --processes need an answers folder: give --answers DIR or --json OUT")
@@ -191,20 +195,21 @@ def _register_evaluate(app: typer.Typer) -> None:
             args = ["--qa", str(qa), "--volumes", str(volumes), "--max-new-tokens", str(max_new_tokens),
                     "--batch-size", str(batch_size), "--answers", str(folder), "--seed", str(seed)]
             for flag, value in (("--model", model), ("--limit", limit), ("--json", json_out), ("--tasks", tasks),
-                                ("--labels", labels), ("--boxes", boxes), ("--metadata", metadata)):
+                                ("--labels", labels), ("--boxes", boxes), ("--metadata", metadata),
+                                ("--device", device), ("--dtype", dtype), ("--quantize", quantize)):
                 if value is not None:
                     args += [flag, str(value)]
             args += ["--robustness"] * robustness + ["--resume"] * resume
             raise typer.Exit(relaunch(processes, args))
         _run_evaluate(qa, volumes, model, limit, json_out, tasks, robustness, max_new_tokens, batch_size, folder,
-                      resume, labels, boxes, seed, metadata)
+                      resume, labels, boxes, seed, metadata, (device, dtype, quantize))
 
 
 def _run_evaluate(qa: Path, volumes: Path, model: Path | None, limit: int | None, json_out: Path | None,
                   tasks: str | None, robustness: bool, max_new_tokens: int, batch_size: int, folder: Path | None,
-                  resume: bool, labels: Path | None, boxes: Path | None, seed: int, metadata: Path | None) -> None:
+                  resume: bool, labels: Path | None, boxes: Path | None, seed: int, metadata: Path | None,
+                  runtime: tuple[str | None, str | None, str | None]) -> None:
     """One process of `ctvqa evaluate` (the first of a sharded run prints and writes the figures)."""
-    from model import load_vlm
     from model.data.qa_folders import QAFolderError, read_qa_folder
     from model.evaluation.answers import AnswersFolderError
     from model.evaluation.evaluate import evaluate_vlm
@@ -222,13 +227,7 @@ def _run_evaluate(qa: Path, volumes: Path, model: Path | None, limit: int | None
     if not volumes.is_dir():
         fail(f"{volumes}: volumes folder not found")
     table = metadata_table_or_fail(metadata)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # one progress bar (ours) on stderr, not weight-loading bars
-    try:
-        vlm = load_vlm(model)
-    except (OSError, ValueError) as exc:
-        fail(f"cannot load model {model or '(embedded default)'}: {exc}")
+    vlm = load_model_or_fail(model, *runtime)
     group = Group()
     shard = group.shard
     title = "evaluating" if shard.world == 1 else f"evaluating (process {shard.rank + 1} of {shard.world})"

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from annotation.db import head_revision
 from annotation.importers import BadInputError
 from annotation.importers.threedrad import import_3drad
 from annotation.qa_templates import CSV_COLUMNS, TEMPORAL_CHOICES

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-import pytest
 
 from annotation.qa_templates import TEMPORAL_LABELS
 from napari_ctvqa.widgets.chat.banner import TEXT as BANNER_TEXT

@@ -15,16 +15,18 @@ from model.inference.loading import (
     PROVENANCE_FILE,
     load_finetuned,
     read_provenance,
+    stored_dtype,
     write_settings,
 )
 from model.training.finetune.config import CHECKPOINT_DIR, FinetuneConfig, FinetuneError
 
 
 def merge_adapter(adapter_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write base + adapter as one standalone `save_pretrained` folder that `load_vlm` reads."""
+    """Write base + adapter as one standalone `save_pretrained` folder that `load_vlm` reads, in
+    the base checkpoint's own dtype (a bf16 base stays bf16 whatever the machine computes in)."""
 
     out_dir = Path(out_dir)
-    vlm = load_finetuned(adapter_dir)
+    vlm = load_finetuned(adapter_dir, dtype=stored_dtype(Path(adapter_dir)) or torch.float32, device="cpu")
     vlm.model.save_pretrained(out_dir)
     vlm.tokenizer.save_pretrained(out_dir)
     write_settings(out_dir, **vlm.settings)

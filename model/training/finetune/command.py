@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--base", help="base model folder or adapter folder (default: the embedded model)")
     parser.add_argument("--volumes", type=Path, help="folder to find images by file name")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    parser.add_argument("--device", help="auto|cpu|cuda[:N]|mps (default: $CTVQA_DEVICE, else auto)")
+    parser.add_argument("--dtype", help="auto|float32|bfloat16|float16 (default: $CTVQA_DTYPE, else auto)")
     parser.add_argument("--progress-json", action="store_true", help="print one JSON line per step (for a parent process)")
     for f in fields(FinetuneConfig):
         if f.name == "target_modules":
@@ -53,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = train(args.base, args.data or ".", args.out, config, volumes_dir=args.volumes,
                        resume=args.resume, progress=show, handle_sigint=True,
-                       max_steps=args.max_steps if args.resume else None)
+                       max_steps=args.max_steps if args.resume else None, device=args.device, dtype=args.dtype)
     except FinetuneError as exc:
         print(f"error: {exc}", flush=True)
         return 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import signal
 import threading
@@ -17,6 +18,7 @@ import torch
 
 from model.ct.metadata import table_beside
 from model.data.json_files import read_json_file
+from model.inference.devices import Runtime
 from model.inference.loading import PROVENANCE_FILE, load_vlm, write_settings
 from model.training.finetune.adapters import add_lora, load_checkpoint, save_checkpoint
 from model.training.finetune.config import (
@@ -65,7 +67,7 @@ def train(base: str | Path | None, data_dir: str | Path, out_dir: str | Path,
           config: FinetuneConfig | None = None, *, volumes_dir: str | Path | None = None,
           resume: bool = False, progress: Callable[[TrainProgress], None] | None = None,
           stop: threading.Event | None = None, handle_sigint: bool = False,
-          max_steps: int | None = None) -> TrainResult:
+          max_steps: int | None = None, device: str | None = None, dtype: str | None = None) -> TrainResult:
     """LoRA-finetune `base` on `data_dir`'s training split; write `out_dir/adapter` at the end.
 
     Checkpoints go to `out_dir/checkpoint` every `save_every` steps and when `stop` is set (or,
@@ -73,15 +75,15 @@ def train(base: str | Path | None, data_dir: str | Path, out_dir: str | Path,
     `resume=True` (same `out_dir`, same number of processes) continues it: the base, data and
     hyper-parameters then come from `out_dir/run.json`, not from the arguments, except
     `max_steps`, which sets a new total (the cosine schedule is stretched or shortened to it from
-    the checkpoint on); a total below the checkpoint's step is refused."""
-    from accelerate import Accelerator
+    the checkpoint on); a total below the checkpoint's step is refused. `device` and `dtype` are
+    where and how this run computes (`model.inference.devices`; env, else auto)."""
     from transformers import get_cosine_schedule_with_warmup
 
 
     out_dir = Path(out_dir)
     record = _run_record(out_dir, base, Path(data_dir), volumes_dir, config or FinetuneConfig(), resume, max_steps)
     config = FinetuneConfig.from_dict(record["config"])
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = _accelerator(Runtime.from_options(device, dtype))
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         stop_file(out_dir).unlink(missing_ok=True)
@@ -92,7 +94,7 @@ def train(base: str | Path | None, data_dir: str | Path, out_dir: str | Path,
     samples = read_samples(record["data_dir"], "train", record["volumes_dir"])
     if not samples:
         raise FinetuneError(f"{record['data_dir']}: the training split is empty")
-    vlm = load_vlm(record["base_path"])
+    vlm = load_vlm(record["base_path"], device=str(accelerator.device), dtype=dtype)
     encoded = [encode_sample(vlm, s) for s in samples]
     features = FeatureCache(vlm, table_beside(record["data_dir"]))
     pad_id = vlm.tokenizer.pad_token_id if vlm.tokenizer.pad_token_id is not None else vlm.tokenizer.eos_token_id
@@ -173,6 +175,18 @@ def train(base: str | Path | None, data_dir: str | Path, out_dir: str | Path,
     if status == "done":
         result.adapter_dir = str(out_dir / ADAPTER_DIR)
     return result
+
+
+
+def _accelerator(runtime: Runtime) -> Any:
+    """An Accelerator on the asked device: the CPU, the GPU of this process (under torchrun each
+    process takes its local rank's GPU; alone, `cuda:N` takes GPU N) or MPS."""
+    from accelerate import Accelerator
+
+    target = runtime.torch_device()
+    if target.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        torch.cuda.set_device(target)
+    return Accelerator(cpu=target.type == "cpu")
 
 
 

@@ -39,6 +39,7 @@ class ModelChoice(QObject):
         self.name: str | None = None
         self.path: str | None = None
         self.ready = False
+        self.runtime: str | None = None  # where the loaded model runs, e.g. "cpu, float32"
         self._loading: tuple[str, str | None] | None = None
         self._previous: tuple[str, str | None] | None = None  # the working model while another loads
         self._sent_scans: set[str] = set()
@@ -93,7 +94,9 @@ class ModelChoice(QObject):
         self.ready = True
         self.progress.setVisible(False)
         style = (info.get("settings") or {}).get("prompt_style", "m3d")
-        self.status.setText(f"Ready: {self.name} (prompt style {style})")
+        self.runtime = info.get("runtime")
+        where = f" on {self.runtime}" if self.runtime else ""
+        self.status.setText(f"Ready: {self.name}{where} (prompt style {style})")
 
     def failed(self) -> str | None:
         """The load failed: back to the model that worked (its name), else no model (None)."""

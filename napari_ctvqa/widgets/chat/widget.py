@@ -36,12 +36,15 @@ from napari_ctvqa.widgets.chat.overlays import (
 )
 from napari_ctvqa.widgets.chat.question import QuestionBox
 from napari_ctvqa.widgets.chat.scope import ScopeChoice
+from napari_ctvqa.widgets.chat.runtime_choice import RuntimeChoice
 from napari_ctvqa.widgets.chat.templates import FREE, TemplatePicker
 from napari_ctvqa.widgets.chat.transcript import Transcript
 from napari_ctvqa.widgets.chat.turn import TurnState, TurnView, turns_markdown
 
 if TYPE_CHECKING:
     import napari
+
+    from model.inference.devices import Runtime
 
 MAX_NEW_TOKENS = 96
 
@@ -56,8 +59,9 @@ class ChatWidget(QWidget):
     """
 
     def __init__(self, viewer: napari.viewer.Viewer, *, store: Any = None, worker: VLMWorker | None = None,
-                 model_path: str | None = None) -> None:
+                 model_path: str | None = None, runtime: Runtime | None = None) -> None:
         super().__init__()
+        self._asked_runtime = runtime  # device/dtype/quantize to start with (None: $CTVQA_*, else auto)
         self.viewer = viewer
         self.history = ChatHistory(store, self.show_message)
         self._owns_worker = worker is None
@@ -102,6 +106,8 @@ class ChatWidget(QWidget):
         form = QFormLayout()
         form.addRow("CT", self.layer_box)
         form.addRow("Model", self.models.box)
+        self.runtime = RuntimeChoice(self._asked_runtime, parent=self)
+        form.addRow("Runs on", self.runtime.widget)
         form.addRow("", self.models.status)
         form.addRow("", self.models.progress)
         self.scope = ScopeChoice(self.viewer, parent=self)
@@ -148,6 +154,7 @@ class ChatWidget(QWidget):
             signal.connect(slot)
         self.ct.changed.connect(self._set_layer)
         self.models.chosen.connect(self.load_model)
+        self.runtime.changed.connect(lambda: self.load_model(*reversed(self.models.box.currentData())))
         self.transcript.send_requested.connect(self.send_to_queue)
         self.transcript.jump_requested.connect(self.jump_to_box)
         self.transcript.box_requested.connect(self.show_box)
@@ -203,11 +210,12 @@ class ChatWidget(QWidget):
             return
         self.models.begin(path, name)
         self._update_buttons()
-        self.worker.load(path)
+        self.worker.load(path, self.runtime.options())
 
     def _on_loaded(self, info: dict) -> None:
         self.models.loaded(info)
         self.scope.set_supported(bool(info.get("slice_questions")))
+        self.runtime.set_devices(info.get("devices", []))
         self._update_buttons()
         self._update_banner()
 
@@ -232,6 +240,7 @@ class ChatWidget(QWidget):
         busy = self.worker.busy_request is not None
         self.question.set_enabled(self.model_ready, busy)
         self.models.box.setEnabled(not busy)
+        self.runtime.set_enabled(not busy)
 
     def ask(self, question: str | None = None) -> TurnView | None:
         """Send the typed (or given) question about the chosen CT; returns its turn view."""
