@@ -179,13 +179,13 @@ def load_own(folder: Path, dtype: torch.dtype | None = None) -> LamedForCausalLM
     """One of our save_pretrained folders, with the same strict checks as a published one: every
     weight file is checked (header, size, pickle) and its tensors must be exactly the model's, so a
     folder missing a tensor is refused instead of answering with that layer random."""
-    from accelerate import init_empty_weights  # deferred: accelerate is only needed to load
-
     try:
         config = LamedConfig.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{folder / 'config.json'}: not a usable model config ({_first_line(exc)})") from None
-    with init_empty_weights(include_buffers=False):
+    # torch's device context is per thread; accelerate's init_empty_weights patches nn.Module for every
+    # thread, so two models loading at once (a sharded evaluation in threads) left real models on "meta"
+    with torch.device("meta"):
         skeleton = LamedForCausalLM(config)
     tied = frozenset(getattr(skeleton, "all_tied_weights_keys", None) or ())
     check_tensors(folder, tensor_shapes(checkpoint_files(folder)), expected_shapes(skeleton), tied)
