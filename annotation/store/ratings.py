@@ -81,11 +81,15 @@ class RatingsArea(StoreArea):
 
         return self._write_racing(work)
 
-    def rating_history(self, annotator: str, qa_id: int) -> list[RatingVersion]:
-        """Earlier versions of the annotator's rating of the pair, oldest first."""
+    def rating_history(self, annotator: str, qa_id: int, repeat: bool = False) -> list[RatingVersion]:
+        """Earlier versions of the annotator's rating of the pair, oldest first (`repeat`: of their
+        blind second judgement, which has a history of its own)."""
+        annotator = annotator_name(annotator)
         with self.db.reading() as s:
             rows = s.scalars(select(RatingHistory).join(Rater, Rater.id == RatingHistory.rater_id)
-                             .where(Rater.name == annotator, RatingHistory.qa_id == qa_id)
+                             .join(Rating, Rating.id == RatingHistory.rating_id)
+                             .where(Rater.name == annotator, RatingHistory.qa_id == qa_id,
+                                    Rating.is_repeat == repeat)
                              .order_by(RatingHistory.id)).all()
             return [rating_version(h, annotator) for h in rows]
 

@@ -203,7 +203,7 @@ def rescale_needed(stored: np.ndarray, meta: ScanMetadata) -> bool:
     intercept = meta.intercept if meta.intercept is not None else 0.0
     if slope == 1.0 and intercept == 0.0:
         return False
-    flat = np.asarray(stored).reshape(-1)
+    flat = np.ravel(stored, order="K")  # a view in memory order: reshape(-1) copies a Fortran-ordered volume
     sample = flat[:: max(1, flat.size // 2_000_000)]
     lowest = sample.min()
     body = sample[sample != lowest] if lowest <= _PADDING_AT_MOST else sample  # padding outside the field of view

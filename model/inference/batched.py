@@ -31,17 +31,18 @@ class Question:
     choices: tuple[str, ...] | None = None
 
 
-def _question_ids(vlm: VLM, question: Question) -> list[int]:
-    """The prompt's ids after BOS + image tokens (the part that differs between questions)."""
-    ids = vlm.prompt_ids(vlm.build_prompt(question.text, question.choices))
-    return ids[0, vlm.num_image_tokens + 1:].tolist()
+def _question_ids(vlm: VLM, prepared: PreparedImage, question: Question) -> list[int]:
+    """The prompt's ids after BOS + image tokens (the part that differs between questions); as many
+    image tokens as this prepared image has (a slice has fewer than a volume)."""
+    ids = vlm.prompt_ids(vlm.build_prompt(question.text, question.choices), prepared.num_tokens)
+    return ids[0, prepared.num_tokens + 1:].tolist()
 
 
 def _prefix(vlm: VLM, prepared: PreparedImage, rows: int) -> tuple[object, torch.Tensor]:
     """The image prefix's KV cache repeated over `rows`, and its ids (BOS + image tokens)."""
     cache = copy.deepcopy(vlm.prefix_cache(prepared))
     cache.batch_repeat_interleave(rows)
-    ids = [vlm.tokenizer.bos_token_id] + [vlm.image_token_id] * vlm.num_image_tokens
+    ids = [vlm.tokenizer.bos_token_id] + [vlm.image_token_id] * prepared.num_tokens
     return cache, torch.tensor([ids] * rows, dtype=torch.long, device=vlm.device)
 
 
@@ -131,7 +132,7 @@ def answer_batch(vlm: VLM, prepared: PreparedImage, questions: Sequence[Question
     `batch_size` rows, or one question's choices, per forward pass); answers in input order."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    ids = [_question_ids(vlm, q) for q in questions]
+    ids = [_question_ids(vlm, prepared, q) for q in questions]
     order = sorted(range(len(questions)), key=lambda k: (len(ids[k]), k))
     answers: list[Answer | None] = [None] * len(questions)
     for start in range(0, len(order), batch_size):

@@ -124,7 +124,7 @@ def stored_dtype(folder: Path) -> torch.dtype | None:
     """The dtype a checkpoint folder says its weights are in (an adapter: its base's)."""
     if (folder / ADAPTER_CONFIG).is_file():
         base = read_provenance(folder).get("base_path")
-        return stored_dtype(Path(base) if base else DEFAULT_MODEL_DIR)
+        return stored_dtype(run_model_folder(Path(base)) if base else DEFAULT_MODEL_DIR)  # a base may be a run folder
     try:
         raw = json.loads((folder / "config.json").read_text())
     except (OSError, json.JSONDecodeError):

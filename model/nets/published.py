@@ -186,6 +186,8 @@ def published_name(name: str) -> str:
 
 def published_config(config: LamedConfig, model_type: str = "lamed_phi3") -> dict[str, Any]:
     """config.json as M3D writes it: the LM's fields at top level plus LaMed's vision/projector fields."""
+    if config.vision_family != "m3d":  # the published layout has no place for another encoder family
+        raise ValueError(f"the published M3D layout holds M3D-family models only, not {config.vision_family!r}")
     if model_type not in PUBLISHED_MODEL_TYPES:
         raise ValueError(f"model_type must be one of {sorted(PUBLISHED_MODEL_TYPES)}, got {model_type!r}")
     text = config.text_config.to_dict()

@@ -79,6 +79,16 @@ def test_save_rating_updates_one_row_and_keeps_every_earlier_version(seeded) -> 
     assert len(store.ratings_frame()) == 1
 
 
+def test_a_blind_repeat_keeps_a_history_of_its_own(seeded) -> None:
+    store, ids = seeded
+    store.save_rating("ann", ids[0], SCORES, True, note="first")
+    store.save_rating("ann", ids[0], [1, 1, 1, 1, 1], False, note="first, changed")
+    store.save_rating("ann", ids[0], [3, 3, 3, 3, 3], True, note="repeat", repeat=True)
+    store.save_rating("ann", ids[0], [4, 4, 4, 4, 4], True, note="repeat, changed", repeat=True)
+    assert [h.note for h in store.rating_history("ann", ids[0])] == ["first"]
+    assert [h.note for h in store.rating_history(" ann ", ids[0], repeat=True)] == ["repeat"]
+
+
 @pytest.mark.parametrize("scores, match", [
     ({**SCORES, "qa_alignment": 6}, "qa_alignment"),
     ({k: v for k, v in SCORES.items() if k != "specificity_clarity"}, "specificity_clarity"),

@@ -128,3 +128,10 @@ def test_ctvqa_ask_with_a_label_file(tiny_omnict_dir: Path, ct_file: Path, tmp_p
     small = write_ct(CTVolume(labels[:10], SPACING, canonical_affine(SPACING), {}), tmp_path / "small.nii.gz")
     wrong = runner.invoke(app, base[:-1] + [str(small)])
     assert wrong.exit_code != 0 and "small.nii.gz" in wrong.output and "differs from the CT" in wrong.output
+
+
+def test_the_published_layout_refuses_an_omnict_model(vlm) -> None:
+    from model.nets.published import published_config
+
+    with pytest.raises(ValueError, match="M3D-family models only"):
+        published_config(vlm.model.config)

@@ -14,7 +14,6 @@ import torch
 
 from model.ct.io import read_ct
 from model.ct.metadata import row_for
-from model.ct.preprocess import to_model_input
 from model.data.qa_folders import QAFolderError, index_volumes, read_qa_folder
 from model.inference import prompts
 from model.training.finetune.config import FinetuneError, Sample
@@ -138,9 +137,9 @@ class FeatureCache:
     def __call__(self, image: str) -> torch.Tensor:
         if image not in self._features:
             volume = read_ct(image, metadata=row_for(self.metadata, image))
-            pixels = to_model_input(volume, size=self.vlm.image_size, window=self.vlm.settings.get("window"))
+            # VLM.prepare, as when answering: the same window, crop and (OmniCT) organ masks
             # clone(): features made under inference_mode cannot take part in autograd otherwise
-            self._features[image] = self.vlm.encode(pixels.to(self.vlm.device)).clone()
+            self._features[image] = self.vlm.prepare(volume).features.clone()
         return self._features[image]
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QComboBox, QFileDialog, QLabel, QProgressBar
 
 from napari_ctvqa.vlm_server import VolumePayload
@@ -69,7 +69,7 @@ class ModelChoice(QObject):
         self._sent_scans.clear()
         if name is None:
             name = self.version_name(path)
-        index = self.box.findText(name, Qt.MatchFlag.MatchStartsWith)
+        index = self._index_of(name)
         if index < 0:  # a folder chosen for the first time: list it beside the others
             index = self.box.count() - 1
             self.box.insertItem(index, f"{name} (folder)", (name, path))
@@ -77,6 +77,16 @@ class ModelChoice(QObject):
         self._loading = (name, path)
         self.status.setText(f"Loading {name}...")
         self.progress.setVisible(True)
+
+    def _index_of(self, name: str | None) -> int:
+        """The menu entry of model `name` (matched on the stored name, not a text prefix: `ft-r1` is
+        not `ft-r10`), else -1."""
+        return next((k for k in range(self.box.count()) if (self.box.itemData(k) or (None,))[0] == name), -1)
+
+    def _select(self, name: str | None) -> None:
+        index = self._index_of(name)
+        if index >= 0:
+            self.box.setCurrentIndex(index)
 
     def version_name(self, path: str | None) -> str:
         """The registered name of the model in `path` (so turns name it the same), else its folder name."""
@@ -107,11 +117,7 @@ class ModelChoice(QObject):
         self.name, self.path = self._previous
         self.ready = True
         self.progress.setVisible(False)
-        index = self.box.findText(self.name, Qt.MatchFlag.MatchStartsWith)
-        if self.name == DEFAULT_MODEL_NAME:
-            index = 0
-        if index >= 0:
-            self.box.setCurrentIndex(index)
+        self._select(self.name)
         self.status.setText(f"Ready: {self.name} (kept: the chosen model could not be loaded)")
         return self.name
 
@@ -135,7 +141,8 @@ class ModelChoice(QObject):
         name, path = self.box.itemData(index)
         if name == _CHOOSE_FOLDER:
             path = QFileDialog.getExistingDirectory(self.box, "Choose a model folder (ours or a published M3D-LaMed)")
-            if not path:
+            if not path:  # cancelled: the menu shows the model that is still loaded again
+                self._select(self.name)
                 return
             name = None
         self.chosen.emit(path, name)

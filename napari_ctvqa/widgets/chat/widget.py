@@ -154,7 +154,7 @@ class ChatWidget(QWidget):
             signal.connect(slot)
         self.ct.changed.connect(self._set_layer)
         self.models.chosen.connect(self.load_model)
-        self.runtime.changed.connect(lambda: self.load_model(*reversed(self.models.box.currentData())))
+        self.runtime.changed.connect(lambda: self.load_model(self.models.path, self.models.name))  # the loaded one
         self.transcript.send_requested.connect(self.send_to_queue)
         self.transcript.jump_requested.connect(self.jump_to_box)
         self.transcript.box_requested.connect(self.show_box)

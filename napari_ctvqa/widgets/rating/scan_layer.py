@@ -71,7 +71,7 @@ class ScanLayer:
         if not self.in_viewer:
             layer = self.layer = self.viewer.add_image(
                 volume.array, scale=volume.spacing, name=LAYER_NAME, colormap="gray",
-                contrast_limits=limits, metadata={"path": str(qa.path)},
+                contrast_limits=limits, metadata={"path": str(qa.path), "ct_meta": volume.meta},
             )
             layer.contrast_limits_range = scan.value_range
             self.viewer.reset_view()
@@ -84,7 +84,7 @@ class ScanLayer:
             layer.data = volume.array
             if tuple(layer.scale) != tuple(volume.spacing):
                 layer.scale = volume.spacing
-            layer.metadata = {"path": str(qa.path)}
+            layer.metadata = {"path": str(qa.path), "ct_meta": volume.meta}  # the window panel reads ct_meta
             if not layer.visible:
                 layer.visible = True
             if reshaped:
@@ -100,12 +100,15 @@ class ScanLayer:
         return window_limits(window, None)
 
     def set_window(self, window: str) -> str:
-        """A window key: the preset on the rating layer (full range for a normalised scan)."""
+        """A window key: the preset on the rating layer (full range for a scan not in HU)."""
         if not self.in_viewer or self.shown is None:
             return "no scan shown"
-        normalised = bool(self.shown.volume.meta.get("normalised"))
+        meta = self.shown.volume.meta
         self.layer.contrast_limits = self.limits(window)
-        return "full range (this scan is normalised, not HU)" if normalised and window != "full" else f"{window} window"
+        if shows_hu(meta) or window == "full":
+            return f"{window} window"
+        what = "normalised" if meta.get("normalised") else f"a {meta.get('modality')} series"
+        return f"full range (this scan is {what}, not HU)"
 
     def hide(self) -> None:
         """Never leave the previous pair's scan on screen under this pair's question."""
