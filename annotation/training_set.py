@@ -137,7 +137,6 @@ def training_set_from_folder(data_dir: str | Path, out_dir: str | Path, volumes_
 
 
 def _check_tasks(tasks: Iterable[str]) -> set[str]:
-
     wanted = {t.strip() for t in tasks if t and t.strip()}
     unknown = sorted(t for t in wanted if t not in TASKS and t != "chat")
     if unknown:
@@ -301,7 +300,6 @@ def _start(store: Store, out_dir: Path, base: str | None, rule: FilterRule | Non
            data_dir: str | Path | None, volumes_dir: str | Path | None, config: FinetuneConfig,
            val_frac: float, split_seed: int, merge: bool, name: str | None, say: Log,
            split: str = "patient") -> dict[str, Any]:
-
     base_name, base_path = resolve_base(store, base)
     if name is not None and store.model_version(name) is not None:
         raise FinetuneError(f"a model version named {name!r} already exists; choose another --name")

@@ -30,7 +30,7 @@ QUESTIONS = ("Is there a lung nodule?", "Is there a pleural effusion?", "Is ther
 
 
 def build_random_base(folder: Path) -> Path:
-    """A randomly initialised LaMed at the embedded default model's sizes (train_default.Recipe)."""
+    """A randomly initialised LaMed at the embedded default model's sizes (model.training.default.recipe.Recipe)."""
     from model.nets.tokenizer import train_tokenizer
     from model.training.default.recipe import Recipe
     from model.training.default.steps import build_model

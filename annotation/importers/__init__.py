@@ -74,10 +74,3 @@ class RowProblems:
         if self.items:
             raise BadInputError.of(self.root, self.items)
 
-
-def relative(path: Path, root: Path) -> str:
-    """How a file under an import's root folder is named in messages."""
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return str(path)

@@ -32,7 +32,6 @@ from annotation.store.findings import FindingsArea
 from annotation.store.models import ModelsArea
 from annotation.store.queues import QueuesArea
 from annotation.store.ratings import RatingsArea
-from annotation.store.ratings import write_rating as write_rating  # the ratings CSV importer's entry
 from annotation.store.scans import ScansArea
 
 __all__ = ["Store", "StoreError", "default_db_url"]

@@ -11,7 +11,7 @@ import numpy as np
 from model.ct.dicom import has_dicom_preamble, read_dicom_series
 from model.ct.formats import read_itk_file, read_m3d_npy, read_nifti
 from model.ct.metadata import ScanMetadata, metadata_for
-from model.ct.volume import CTReadError, CTVolume, first_line, itk_geometry, suffix_of
+from model.ct.volume import CTReadError, CTVolume, first_line, itk_image, suffix_of
 
 #: File name endings `write_ct` writes; `read_ct` reads these, SUPPORTED_SUFFIXES and DICOM folders.
 WRITABLE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -23,7 +23,7 @@ SUPPORTED_SUFFIXES = WRITABLE_SUFFIXES + (".npy", ".dcm")
 
 
 def read_ct(path: str | Path, metadata: Mapping[str, Any] | ScanMetadata | None = None) -> CTVolume:
-    """Read any supported CT file or DICOM folder into a canonical `CTVolume` (see module doc).
+    """Read any supported CT file or DICOM folder into a canonical `CTVolume` (orientation: model/ct/volume.py).
 
     `metadata`: the scan's CT-RATE `metadata.csv` row (a mapping with CT-RATE's column names:
     RescaleSlope, RescaleIntercept, XYSpacing, ZSpacing, ImageOrientationPatient,
@@ -70,11 +70,7 @@ def write_ct(volume: CTVolume, path: str | Path) -> Path:
     array = np.asarray(volume.array)
     if array.ndim != 3:
         raise ValueError(f"cannot write CT {path}: array must be 3D (z, y, x), got shape {array.shape}")
-    image = sitk.GetImageFromArray(np.ascontiguousarray(_storage_array(array)))
-    spacing, direction, origin = itk_geometry(volume.affine)
-    image.SetSpacing(spacing)
-    image.SetDirection(direction)
-    image.SetOrigin(origin)
+    image = itk_image(_storage_array(array), volume.affine)
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(image, str(path), useCompression=suffix in (".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd"))
     return path

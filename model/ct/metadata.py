@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from model.ct.volume import CTReadError, suffix_of
+from model.ct.volume import CTReadError, add_note, suffix_of
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ class Resolved:
                         f"intercept {rescaled.intercept if rescaled.intercept is not None else 0:g})")
         if used:
             meta["metadata_applied"] = used
-            meta.setdefault("notes", []).append("from the metadata row: " + ", ".join(used))
+            add_note(meta, "from the metadata row: " + ", ".join(used))
         if self.conflicts:
             meta["metadata_conflicts"] = self.conflicts
             for text in self.conflicts:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from model.ct.volume import add_note
+
 ALLOW_ENV = "CTVQA_ALLOW_NON_CT"
 
 
@@ -33,8 +35,8 @@ def mark_modality(meta: dict[str, Any]) -> None:
     """Tell a non-CT read what it is: no HU windows, and the model's refusal."""
     if not is_ct(meta):
         meta["hu"] = False
-        meta.setdefault("notes", []).append(
-            f"{meta['modality']} series, not CT: shown without the HU windows; the model (trained on CT) "
+        add_note(
+            meta, f"{meta['modality']} series, not CT: shown without the HU windows; the model (trained on CT) "
             f"refuses it unless asked anyway ({ALLOW_ENV}=1 or ctvqa ask --allow-non-ct)")
 
 

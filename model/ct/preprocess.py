@@ -46,7 +46,7 @@ class InputGeometry:
 
 
 def resolve_window(window: str | Sequence[float] | None) -> tuple[float, float] | None:
-    """A preset name from `model.windows` or a (width, level) pair; None or "full" = the data's range."""
+    """A preset name from `model.ct.windows` or a (width, level) pair; None or "full" = the data's range."""
     if window is None:
         return None
     if isinstance(window, str):

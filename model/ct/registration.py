@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from model.ct.volume import CTVolume, itk_geometry
+from model.ct.volume import CTVolume, itk_image
 
 #: Shrink factors and smoothing (in voxels) of the pyramid levels, coarse to fine.
 SHRINK_FACTORS = (4, 2, 1)
@@ -73,12 +73,7 @@ class RigidResult:
 
 def to_itk(volume: CTVolume) -> sitk.Image:
     """The volume as an ITK image in physical LPS mm (ITK index order (i, j, k) = array (z, y, x) reversed)."""
-    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array, dtype=np.float32))
-    spacing, direction, origin = itk_geometry(volume.affine)
-    image.SetSpacing(spacing)
-    image.SetDirection(direction)
-    image.SetOrigin(origin)
-    return image
+    return itk_image(np.asarray(volume.array, dtype=np.float32), volume.affine)
 
 
 def register_rigid(current: CTVolume, prior: CTVolume, *, progress: Callable[[float], None] | None = None,

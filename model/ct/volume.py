@@ -96,6 +96,18 @@ def itk_geometry(affine: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ..
     return tuple(spacing.tolist()), tuple(direction.flatten().tolist()), tuple(origin.tolist())
 
 
+def itk_image(array: np.ndarray, affine: np.ndarray) -> Any:
+    """A SimpleITK image of a (z, y, x) array placed by our affine (ITK's index order is the reverse)."""
+    import SimpleITK as sitk  # deferred: ITK loads only when an image is handed to it
+
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    spacing, direction, origin = itk_geometry(affine)
+    image.SetSpacing(spacing)
+    image.SetDirection(direction)
+    image.SetOrigin(origin)
+    return image
+
+
 def canonicalise(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Permute/flip `array` (any array-axis order, affine in our convention) to the canonical
     layout; returns float32 C-contiguous data (one copy) and the matching affine.
@@ -208,8 +220,3 @@ def itk_reason(exc: Exception) -> str:
 def first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else "no details"
-
-
-# --- DICOM series ---------------------------------------------------------------------------
-
-

@@ -75,11 +75,9 @@ def evaluate_vlm(vlm: VLM, qa_dir: str | Path, volumes_dir: str | Path, limit: i
                  group: Group | None = None,
                  metadata: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any] | None:
     """Per-task (and per-subtask) figures in percent, as `ctvqa evaluate --json` writes them;
-    None in every process of a sharded run but the first. `metadata` maps a volume name to its
-    CT-RATE metadata row (applied where the file lacks slope/intercept/spacing).
-
-    `metadata`: CT-RATE metadata rows by volume name (`model.ct.metadata.read_metadata_table`),
-    handed to `read_ct` for each volume.
+    None in every process of a sharded run but the first. `metadata`: CT-RATE metadata rows by
+    volume name (`model.ct.metadata.read_metadata_table`), handed to `read_ct` for each volume
+    (applied where the file lacks slope/intercept/spacing).
 
     Questions whose volume is missing or unreadable are skipped and reported (count and first
     names) rather than failing the whole run: a partial volume download is the common case.

@@ -9,7 +9,7 @@ the image can score high accuracy. These figures say how much of a score comes f
   priors only new/none), given the priors the question states;
 - box IoU against the generator's ground-truth boxes.
 Image reliance (points lost with another patient's scan or noise) is the difference of these
-figures between runs, taken in evaluate.py.
+figures between runs, taken in report.py.
 """
 from __future__ import annotations
 

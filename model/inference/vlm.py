@@ -432,13 +432,14 @@ class VLM:
         first = first_at - start if first_at is not None else None
         prompt_len = final["prompt_ids"].shape[1]
         prepared: PreparedImage = final["prepared"]
-        decoded = self.decode_answer(prepared, final["ids"][0, prompt_len:].tolist())
+        new_ids = final["ids"][0, prompt_len:].tolist()
+        decoded = self.decode_answer(prepared, new_ids)
         choice = scores = None
         if prompts.listed_choices(choices):
             scores = self.score_choices(prepared, final["prompt_ids"], choices)  # type: ignore[arg-type]
             choice = max(scores, key=scores.__getitem__)
         return Answer(**decoded, choice=choice, choice_scores=scores, latency_first_token_s=first,
-                      total_s=time.perf_counter() - start, token_ids=tuple(final["ids"][0, prompt_len:].tolist()))
+                      total_s=time.perf_counter() - start, token_ids=tuple(new_ids))
 
     def score_choices(self, prepared: PreparedImage, prompt_ids: torch.Tensor, choices: Sequence[str]) -> dict[str, float]:
         """Softmax over choices of the mean log-likelihood of `"{letter}. {choice}"` after the prompt,
@@ -447,7 +448,7 @@ class VLM:
         targets = [self.tokenizer(prompts.format_target(text, letter), add_special_tokens=False)["input_ids"]
                    for letter, text in offered]
         width = max(len(t) for t in targets)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        pad = self.pad_token_id  # masked: never scored
         last = int(prompt_ids[0, -1])
         batch = torch.tensor([[last, *t, *[pad] * (width - len(t))] for t in targets], device=self.device)
         mask = torch.tensor([[1] * (len(t) + 1) + [0] * (width - len(t)) for t in targets], device=self.device)

@@ -100,7 +100,7 @@ class LamedConfig(PreTrainedConfig):
 
     def _omnict_counts(self) -> tuple[int, int]:
         return omnict_token_counts(self.image_size, self.patch_size, self.token_unshuffle,
-                                   len(self.organ_names) if self.organ_tokens else 0, self.organ_tokens)
+                                   len(self.organ_names), self.organ_tokens)
 
 
 class LamedForCausalLM(PreTrainedModel, GenerationMixin):

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from model.evaluation.metrics import OPEN_METRICS
+from model.evaluation.runner import ROBUSTNESS_RUNS
+
 _HEADERS = {"bleu1": "BLEU-1", "rouge1": "ROUGE-1", "meteor": "METEOR", "bertscore_f1": "BERTScore F1",
             "accuracy": "accuracy", "accuracy_reference": "accuracy (text)", "majority_baseline": "majority answer",
             "accuracy_over_baseline": "over majority", "balanced_accuracy": "balanced (existence)",
             "normal": "image", "wrong_volume": "another scan", "noise_volume": "noise", "image_effect": "mean drop",
             "iou_mean": "mean IoU", "iou_at_50": "IoU >= 0.5", "answered": "with a box"}
-_OPEN = ("bleu1", "rouge1", "meteor", "bertscore_f1")
 _CLOSED = ("accuracy", "accuracy_reference", "majority_baseline", "accuracy_over_baseline", "balanced_accuracy")
-_RUNS = ("wrong_volume", "noise_volume")
 _WIDTH = 120
 
 
@@ -44,17 +45,17 @@ def _robustness_rows(report: dict) -> list[tuple[str, dict]]:
         primary = "accuracy" if "accuracy" in figures else "rouge1"
         rows.append((f"{task} ({'accuracy' if primary == 'accuracy' else 'ROUGE-1'})",
                      {"n": figures["n"], "normal": figures.get(primary), "image_effect": figures.get("image_effect"),
-                      **{run: figures.get(f"{primary}_{run}") for run in _RUNS}}))
+                      **{run: figures.get(f"{primary}_{run}") for run in ROBUSTNESS_RUNS}}))
         if figures.get("balanced_accuracy_wrong_volume") is not None:
             rows.append(("existence (balanced accuracy)",
                          {"n": figures["n"], "normal": figures.get("balanced_accuracy"),
                           "image_effect": _mean(figures.get("balanced_image_reliance")),
-                          **{run: figures.get(f"balanced_accuracy_{run}") for run in _RUNS}}))
+                          **{run: figures.get(f"balanced_accuracy_{run}") for run in ROBUSTNESS_RUNS}}))
     boxes = report.get("boxes")
     if boxes and "iou_mean_wrong_volume" in boxes:
         rows.append(("boxes (mean IoU)", {"n": boxes["n"], "normal": boxes["iou_mean"],
                                           "image_effect": _mean(boxes.get("image_reliance")),
-                                          **{run: boxes.get(f"iou_mean_{run}") for run in _RUNS}}))
+                                          **{run: boxes.get(f"iou_mean_{run}") for run in ROBUSTNESS_RUNS}}))
     return rows
 
 
@@ -69,7 +70,7 @@ def print_report(report: dict) -> None:
     open_rows = [(t, f) for t, f in tasks if "rouge1" in f]
     closed_rows = [(t, f) for t, f in tasks if "accuracy" in f]
     if open_rows:
-        console.print(_table("open questions", "task", open_rows, list(_OPEN)))
+        console.print(_table("open questions", "task", open_rows, list(OPEN_METRICS)))
     if closed_rows:
         console.print(_table("closed questions", "task", closed_rows, list(_CLOSED),
                              caption="majority answer: always giving the most common answer of these questions"))
@@ -90,7 +91,7 @@ def print_report(report: dict) -> None:
                              ["answered", "iou_mean", "iou_at_50"]))
     if report["robustness"]:
         console.print(_table("image reliance: right scan / another patient's scan / noise", "figure",
-                             _robustness_rows(report), ["normal", *_RUNS, "image_effect"],
+                             _robustness_rows(report), ["normal", *ROBUSTNESS_RUNS, "image_effect"],
                              caption="points lost without the right scan; near 0 = the image is ignored"))
     for kind in ("missing_volumes", "unreadable_volumes"):
         shown = report[kind]

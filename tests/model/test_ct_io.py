@@ -23,7 +23,6 @@ def write_dicom_series(
     origin_lps: tuple[float, float, float] = (-10.0, -20.0, -30.0),
     series_uid: str = "1.2.826.0.1.3680043.8.498.1",
     names: Sequence[str] | None = None,
-    tilt_mm_per_slice: float = 0.0,
     intercept: float = -1024.0,
     positions: Sequence[float] | None = None,
 ) -> list[Path]:
@@ -53,7 +52,7 @@ def write_dicom_series(
         ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.2"
         ds.InstanceNumber = k + 1
         z = origin_lps[2] + (positions[k] if positions is not None else k * spacing[0])
-        ds.ImagePositionPatient = [origin_lps[0], origin_lps[1] + k * tilt_mm_per_slice, z]
+        ds.ImagePositionPatient = [origin_lps[0], origin_lps[1], z]
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.PixelSpacing = [spacing[1], spacing[2]]
         ds.SliceThickness = spacing[0]

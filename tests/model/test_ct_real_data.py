@@ -21,6 +21,7 @@ from model.ct.io import read_ct
 from model.ct.metadata import read_metadata_table
 from model.ct.modality import NotCTError, require_ct
 from model.ct.preprocess import to_model_input
+from model.ct.registration import to_itk
 from model.ct.volume import CTReadError, CTVolume, canonical_affine
 from tests.model.ctrate_like import metadata_row, write_ctrate_like
 from tests.model.dicom_phantoms import chest_phantom, write_enhanced_ct, write_phantom_series
@@ -33,15 +34,6 @@ def _voxel_lps(volume: CTVolume) -> np.ndarray:
     idx = np.stack(np.meshgrid(*(np.arange(n) for n in volume.array.shape), indexing="ij"), -1).astype(float)
     ras = idx @ volume.affine[:3, :3].T + volume.affine[:3, 3]
     return ras * np.array([-1.0, -1.0, 1.0])
-
-
-def _as_itk(volume: CTVolume) -> sitk.Image:
-    from model.ct.volume import itk_geometry
-
-    image = sitk.GetImageFromArray(volume.array)
-    spacing, direction, origin = itk_geometry(volume.affine)
-    image.SetSpacing(spacing), image.SetDirection(direction), image.SetOrigin(origin)
-    return image
 
 
 # --- gantry tilt and uneven gaps ----------------------------------------------------------------
@@ -76,7 +68,7 @@ def test_tilted_series_matches_dcm2niix(tilted: Path, tmp_path: Path) -> None:
     for corner in itertools.product(*((0, n - 1) for n in ours.array.shape)):
         theirs = (to_reference @ [*corner, 1])[:3]
         assert np.abs(theirs - corner).max() <= 1.0, (corner, theirs)
-    on_ours = sitk.GetArrayFromImage(sitk.Resample(_as_itk(reference), _as_itk(ours), sitk.Transform(),
+    on_ours = sitk.GetArrayFromImage(sitk.Resample(to_itk(reference), to_itk(ours), sitk.Transform(),
                                                    sitk.sitkLinear, -1000.0))
     body = (ours.array > -500) & (on_ours > -500)
     assert body.sum() > 1000

@@ -94,7 +94,6 @@ class OmniCTEncoder(nn.Module):
         self.unshuffle = int(unshuffle)
         self.position_dims = tuple(int(v) for v in position_dims)
         self.organs = tuple(organs)
-        omnict_grid(self.image_size, patch_size, self.unshuffle)
         self.num_tokens, self.num_slice_tokens = omnict_token_counts(
             self.image_size, patch_size, self.unshuffle, len(self.organs), tokens_per_organ)
         self.vision_tower = SliceViT(self.image_size[1:], self.patch, hidden_size, num_layers, num_heads, mlp_dim)

@@ -16,7 +16,7 @@ hour, on the project's synthetic cohort only (it has never seen a real patient).
    and a language model trained from scratch learn all six 3D-RAD tasks (closed answers as
    `"{letter}. {answer}"`) plus the reports' impressions, the label head kept as a second loss.
    Rare answers are sampled more often (inverse square root of their frequency in a task).
-5. the held-out evaluation (`model.evaluate.evaluate_vlm` on the valid patients), `eval.json`
+5. the held-out evaluation (`model.evaluation.evaluate.evaluate_vlm` on the valid patients), `eval.json`
    and the model card, written from the same figures.
 
 Everything is seeded and the data order is drawn from one generator, so a rerun on the same

@@ -25,7 +25,6 @@ from model.training.default.steps import build_model
 
 
 def save_model(model: Any, tokenizer: Any, out: Path) -> None:
-
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))

@@ -21,7 +21,6 @@ from model.training.default.recipe import Recipe
 
 # ----- model ------------------------------------------------------------------------------------
 def build_model(recipe: Recipe, tokenizer: Any) -> Any:
-
     config = LamedConfig(
         text_config=recipe.text_config(tokenizer), image_size=list(recipe.image_size),
         patch_size=list(recipe.patch_size), mm_hidden_size=recipe.vision_hidden,

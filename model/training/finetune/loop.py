@@ -97,7 +97,7 @@ def train(base: str | Path | None, data_dir: str | Path, out_dir: str | Path,
     vlm = load_vlm(record["base_path"], device=str(accelerator.device), dtype=dtype)
     encoded = [encode_sample(vlm, s) for s in samples]
     features = FeatureCache(vlm, table_beside(record["data_dir"]))
-    pad_id = vlm.tokenizer.pad_token_id if vlm.tokenizer.pad_token_id is not None else vlm.tokenizer.eos_token_id
+    pad_id = vlm.pad_token_id  # padding is masked out of the loss
 
     model = add_lora(vlm.model, config).to(accelerator.device)
     model.train()
@@ -210,7 +210,6 @@ def _peak_memory_mb() -> float:
 
 
 def _save_adapter(out_dir: Path, model: Any, vlm: Any, record: dict[str, Any], result: TrainResult) -> None:
-
     folder = out_dir / ADAPTER_DIR
     model.save_pretrained(str(folder))
     vlm.tokenizer.save_pretrained(str(folder))

@@ -70,7 +70,6 @@ def _read_jsonl(path: Path) -> list[Sample]:
 
 
 def _resolve_images(samples: list[Sample], data_dir: Path, volumes_dir: str | Path | None) -> list[Sample]:
-
     index = index_volumes(volumes_dir) if volumes_dir is not None else {}
     roots = [data_dir, *_image_root(data_dir)]
     resolved, missing = [], []
