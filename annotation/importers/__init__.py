@@ -8,7 +8,6 @@ takes one fix-up round, not six.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 #: Bad rows listed in one message; the rest are counted.
 MAX_LISTED = 20

@@ -182,3 +182,22 @@ def test_a_scan_without_priors_says_why_compare_is_off(room, store, tmp_path):
     assert "not in the database" in room.compare_button.toolTip()
     room.compare_with_prior()
     assert "No prior" in room.message.text()
+
+
+def test_switching_scans_leaves_one_window_follower_per_shown_view(room, tmp_path):
+    """Each show() mirrors the scan into the two extra views; the mirrors of a scan shown earlier
+    stop following its window, so switching back and forth does not pile up callbacks."""
+    viewer = room.viewer
+    first = open_as_the_reader_does(viewer, marker_phantom(), tmp_path / "a.nii.gz")
+    second = open_as_the_reader_does(viewer, marker_phantom(), tmp_path / "b.nii.gz")
+    room.views.show(first)
+    once = len(first.events.contrast_limits.callbacks)
+    for _ in range(3):
+        room.views.show(second)
+        room.views.show(first)
+    assert len(first.events.contrast_limits.callbacks) == once  # no pile-up of followers
+    room.views.show(first)
+    second.contrast_limits = (-100.0, 100.0)  # no longer shown: nothing follows it
+    assert all(source is first for source, _ in room.views._following)
+    first.contrast_limits = (-500.0, 500.0)
+    assert all(tuple(m.layers[first.name].contrast_limits) == (-500.0, 500.0) for m in room.views.models.values())

@@ -20,6 +20,7 @@ would make the axial view lag behind the wheel.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -56,13 +57,17 @@ def crosshair_lines(point: Any, order: tuple[int, int, int], box: np.ndarray, la
     return lines
 
 
-def mirror(source: Any, target_viewer: Any, name: str) -> Any:
-    """A layer in `target_viewer` showing `source`'s data (shared, not copied) at its place and window."""
+def mirror(source: Any, target_viewer: Any, name: str) -> tuple[Any, Callable[[Any], None]]:
+    """A layer in `target_viewer` showing `source`'s data (shared, not copied) at its place and
+    window, and the callback that keeps its window following `source` (disconnect it when done)."""
     layer = target_viewer.add_image(source.data, name=name, scale=source.scale, translate=source.translate,
                                     colormap=source.colormap, contrast_limits=source.contrast_limits,
                                     multiscale=source.multiscale, metadata=source.metadata)
-    source.events.contrast_limits.connect(lambda _e: setattr(layer, "contrast_limits", source.contrast_limits))
-    return layer
+    def follow(_event: Any) -> None:
+        layer.contrast_limits = source.contrast_limits
+
+    source.events.contrast_limits.connect(follow)
+    return layer, follow
 
 
 class OrthoViews(QObject):
@@ -80,6 +85,7 @@ class OrthoViews(QObject):
 
         self.viewer = viewer
         self.layer: Any = None
+        self._following: list[tuple[Any, Callable[[Any], None]]] = []
         self.models = {view: ViewerModel(title=view) for view in ("coronal", "sagittal")}
         self.qt_viewers = {view: QtViewer(model) for view, model in self.models.items()}
         self.widget = QSplitter(Qt.Orientation.Vertical)
@@ -110,12 +116,13 @@ class OrthoViews(QObject):
 
     def show(self, layer: Any) -> None:
         """Show `layer` in the extra views (None clears them), each with its crosshair."""
+        self._unfollow()
         self.layer = layer
         for view, model in self.models.items():
             model.layers.clear()
             if layer is None:
                 continue
-            mirror(layer, model, layer.name)
+            self._following.append((layer, mirror(layer, model, layer.name)[1]))
             self._add_crosshair(model)
             orient(model, view)
             model.reset_view()
@@ -182,7 +189,14 @@ class OrthoViews(QObject):
         if not dragged and self.layer is not None:
             self._sync(tuple(float(v) for v in event.position))
 
+    def _unfollow(self) -> None:
+        """Stop the windows of mirrors shown earlier following their source (each show() makes new ones)."""
+        for source, follow in self._following:
+            source.events.contrast_limits.disconnect(follow)
+        self._following.clear()
+
     def unhook(self) -> None:
+        self._unfollow()
         self._timer.stop()
         for model in self.all_viewers:
             model.dims.events.point.disconnect(self._on_point)
