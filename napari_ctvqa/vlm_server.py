@@ -21,11 +21,9 @@ Replies:
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,13 +32,12 @@ from typing import Any
 import numpy as np
 
 from model.ct.volume import CTVolume, canonical_affine
+from model.processes import end_with_parent
 
 log = logging.getLogger(__name__)
 #: Scheduling priority of the model process: lower than napari's, so the GUI wins the CPU.
 PROCESS_NICENESS = 10
 #: How often the model process checks that napari is still its parent (seconds).
-PARENT_POLL_S = 0.5
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 #: How many scans the worker keeps (the VLM caches their encodings); a chat rarely switches
 #: between more, and each holds its CT array.
 MAX_SCANS = 4
@@ -181,33 +178,6 @@ def serve(requests: Any, replies: Any, cancel_event: Any) -> None:
             return
         if not server.handle(request):
             return
-
-
-def end_with_parent(parent_pid: int, signal_on_death: bool = True) -> None:
-    """Make this process end when `parent_pid` (napari) does, however it ends: a SIGKILLed or
-    crashed napari runs no clean-up, and an orphaned model process would hold its memory for as
-    long as the machine runs.
-
-    Two mechanisms: on Linux the kernel's parent-death signal (`prctl(PR_SET_PDEATHSIG)`), which
-    is immediate; everywhere a watchdog thread that exits the process once its parent is no longer
-    `parent_pid` (the orphan is re-parented). The signal is tied to the parent's *thread* that
-    started this process, so it is only asked for when that was the parent's main thread
-    (`signal_on_death`); the watchdog covers the rest."""
-    if signal_on_death and sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent_pid:  # the parent died before the signal was armed
-        os._exit(0)
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(PARENT_POLL_S)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="ctvqa-parent-watch", daemon=True).start()
 
 
 def serve_in_process(requests: Any, replies: Any, cancel_event: Any, parent_pid: int | None = None,

@@ -89,7 +89,7 @@ class VLMWorker(QObject):
         if self.mode == "process":
             ctx = multiprocessing.get_context("spawn")
             self._requests, self._replies, self._cancel = ctx.Queue(), ctx.Queue(), ctx.Event()
-            # The model process ends with this one even when napari is killed (vlm_server.end_with_parent).
+            # The model process ends with this one even when napari is killed (model.processes.end_with_parent).
             main_thread = threading.current_thread() is threading.main_thread()
             self._handle = ctx.Process(target=serve_in_process, name="ctvqa-vlm", daemon=True,
                                        args=(self._requests, self._replies, self._cancel, os.getpid(), main_thread))

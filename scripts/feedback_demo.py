@@ -1,19 +1,21 @@
-"""Feedback demonstration: curators teach the model a question it answers wrongly, in minutes on CPU.
+"""Feedback demonstration: curators teach the model a finding it was never asked about.
 
-    python scripts/feedback_demo.py                      # base: the embedded default model
-    python scripts/feedback_demo.py --base PATH --steps 150 --workdir .bench-tmp/feedback-demo
+    python scripts/feedback_demo.py                                  # variant without "Pleural effusion"
+    python scripts/feedback_demo.py --finding "Lung nodule" --train-modules all
 
-The default model was trained on 3D-RAD's existence questions ("Is {label} present on the CT
-scan?"). The new wording asks the opposite: "Is the CT scan free of {label}?" (Yes = absent), a
-wording and meaning held out of its training, so it answers as if asked about presence. The demo
-
-1. writes a synthetic cohort and imports it (CT-RATE importer: all six tasks' QA pairs);
-2. adds the new-wording pairs and lets a simulated curator rate a balanced set of them (as many
-   "Yes" as "No"), plus a replay sample of the usual pairs of every task (the curated training
-   set is what passes the 3D-RAD filter);
-3. runs `annotation.training_set.run_finetune` (LoRA, patient-level split, registration);
-4. evaluates base and finetuned model on the held-out patients: the new wording (balanced), and
-   all six original tasks (they should not get worse), and prints the table used in docs/finetune.md.
+1. A variant of the default model is trained with one finding held out of its instruction data
+   (`python -m model.training.default --held-out-finding X`): no question about X is ever asked.
+   It reuses the default model's stage-1 vision tower (`.bench-tmp/default-model-work/stage1.pt`,
+   left by `make default-model`), so only the short instruction stage runs; without it the whole
+   recipe runs (cohorts included), which takes `make default-model`'s time.
+2. A synthetic cohort of other patients is imported into a fresh SQLite store (CT-RATE importer).
+3. A simulated curator rates every question about X (existence balanced: as many present as
+   absent) and a replay sample of every task's other pairs 5/5; the rest stays unrated, so the
+   3D-RAD filter drops it.
+4. `annotation.training_set.run_finetune` trains from the database (patient-level split, LoRA;
+   `--train-modules` also reaches the projector and a vision LoRA) and registers the new version.
+5. Base and finetuned model are evaluated on the held-out patients: per-finding balanced accuracy
+   of every existence question, and all six tasks. Prints the table used in docs/finetune.md.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import argparse
 import json
 import random
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,16 +31,34 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-NEW_WORDING = "Is the CT scan free of {label}?"
-# Findings the default model sees (held-out AUC >= 0.9 in model/default/README.md): a flipped
-# wording can only be answered as well as the finding itself is seen.
-DEMO_LABELS = ("Pleural effusion", "Cardiomegaly", "Medical material")
-EXISTENCE_CHOICES = ("Yes", "No", "-", "-")
-NEW_PREFIX = NEW_WORDING.split("{")[0]
 CURATOR = "demo-curator"
 PRIMARY = {"existence_detection": "accuracy", "static_temporal_diagnosis": "accuracy",
            "longitudinal_temporal_diagnosis": "accuracy", "image_observation": "rouge1",
            "anomaly_detection": "rouge1", "medical_computation": "rouge1"}
+
+
+def train_variant(work: Path, finding: str, steps: int, cohorts: Path, default_work: Path) -> Path:
+    """The held-out-finding variant (kept in `work/variant` and reused by a rerun)."""
+    out = work / "variant"
+    if (out / "model.safetensors").is_file():
+        return out
+    variant_work = work / "variant-work"
+    variant_work.mkdir(parents=True, exist_ok=True)
+    stage1 = default_work / "stage1.pt"
+    if stage1.is_file() and not (variant_work / "stage1.pt").is_file():
+        shutil.copy2(stage1, variant_work / "stage1.pt")
+    elif not stage1.is_file():
+        print(f"[demo] no stage-1 checkpoint in {default_work}: the variant trains its own vision tower "
+              "(as long as `make default-model`)", flush=True)
+    train = [sys.executable, "-m", "model.training.default", "--cohorts", str(cohorts)]
+    listed = subprocess.run([*train, "--print-cohorts"], check=True, capture_output=True, text=True, cwd=REPO)
+    for command in listed.stdout.splitlines():
+        folder = Path(command.split("--out ")[1].split()[0])
+        if not (folder / "ground_truth.json").is_file() and "heldout-" not in folder.name:
+            subprocess.run([sys.executable, "-m", "napari_ctvqa", *command.split()[1:]], check=True, cwd=REPO)
+    subprocess.run([*train, "--out", str(out), "--work", str(variant_work), "--held-out-finding", finding,
+                    "--stage2-steps", str(steps), "--no-eval"], check=True, cwd=REPO)
+    return out
 
 
 def build_store(work: Path, patients: int, seed: int, size: tuple[int, int, int]):
@@ -55,156 +76,161 @@ def build_store(work: Path, patients: int, seed: int, size: tuple[int, int, int]
     store = Store.create(f"sqlite:///{db}")
     import_ctrate(store.db, cohort / "reports.csv", cohort / "labels.csv", cohort / "metadata.csv",
                   volumes=cohort / "volumes")
-    return store
+    return store, cohort
 
 
-def add_new_wording(store) -> list[int]:
-    """One inverted-wording question per scan and demo label; returns the new pair ids."""
-    ids = []
-    for scan in store.scans():
-        labels = store.labels(scan.id)
-        for k, label in enumerate(DEMO_LABELS):
-            if label not in labels:
-                continue
-            absent = labels[label] == 0
-            ids.append(store.add_qa_pair(
-                scan.id, "existence_detection", NEW_WORDING.format(label=label.lower()), "Yes" if absent else "No",
-                subtask=str(k + 1), choices=EXISTENCE_CHOICES, answer_choice="A" if absent else "B",
-                source="generated", provenance={"by": "scripts/feedback_demo.py"}))
-    return ids
+def about(store, finding: str) -> dict[int, bool]:
+    """Pair id -> whether the pair asks about `finding` (by the label its question names)."""
+    from model.evaluation.findings import finding_asked
+
+    labels = sorted({name for scan in store.scans() for name in store.labels(scan.id)})
+    return {q.id: finding_asked(q.question, labels) == finding for q in store.qa_pairs()}
 
 
-def curate(store, new_ids: list[int], replay_per_task: int, seed: int) -> None:
-    """The simulated curator rates every new pair 5 and a seeded sample of each task's usual pairs
-    (replay, so the other tasks are not forgotten); everything else stays unrated (filtered out).
-    Usual existence questions are replayed as often as new ones: the two wordings differ only in
-    meaning, so the model must learn to read the wording rather than to answer "Yes" more often."""
+def curate(store, finding: str, replay_per_task: int, seed: int) -> int:
+    """Rate every pair about `finding` (existence balanced by answer) and a replay sample of the
+    other pairs of each task 5/5; returns how many pairs about the finding were rated."""
     rng = random.Random(seed)
-    chosen = balanced(store, new_ids, rng)
-    replay = []
+    asks = about(store, finding)
+    chosen: list[int] = []
     for task in PRIMARY:
-        pairs = [q.id for q in store.qa_pairs(task=task) if not q.question.startswith(NEW_PREFIX)]
-        wanted = len(chosen) if task == "existence_detection" else replay_per_task
-        replay += rng.sample(pairs, min(wanted, len(pairs)))
-    for qa_id in chosen + replay:
-        store.save_rating(CURATOR, qa_id, [5] * 5, consistent=True)
+        pairs = store.qa_pairs(task=task)
+        new = [q for q in pairs if asks[q.id]]
+        if task == "existence_detection":  # most scans lack the finding: "No" to all would otherwise pass
+            by_answer: dict[str, list[int]] = {}
+            for q in new:
+                by_answer.setdefault(q.answer, []).append(q.id)
+            n = min((len(g) for g in by_answer.values()), default=0)
+            new_ids = [i for g in by_answer.values() for i in rng.sample(g, n)]
+        else:
+            new_ids = [q.id for q in new]
+        others = [q.id for q in pairs if not asks[q.id]]
+        replay = rng.sample(others, min(max(replay_per_task, len(new_ids)), len(others)))
+        chosen += new_ids
+        for qa_id in new_ids + replay:
+            store.save_rating(CURATOR, qa_id, [5] * 5, consistent=True)
+    return len(chosen)
 
 
-def balanced(store, qa_ids: list[int], rng: random.Random) -> list[int]:
-    """As many "Yes" as "No" pairs (most findings are absent: a model answering "Yes" to every
-    new question would otherwise look good)."""
-    by_answer: dict[str, list[int]] = {}
-    for qa_id in qa_ids:
-        by_answer.setdefault(store.qa_pair(qa_id).answer, []).append(qa_id)
-    n = min(len(group) for group in by_answer.values())
-    return sorted(qa_id for group in by_answer.values() for qa_id in rng.sample(group, n))
-
-
-def eval_samples(store, patients: set[str], new_wording: bool) -> list:
-    """Held-out patients' pairs (the new wording only, or every original pair), in a seeded order."""
+def heldout_folder(store, patients: set[str], out: Path) -> Path:
+    """Every pair of the held-out patients as a 3D-RAD evaluation folder (links to the volumes)."""
+    from annotation.training_set import write_eval_folder
     from model.training.finetune.config import Sample
 
     frame = store.qa_frame()
-    is_new = frame["question"].str.startswith(NEW_PREFIX)
-    rows = frame[frame["patient"].isin(patients) & (is_new == new_wording)]
-    if new_wording:
-        rows = frame[frame["qa_id"].isin(balanced(store, rows["qa_id"].astype(int).tolist(), random.Random(1)))]
     samples = []
-    for r in rows.itertuples(index=False):
+    for r in frame[frame["patient"].isin(patients)].itertuples(index=False):
         closed = r.question_type == "closed"
         choices = (r.choice_a, r.choice_b, r.choice_c, r.choice_d) if closed else None
         samples.append(Sample(r.path, r.question, r.answer, choices, r.answer_choice if closed else None,
                               r.task, int(r.qa_id), f"qa_pairs:{r.qa_id}"))
-    random.Random(0).shuffle(samples)  # --eval-limit then takes a sample of all scans, not the first few
-    return samples
+    random.Random(0).shuffle(samples)  # --eval-limit then takes a sample of all scans
+    return write_eval_folder(samples, out / "qa", out / "volumes")
 
 
-def compare(base_path: str | None, model_path: str, folders: dict[str, Path], volumes: Path,
-            limit: int) -> dict[str, dict[str, dict]]:
-    """evaluate_vlm of both models on each evaluation folder."""
+def compare(models: dict[str, str], qa: Path, volumes: Path, labels: Path, limit: int) -> dict[str, dict]:
+    """Per model: every existence question (per finding) and up to `limit` questions per task."""
     from model.evaluation.evaluate import evaluate_vlm
     from model.inference.loading import load_vlm
 
-    reports: dict[str, dict[str, dict]] = {}
-    for key, vlm in (("base", load_vlm(base_path)), ("finetuned", load_vlm(model_path))):
-        for name, qa in folders.items():
-            print(f"[demo] evaluating {key} on {name}", flush=True)
-            reports.setdefault(name, {})[key] = evaluate_vlm(vlm, qa, volumes, limit=limit, model_name=key)
+    reports = {}
+    for key, path in models.items():
+        vlm = load_vlm(path)
+        print(f"[demo] evaluating {key}", flush=True)
+        reports[key] = {"tasks": evaluate_vlm(vlm, qa, volumes, limit=limit, labels=labels, model_name=key)["tasks"],
+                        "existence": evaluate_vlm(vlm, qa, volumes, tasks=["existence_detection"], labels=labels,
+                                                  model_name=key)["tasks"]["existence_detection"]}
     return reports
 
 
-def table(reports: dict[str, dict[str, dict]]) -> tuple[str, dict]:
-    """A markdown table of the primary metric per task, base vs finetuned, and the summary."""
-    lines = ["| evaluation set | task | metric | n | base | finetuned | change |", "|---|---|---|---|---|---|---|"]
-    summary = {}
-    for name, pair in reports.items():
-        for task, figures in pair["finetuned"]["tasks"].items():
-            metric = PRIMARY[task]
-            before, after = pair["base"]["tasks"][task][metric], figures[metric]
-            summary[f"{name}/{task}"] = {"metric": metric, "base": before, "finetuned": after,
-                                         "change": after - before, "n": figures["n"]}
-            lines.append(f"| {name} | {task} | {metric} | {figures['n']} | {before:.1f} | {after:.1f} | "
-                         f"{after - before:+.1f} |")
-    return "\n".join(lines), summary
+def tables(reports: dict[str, dict], finding: str) -> tuple[str, dict]:
+    """Markdown: per-finding balanced accuracy and per-task primary metric, base vs finetuned."""
+    base, tuned = reports["base"], reports["finetuned"]
+    lines = ["| finding | present / absent | base | finetuned | change |", "|---|---|---|---|---|"]
+    findings = {}
+    for name, after in sorted(tuned["existence"]["findings"].items()):
+        before = base["existence"]["findings"][name]
+        if after["balanced_accuracy"] is None:
+            continue
+        change = after["balanced_accuracy"] - before["balanced_accuracy"]
+        findings[name] = {"base": before["balanced_accuracy"], "finetuned": after["balanced_accuracy"],
+                          "change": change, "present": after["present"], "absent": after["absent"]}
+        shown = f"**{name}** (held out)" if name == finding else name
+        lines.append(f"| {shown} | {after['present']} / {after['absent']} | {before['balanced_accuracy']:.1f} | "
+                     f"{after['balanced_accuracy']:.1f} | {change:+.1f} |")
+    lines += ["", "| task | metric | n | base | finetuned | change |", "|---|---|---|---|---|---|"]
+    tasks = {}
+    for task, figures in tuned["tasks"].items():
+        metric = PRIMARY[task]
+        before, after = base["tasks"][task][metric], figures[metric]
+        tasks[task] = {"metric": metric, "base": before, "finetuned": after, "change": after - before}
+        lines.append(f"| {task} | {metric} | {figures['n']} | {before:.1f} | {after:.1f} | {after - before:+.1f} |")
+    return "\n".join(lines), {"findings": findings, "tasks": tasks}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", help="base model folder or registered name (default: the embedded model)")
+    parser.add_argument("--finding", default="Pleural effusion", help="the CT-RATE label held out of the variant")
+    parser.add_argument("--base", help="an existing variant folder (default: train one into --workdir/variant)")
+    parser.add_argument("--variant-steps", type=int, default=2000, help="instruction steps of the variant")
+    parser.add_argument("--cohorts", type=Path, default=REPO / ".bench-tmp" / "default-cohorts")
+    parser.add_argument("--default-work", type=Path, default=REPO / ".bench-tmp" / "default-model-work",
+                        help="the default model's checkpoints (its stage-1 tower is reused)")
     parser.add_argument("--workdir", type=Path, default=REPO / ".bench-tmp" / "feedback-demo")
     parser.add_argument("--patients", type=int, default=40)
     parser.add_argument("--size", default="64,192,192", help="cohort volume size z,y,x")
-    parser.add_argument("--seed", type=int, default=7, help="cohort seed (the default model used 0: other patients)")
+    parser.add_argument("--seed", type=int, default=7, help="cohort seed (the default model used 0-2)")
     parser.add_argument("--replay-per-task", type=int, default=80)
-    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--eval-limit", type=int, default=250, help="held-out questions per task and set (closed tasks: 100 is too few to see a 2-point change)")
+    parser.add_argument("--train-modules", default="lm", help="lm | lm+projector | all (finetune option)")
+    parser.add_argument("--eval-limit", type=int, default=250, help="held-out questions per task (non-existence)")
     args = parser.parse_args()
 
     from annotation.curation import FilterRule
-    from annotation.training_set import run_finetune, write_eval_folder
+    from annotation.training_set import run_finetune
     from model.training.finetune.config import FinetuneConfig
 
     start = time.perf_counter()
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(work / "run", ignore_errors=True)
-    store = build_store(work, args.patients, args.seed, tuple(int(v) for v in args.size.split(",")))
-    new_ids = add_new_wording(store)
-    curate(store, new_ids, args.replay_per_task, args.seed)
-    print(f"[demo] {len(new_ids)} new-wording pairs; {store.curation_preview(FilterRule(cap_per_question=None)).passed}"
-          " pairs pass the filter", flush=True)
+    base = args.base or str(train_variant(work, args.finding, args.variant_steps, args.cohorts, args.default_work))
+    store, cohort = build_store(work, args.patients, args.seed, tuple(int(v) for v in args.size.split(",")))
+    rated = curate(store, args.finding, args.replay_per_task, args.seed)
+    print(f"[demo] {rated} pairs about {args.finding} rated; "
+          f"{store.curation_preview(FilterRule(cap_per_question=None)).passed} pairs pass the filter", flush=True)
     train_start = time.perf_counter()
     outcome = run_finetune(
-        store, work / "run", base=args.base, rule=FilterRule(cap_per_question=None), val_frac=0.25,
+        store, work / "run", base=base, rule=FilterRule(cap_per_question=None), val_frac=0.25,
         split_seed=args.seed, config=FinetuneConfig(lr=args.lr, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
                                                     max_steps=args.steps, batch_size=args.batch_size,
-                                                    seed=args.seed),
-        eval_limit=args.eval_limit, name=f"feedback-demo-{time.strftime('%H%M%S')}",
+                                                    seed=args.seed, train_modules=args.train_modules),
+        eval_limit=args.eval_limit, name=f"feedback-demo-{time.strftime('%H%M%S')}", allow_regression=True,
         progress=lambda p: print(f"[train] step {p.step}/{p.total_steps} loss {p.loss:.3f}", flush=True)
         if p.step % 10 == 0 or p.step == p.total_steps else None,
         log=lambda text: print(f"[demo] {text}", flush=True))
     train_minutes = (time.perf_counter() - train_start) / 60
     record = json.loads((work / "run" / "ctvqa_finetune.json").read_text())
-    heldout = store.qa_frame()
-    patients = set(heldout.loc[heldout["qa_id"].isin(record["training_set"]["heldout_qa_ids"]), "patient"])
-    volumes = work / "eval" / "volumes"
-    folders = {name: write_eval_folder(eval_samples(store, patients, name == "new wording"), work / "eval" / key,
-                                       volumes)
-               for name, key in (("new wording", "new"), ("original tasks", "original"))}
-    reports = compare(record["base_path"], outcome.model_path, folders, volumes, args.eval_limit)
-    text, summary = table(reports)
+    frame = store.qa_frame()
+    patients = set(frame.loc[frame["qa_id"].isin(record["training_set"]["heldout_qa_ids"]), "patient"])
+    qa = heldout_folder(store, patients, work / "eval")
+    reports = compare({"base": record["base_path"], "finetuned": outcome.model_path}, qa, work / "eval" / "volumes",
+                      cohort / "labels.csv", args.eval_limit)
+    text, summary = tables(reports, args.finding)
     print(text)
-    result = {"base": record["base_name"], "version": outcome.version, "steps": outcome.train.step,
-              "train_minutes": train_minutes, "total_minutes": (time.perf_counter() - start) / 60,
-              "heldout_patients": len(patients), "new_pairs": len(new_ids), "table": summary}
+    held = summary["findings"].get(args.finding, {}).get("change", float("nan"))
+    others = [v["change"] for k, v in summary["findings"].items() if k != args.finding]
+    result = {"finding": args.finding, "base": base, "version": outcome.version, "train_modules": args.train_modules,
+              "steps": outcome.train.step, "train_minutes": train_minutes,
+              "total_minutes": (time.perf_counter() - start) / 60, "heldout_patients": len(patients),
+              "rated_about_finding": rated, **summary}
     (work / "feedback_demo.json").write_text(json.dumps(result, indent=2) + "\n")
-    new = [v["change"] for k, v in summary.items() if k.startswith("new wording/")]
-    other = [v["change"] for k, v in summary.items() if k.startswith("original tasks/")]
-    print(f"new wording: {min(new):+.1f} points (target >= +20); worst other task: {min(other):+.1f} "
-          f"(target >= -2); training {train_minutes:.1f} min, total {result['total_minutes']:.1f} min")
+    print(f"{args.finding}: {held:+.1f} points of balanced accuracy (target >= +20); worst other finding: "
+          f"{min(others, default=float('nan')):+.1f} (target >= -2); finetune {train_minutes:.1f} min, "
+          f"total {result['total_minutes']:.1f} min")
     store.close()
 
 

@@ -103,13 +103,22 @@ def answer_jobs(vlm: VLM, jobs: dict[str, list[Job]], paths: dict[str, Path], ru
                 done: Done, shard: Shard, *, seed: int, max_new_tokens: int, batch_size: int,
                 progress: Progress | None = None,
                 metadata: Mapping[str, Mapping[str, Any]] | None = None) -> None:
-    """Answer every (volume, run) unit not yet in `done` that falls to this process, writing each to `log`."""
+    """Answer every question of each (volume, run) unit not yet in `done` that falls to this process,
+    writing each unit to `log`. A resumed run with more questions (a larger --limit, more tasks)
+    answers the new questions of volumes finished before, not only the volumes not yet begun."""
     order = volume_order(jobs, seed)
-    todo = {v: [r for r in runs if (v, r) not in done.units] for v in order if v not in done.unreadable}
-    todo = {v: r for v, r in todo.items() if r}
+    todo: dict[str, dict[str, list[Job]]] = {}
+    for v in order:
+        if v in done.unreadable:
+            continue
+        missing = {r: [j for j in jobs[v] if (j.key, r) not in done.answers] for r in runs}
+        missing = {r: js for r, js in missing.items() if js}
+        if missing:
+            todo[v] = missing
     pending = list(todo)
-    mine = [pending[k] for k in split([len(jobs[v]) * len(todo[v]) for v in pending], shard.world)[shard.rank]]
-    total = sum(len(jobs[v]) * len(todo[v]) for v in mine)
+    sizes = [sum(len(js) for js in todo[v].values()) for v in pending]
+    mine = [pending[k] for k in split(sizes, shard.world)[shard.rank]]
+    total = sum(len(js) for v in mine for js in todo[v].values())
     finished = 0
     if progress:
         progress(0, total)
@@ -119,11 +128,11 @@ def answer_jobs(vlm: VLM, jobs: dict[str, list[Job]], paths: dict[str, Path], ru
         image = images.get(volume)
         if isinstance(image, str):
             log.write_unreadable(volume, image)
-            finished += len(jobs[volume]) * len(todo[volume])
+            finished += sum(len(js) for js in todo[volume].values())
             if progress:
                 progress(finished, total)
             continue
-        for run in todo[volume]:
+        for run, run_jobs in todo[volume].items():
             shown: PreparedImage | str | None = image
             if run == "noise_volume":
                 if noise is None:
@@ -133,8 +142,8 @@ def answer_jobs(vlm: VLM, jobs: dict[str, list[Job]], paths: dict[str, Path], ru
             elif run == "wrong_volume":
                 readable = (images.get(v) for v in partners(order, volume))
                 shown = next((p for p in readable if not isinstance(p, str)), None)
-            answers = [] if shown is None else _ask(vlm, shown, jobs[volume], max_new_tokens, batch_size)
-            log.write_unit(volume, run, [_entry(j, a) for j, a in zip(jobs[volume], answers)])
-            finished += len(jobs[volume])
+            answers = [] if shown is None else _ask(vlm, shown, run_jobs, max_new_tokens, batch_size)
+            log.write_unit(volume, run, [_entry(j, a) for j, a in zip(run_jobs, answers)])
+            finished += len(run_jobs)
             if progress:
                 progress(finished, total)

@@ -22,7 +22,12 @@ import numpy as np
 import torch
 
 from model.ct.modality import require_ct
-from model.ct.preprocess import InputGeometry, masks_to_input, slice_input_with_crop, to_model_input_with_crop
+from model.ct.preprocess import (
+    InputGeometry,
+    masks_to_input,
+    slice_input_with_crop,
+    to_model_input_with_crop,
+)
 from model.ct.rois import rois_for
 from model.inference import boxes, prompts
 from model.inference.devices import describe
@@ -60,6 +65,7 @@ class PreparedImage:
     geometry: InputGeometry | None
     prefix_cache: Any = field(default=None, repr=False)
     slice_index: int | None = None  # the axial slice asked about; None = the whole scan
+    organ_masks: torch.Tensor | None = None  # (1, organs, D, H, W) on the input grid (OmniCT family)
 
     @property
     def num_tokens(self) -> int:
@@ -227,7 +233,7 @@ class VLM:
             organs = self._organ_masks(volume_key, volume_or_tensor, rois)
             masks = masks_to_input([organs[n] for n in self.organ_names], geometry)[None]
         prepared = PreparedImage(key=key, pixels=pixels, features=self.encode(pixels, masks), geometry=geometry,
-                                 slice_index=slice_index)
+                                 slice_index=slice_index, organ_masks=masks)
         with self._lock:
             if by_identity:
                 try:

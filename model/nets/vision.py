@@ -51,16 +51,48 @@ class _PatchFlatten(nn.Module):
 class PatchEmbedding(nn.Module):
     """Linear patch embedding plus a learnt position embedding (MONAI's "perceptron" variant)."""
 
-    def __init__(self, in_channels: int, image_size: Sequence[int], patch_size: Sequence[int], hidden_size: int) -> None:
+    def __init__(self, in_channels: int, image_size: Sequence[int], patch_size: Sequence[int], hidden_size: int,
+                 stem_channels: int = 0) -> None:
         super().__init__()
         n_patches = prod(grid_shape(image_size, patch_size))
         patch_dim = in_channels * prod(patch_size)
-        # index 1 holds the Linear so that names match M3D's `patch_embeddings.1.weight`
-        self.patch_embeddings = nn.Sequential(_PatchFlatten(patch_size), nn.Linear(patch_dim, hidden_size))
+        if stem_channels:
+            self.patch_embeddings: nn.Module = ConvStem(image_size, patch_size, stem_channels, hidden_size)
+        else:  # index 1 holds the Linear so that names match M3D's `patch_embeddings.1.weight`
+            self.patch_embeddings = nn.Sequential(_PatchFlatten(patch_size), nn.Linear(patch_dim, hidden_size))
         self.position_embeddings = nn.Parameter(torch.zeros(1, n_patches, hidden_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.patch_embeddings(x) + self.position_embeddings
+
+
+class ConvStem(nn.Module):
+    """A small convolutional front end in place of the linear patch embedding (`stem_channels` > 0).
+
+    A linear embedding of a 2,048-voxel patch cannot tell a 5 mm calcification anywhere in it from
+    the patch's anatomy (it only shifts the patch mean by a thousandth); two 3x3x3 convolutions with
+    a nonlinearity between them detect such a spot wherever it lies, and the third (strided)
+    convolution cuts the result into the same token grid as the patches would. `reference` and
+    `scale` standardise the input first (the training set's mean volume and spread, stored as
+    weights so the saved model takes ordinary [0, 1] inputs)."""
+
+    def __init__(self, image_size: Sequence[int], patch_size: Sequence[int], channels: int, hidden_size: int) -> None:
+        super().__init__()
+        pz, py, px = (int(v) for v in patch_size)
+        if pz % 2 or py % 4 or px % 4:
+            raise ValueError(f"a convolutional stem needs patch sizes divisible by (2, 4, 4), got {tuple(patch_size)}")
+        self.register_buffer("reference", torch.zeros(1, 1, *(int(v) for v in image_size)))
+        self.register_buffer("scale", torch.ones(()))
+        self.convs = nn.Sequential(
+            nn.Conv3d(1, channels, 3, stride=(1, 2, 2), padding=1), nn.GroupNorm(min(4, channels), channels), nn.GELU(),
+            nn.Conv3d(channels, 2 * channels, 3, stride=2, padding=1), nn.GroupNorm(min(4, channels), 2 * channels),
+            nn.GELU(),
+            nn.Conv3d(2 * channels, hidden_size, (pz // 2, py // 4, px // 4), stride=(pz // 2, py // 4, px // 4)),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.reference.to(x.dtype)) / self.scale.to(x.dtype)
+        return self.convs(x).flatten(2).transpose(1, 2)
 
 
 class SelfAttention(nn.Module):
@@ -119,11 +151,12 @@ class ViT3D(nn.Module):
         num_heads: int = 12,
         mlp_dim: int = 3072,
         in_channels: int = 1,
+        stem_channels: int = 0,
     ) -> None:
         super().__init__()
         self.image_size = tuple(int(s) for s in image_size)
         self.patch_size = tuple(int(p) for p in patch_size)
-        self.patch_embedding = PatchEmbedding(in_channels, image_size, patch_size, hidden_size)
+        self.patch_embedding = PatchEmbedding(in_channels, image_size, patch_size, hidden_size, stem_channels)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
         self.blocks = nn.ModuleList(TransformerBlock(hidden_size, mlp_dim, num_heads) for _ in range(num_layers))
         self.norm = nn.LayerNorm(hidden_size)
@@ -182,9 +215,11 @@ class VisionEncoder(nn.Module):
         patch_size: Sequence[int] = (4, 16, 16),
         pooling_size: int = 2,
         proj_layer_num: int = 2,
+        stem_channels: int = 0,
     ) -> None:
         super().__init__()
-        self.vision_tower = ViT3D(image_size, patch_size, hidden_size, num_layers, num_heads, mlp_dim)
+        self.vision_tower = ViT3D(image_size, patch_size, hidden_size, num_layers, num_heads, mlp_dim,
+                                  stem_channels=stem_channels)
         self.mm_projector = SpatialPoolingProjector(
             image_size, patch_size, hidden_size, out_dim, pooling_size, proj_layer_num
         )

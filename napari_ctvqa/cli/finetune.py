@@ -50,6 +50,9 @@ def finetune_cmd(
     lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
     lora_alpha: Annotated[int, typer.Option(help="LoRA alpha.")] = 32,
     lora_dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.05,
+    train_modules: Annotated[str, typer.Option(help="lm: LoRA on the language model only (fastest); "
+                                                    "lm+projector: also train the projector; all: also a LoRA "
+                                                    "on the vision tower (for findings the base never read).")] = "lm",
     epochs: Annotated[int, typer.Option(help="Passes over the training set.")] = 3,
     lr: Annotated[float, typer.Option(help="Peak learning rate (3% warm-up, cosine decay).")] = 5e-5,
     batch_size: Annotated[int, typer.Option(help="QA pairs per step and process.")] = 4,
@@ -100,7 +103,8 @@ def finetune_cmd(
         os.nice(5)  # the panel's run: on a busy machine the viewer's GUI thread goes first
     try:
         config = FinetuneConfig(lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lr=lr,
-                                epochs=epochs, batch_size=batch_size, seed=seed, save_every=save_every)
+                                epochs=epochs, batch_size=batch_size, seed=seed, save_every=save_every,
+                                train_modules=train_modules)
         rule = FilterRule(min_mean, min_dim, require_consistent, cap_per_question or None, include_unrated)
         with progress_bar("finetune") if emit is None else nullcontext(None) as update:
             def on_progress(p: Any) -> None:  # noqa: ANN401

@@ -30,12 +30,17 @@ def test_shipped_folder_is_complete_small_and_honest() -> None:
     assert "Never use this model on a real patient" in card
     assert "--model PATH" in card and "CTVQA_MODEL" in card
     report = json.loads((DEFAULT_MODEL_DIR / "eval.json").read_text())
-    assert set(report["tasks"]) == {
-        "anomaly_detection", "image_observation", "medical_computation",
-        "existence_detection", "static_temporal_diagnosis", "longitudinal_temporal_diagnosis",
-    }
-    for figure in report["acceptance"].values():  # the card's table comes from these same figures
-        assert str(figure.get("accuracy", figure.get("rouge1", figure.get("percent")))) in card
+    assert set(report["sizes"]) == {"64x192x192", "64x256x256", "96x320x320"}  # issue 16: each size users meet
+    for size, figures in report["sizes"].items():
+        assert set(figures["tasks"]) == {
+            "anomaly_detection", "image_observation", "medical_computation",
+            "existence_detection", "static_temporal_diagnosis", "longitudinal_temporal_diagnosis",
+        }
+        assert f"### {size}" in card
+        for figure in figures["acceptance"].values():  # the card's lines come from these same figures
+            shown = next(figure[k] for k in ("balanced_accuracy", "accuracy", "points", "percent", "consistent")
+                         if k in figure)
+            assert str(shown) in card
 
 
 def test_default_model_loads_with_its_own_tokenizer_and_input_size(default_vlm) -> None:
@@ -56,17 +61,24 @@ def _phantom(findings: dict[str, tuple[float, ...]], size: tuple[int, int, int],
     return synthesize_patient(grid, np.random.default_rng(seed), 1, findings=findings).scans[0]
 
 
-@pytest.mark.parametrize(("findings", "letter"), [({"Pleural effusion": (1.3,)}, "A"), ({}, "B")],
-                         ids=["large effusion", "no finding"])
-def test_existence_question_answered_from_the_image(default_vlm, findings, letter) -> None:
+# Five findings of different sizes (a whole organ down to a centimetre nodule), each drawn into the
+# same fixed phantom and left out of it: the shipped model must answer each existence question right.
+SHIPPED_FINDINGS = ("Pleural effusion", "Cardiomegaly", "Pericardial effusion", "Consolidation", "Lung nodule")
+PHANTOM_SIZE = (64, 192, 192)  # a size users meet (`ctvqa synth --size 64,192,192`)
+
+
+@pytest.mark.parametrize("present", [True, False], ids=["with", "without"])
+@pytest.mark.parametrize("finding", SHIPPED_FINDINGS)
+def test_existence_question_answered_from_the_image(default_vlm, finding, present) -> None:
     from annotation.qa_templates import closed_qa_for_scan
 
-    scan = _phantom(findings, default_vlm.image_size, seed=2026)
-    assert scan.labels["Pleural effusion"] == (letter == "A")
+    scan = _phantom({finding: (1.0,)} if present else {}, PHANTOM_SIZE, seed=2026)
+    assert scan.labels[finding] == present
     row = next(r for r in closed_qa_for_scan("test_1_a_1.nii.gz", scan.labels, [])
-               if "pleural effusion" in r.question)
+               if finding.lower() in r.question.lower())
+    letter = "A" if present else "B"
     answer = default_vlm.answer(scan.hu, row.question, choices=list(row.choices), max_new_tokens=8)
-    assert answer.choice == letter, answer
+    assert answer.choice == letter, (finding, present, answer)
     assert answer.text.startswith(f"{letter}."), answer.text
 
 
@@ -95,7 +107,8 @@ def test_finding_asked_takes_the_longest_label_named() -> None:
     assert finding_asked("Where is the largest lesion?", FINDINGS) is None
 
 
-def test_input_standardisation_folds_into_the_patch_embedding_exactly() -> None:
+@pytest.mark.parametrize("stem", [0, 4], ids=["linear patches", "conv stem"])
+def test_input_standardisation_folds_into_the_patch_embedding_exactly(stem: int) -> None:
     """The tower trains on standardised inputs but ships taking raw ones: same tokens either way."""
     import torch
 
@@ -104,7 +117,8 @@ def test_input_standardisation_folds_into_the_patch_embedding_exactly() -> None:
 
     torch.manual_seed(0)
     pixels = torch.rand((6, 1, 8, 16, 16))
-    tower = ViT3D(image_size=(8, 16, 16), patch_size=(4, 8, 8), hidden_size=16, num_layers=1, num_heads=2, mlp_dim=32)
+    tower = ViT3D(image_size=(8, 16, 16), patch_size=(4, 8, 8), hidden_size=16, num_layers=1, num_heads=2, mlp_dim=32,
+                  stem_channels=stem)
     standardise = InputStandardiser(pixels[:4])
     with torch.no_grad():
         trained_on = tower(standardise(pixels[4:]))
@@ -114,26 +128,51 @@ def test_input_standardisation_folds_into_the_patch_embedding_exactly() -> None:
     torch.testing.assert_close(shipped, trained_on, atol=1e-5, rtol=1e-4)
 
 
+def test_conv_stem_model_saves_and_loads_with_its_standardisation(tmp_path: Path) -> None:
+    """A LaMed config with `vision_stem_channels` rebuilds the stem from the folder alone, the stored
+    mean volume and scale included (the shipped model depends on them)."""
+    import torch
+
+    from model.nets.lamed import LamedConfig, LamedForCausalLM
+
+    text = dict(model_type="llama", vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                num_attention_heads=2, num_key_value_heads=2)
+    config = LamedConfig(text_config=text, image_size=[8, 32, 32], patch_size=[4, 8, 8], mm_hidden_size=16,
+                         vision_num_layers=1, vision_num_heads=2, vision_mlp_dim=32, vision_stem_channels=4)
+    model = LamedForCausalLM(config).eval()
+    stem = model.vision.vision_tower.patch_embedding.patch_embeddings
+    with torch.no_grad():
+        stem.reference.uniform_()
+        stem.scale.fill_(0.3)
+    model.save_pretrained(tmp_path)
+    again = LamedForCausalLM.from_pretrained(tmp_path).eval()
+    image = torch.rand((1, 1, 8, 32, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(again.encode_images(image), model.encode_images(image))
+    assert float(again.vision.vision_tower.patch_embedding.patch_embeddings.scale) == pytest.approx(0.3)
+
+
 @pytest.mark.slow
 def test_training_script_end_to_end_is_deterministic(tmp_path: Path) -> None:
     """A tiny cohort and a few steps through the real pipeline, twice: same seed, same weights."""
     from safetensors.torch import load_file
 
-    from model.training.default.recipe import Recipe
+    from model.training.default.recipe import Recipe, cohort_folder
     from model.training.default.run import run
     from model.inference.loading import load_vlm
 
-    recipe = Recipe(patients=2, synth_size=(32, 48, 48), image_size=(16, 32, 32), patch_size=(4, 8, 8),
+    recipe = Recipe(cohorts=((0, (32, 48, 48), 2),), heldout=(), image_size=(16, 32, 32), patch_size=(4, 8, 8),
                     vision_hidden=32, vision_layers=1, vision_heads=1, vision_mlp=64, lm_hidden=32, lm_layers=1,
                     lm_heads=2, lm_intermediate=64, vocab_size=600, stage1_steps=2, stage2_steps=3,
                     stage1_images=2, stage2_images=2, questions_per_image=2, focus_steps=1, warmup_steps=1, validate_every=2,
                     validation_questions=4)
     from annotation.synth import write_cohort
 
-    cohort = tmp_path / "cohort"
-    write_cohort(cohort, recipe.patients, seed=recipe.seed, size=recipe.synth_size, workers=1)
-    run(tmp_path / "a", cohort, recipe, evaluate=False)
-    run(tmp_path / "b", cohort, recipe, evaluate=False)
+    seed, size, patients = recipe.cohorts[0]
+    write_cohort(cohort_folder(tmp_path, recipe.cohorts[0]), patients, seed=seed, size=size, workers=1,
+                 valid_frac=recipe.valid_frac)
+    run(tmp_path / "a", tmp_path, recipe, evaluate=False)
+    run(tmp_path / "b", tmp_path, recipe, evaluate=False)
     first, second = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     assert first.keys() == second.keys()
     assert all(bool((first[k] == second[k]).all()) for k in first)

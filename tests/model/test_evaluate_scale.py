@@ -131,6 +131,18 @@ def test_resume_redoes_only_the_unfinished_unit(vlm, cohort, tmp_path):
         csv_path.write_text(original)
 
 
+def test_resume_with_a_larger_limit_answers_the_new_questions_of_finished_volumes(vlm, cohort, tmp_path):
+    """--resume after --limit (or --tasks) grew: volumes finished before get their new questions
+    asked, and the figures are those of a fresh run with the larger limit."""
+    _evaluate(vlm, cohort, answers_dir=tmp_path, limit=2)
+    seen: list[tuple[int, int]] = []
+    resumed = _evaluate(vlm, cohort, answers_dir=tmp_path, resume=True, progress=lambda d, t: seen.append((d, t)))
+    everything: list[tuple[int, int]] = []
+    fresh = _evaluate(vlm, cohort, progress=lambda d, t: everything.append((d, t)))
+    assert _figures(resumed) == _figures(fresh)
+    assert 0 < seen[-1][1] < everything[-1][1]  # the new questions only, not all over again
+
+
 def test_figures_of_the_report_are_the_honest_measures(one_at_a_time):
     tasks = one_at_a_time["tasks"]
     for key in ("existence_detection", "static_temporal_diagnosis", "longitudinal_temporal_diagnosis"):
@@ -168,30 +180,31 @@ def test_model_card_figures_are_ctvqa_evaluate_figures(tmp_path):
     """The training script's held-out evaluation (eval.json and the card) is `ctvqa evaluate
     --robustness` on the same folder: the same code, the same numbers."""
     import shutil
+    from dataclasses import replace
 
     from typer.testing import CliRunner
 
     from annotation.synth import write_cohort
     from model.inference.loading import DEFAULT_MODEL_DIR
-    from model.training.default.recipe import Recipe
+    from model.training.default.recipe import cohort_folder, recipe_from_record
     from model.training.default.run import evaluate_and_describe
     from napari_ctvqa.cli import app
 
-    cohort = tmp_path / "cohort"
+    heldout = (8, (32, 64, 64), 2)
+    cohort = cohort_folder(tmp_path, heldout, heldout=True)
     write_cohort(cohort, patients=2, seed=8, size=(32, 64, 64), valid_frac=0.5, workers=1)
     folder = tmp_path / "model"
     shutil.copytree(DEFAULT_MODEL_DIR, folder)
     record = json.loads((folder / "training.json").read_text())
-    stored = record["recipe"]
-    recipe = Recipe(**{**stored, "eval_limit": 5, **{k: tuple(stored[k]) for k in ("synth_size", "image_size", "patch_size")}})
-    card_report = evaluate_and_describe(folder, cohort, recipe, record)
+    recipe = replace(recipe_from_record(record["recipe"]), eval_limit=5, heldout=(heldout,))
+    card_report = evaluate_and_describe(folder, tmp_path, recipe, record)["sizes"]["32x64x64"]
     out = tmp_path / "cli.json"
     result = CliRunner().invoke(app, ["evaluate", "--model", str(folder), "--qa", str(cohort / "qa" / "valid"),
                                       "--volumes", str(cohort / "volumes"), "--limit", "5", "--robustness",
                                       "--json", str(out)])
     assert result.exit_code == 0, result.output
     cli = json.loads(out.read_text())
-    assert cli["tasks"] == card_report["tasks"] == json.loads((folder / "eval.json").read_text())["tasks"]
+    assert cli["tasks"] == card_report["tasks"] == json.loads((folder / "eval.json").read_text())["sizes"]["32x64x64"]["tasks"]
     card = (folder / "README.md").read_text()
     existence = cli["tasks"]["existence_detection"]
     assert f"| existence_detection | {existence['accuracy']:.1f} | {existence['majority_baseline']:.1f}" in card

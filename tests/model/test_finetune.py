@@ -145,3 +145,29 @@ def test_ctrl_c_checkpoints_instead_of_killing(tiny_vlm_dir, tmp_path):
     assert (result.status, result.step) == ("cancelled", 2)
     assert (tmp_path / "run" / "checkpoint" / "state.pt").is_file()
     assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is back
+
+
+def test_training_the_projector_and_vision_lora_changes_the_image_features(tiny_vlm_dir, tmp_path):
+    """`train_modules="all"`: the projector and a LoRA on the tower's blocks train too (the image
+    runs through them every step), so the finetuned model encodes the same scan differently; the
+    adapter loads and merges like an LM-only one, and "lm" leaves the features as they were."""
+    import torch
+
+    from model.inference.loading import load_vlm
+
+    data = jsonl_folder(tmp_path)
+    image = np.load(tmp_path / "volumes" / "train_1_a_1.npy")
+    base = load_vlm(tiny_vlm_dir).prepare(image).features
+    features = {}
+    for modules in ("lm", "all"):
+        result = train(tiny_vlm_dir, data, tmp_path / modules, FinetuneConfig(max_steps=4, train_modules=modules,
+                                                                               **CONFIG),
+                       volumes_dir=tmp_path / "volumes")
+        assert result.status == "done"
+        features[modules] = load_finetuned(result.adapter_dir).prepare(image).features
+    torch.testing.assert_close(features["lm"], base)
+    assert (features["all"] - base).abs().max() > 1e-4
+    merged = load_vlm(merge_adapter(tmp_path / "all" / "adapter", tmp_path / "merged"))
+    torch.testing.assert_close(merged.prepare(image).features, features["all"], atol=1e-5, rtol=1e-4)
+    with pytest.raises(FinetuneError, match="train_modules is one of lm, lm\\+projector, all"):
+        FinetuneConfig(train_modules="vision")

@@ -1,7 +1,7 @@
 """A SIGKILLed napari leaves no model process behind (issue 19): a real napari process, started
 here, keeps its chat model process answering; the test kills napari with SIGKILL mid-answer and
 every process napari had started must be gone within 5 s (the model process ends with its parent:
-vlm_server.end_with_parent)."""
+model.processes.end_with_parent)."""
 from __future__ import annotations
 
 import os

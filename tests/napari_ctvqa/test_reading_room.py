@@ -4,6 +4,7 @@ NIfTI files and SimpleITK registration; no model."""
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -157,6 +158,8 @@ def test_compare_with_prior_opens_the_registered_prior_scrolling_in_step(room, q
     room.difference_check.setChecked(True)
     room.compare_button.click()
     assert room.cancel_button.isEnabled() and not room.compare_button.isEnabled()
+    # registration runs in a process of its own (SimpleITK holds the GIL for long stretches)
+    assert room.comparison.process is not None and room.comparison.process.pid != os.getpid()
     qtbot.waitUntil(lambda: room.compare_view is not None and len(room.compare_view.model.layers) == 2,
                     timeout=TIMEOUT_MS)
     prior_layer, difference = room.compare_view.model.layers

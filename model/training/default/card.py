@@ -39,6 +39,73 @@ def honest_lines(report: dict[str, Any]) -> list[str]:
 
 
 
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """One row per phantom size: the issue-16 figures side by side."""
+    lines = ["## Held-out scores per phantom size", "",
+             "Patients of seeds never used in training (`" + "`, `".join(f["cohort"] for f in report["sizes"].values())
+             + "`), all figures from `ctvqa evaluate --json --robustness`'s own code. Existence: every held-out "
+             "existence question; balanced accuracy 50 = the image is not used.", "",
+             "| size | existence macro bal. acc. | worst finding | with another patient's scan | existence acc. "
+             "(majority) | static temporal acc. (majority) | longitudinal acc. | 3D-RAD rule | box IoU >= 0.5 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for size, f in report["sizes"].items():
+        every = f.get("existence_all_questions") or {}
+        found = {k: v["balanced_accuracy"] for k, v in (every.get("findings") or {}).items()
+                 if v.get("balanced_accuracy") is not None}
+        worst = min(found, key=found.get) if found else None
+        tasks = f["tasks"]
+
+        def closed(key: str, tasks: dict = tasks) -> str:
+            t = tasks.get(key)
+            return "-" if not t else f"{_fmt(t['accuracy'])} ({_fmt(t.get('majority_baseline', '-'))})"
+
+        rule = tasks.get("longitudinal_temporal_diagnosis", {}).get("rule_consistency") or {}
+        boxes = f.get("boxes") or {}
+        lines.append(f"| {size} | {_fmt(every.get('balanced_accuracy', '-'))} | "
+                     + (f"{worst} {found[worst]:.1f}" if worst else "-")
+                     + f" | {_fmt(every.get('balanced_accuracy_wrong_volume', '-'))} | {closed('existence_detection')} | "
+                     f"{closed('static_temporal_diagnosis')} | "
+                     f"{_fmt(tasks.get('longitudinal_temporal_diagnosis', {}).get('accuracy', '-'))} | "
+                     f"{rule.get('consistent', '-')}/{rule.get('n', '-')} | {_fmt(boxes.get('iou_at_50', '-'))} |")
+    return lines + [""]
+
+
+
+def size_lines(size: str, report: dict[str, Any]) -> list[str]:
+    """One phantom size in full: the 3D-RAD metrics, the honest reading, the targets, per finding."""
+    lines = [f"### {size} (`{report.get('cohort', '?')}`)", "",
+             f"At most {report.get('limit_per_task')} questions per task, {report['n']} in all.",
+             "", "| task | n | accuracy | accuracy (reference rule) | BLEU-1 | ROUGE-1 | METEOR | BERTScore F1 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for key, figures in report["tasks"].items():
+        cells = [_fmt(figures.get(m, "")) for m in ("accuracy", "accuracy_reference", "bleu1", "rouge1",
+                                                     "meteor", "bertscore_f1")]
+        lines.append(f"| {key} | {figures['n']} | " + " | ".join(cells) + " |")
+    lines += honest_lines(report)
+    boxes = (report.get("boxes") or {}).get("by_finding") or {}
+    if boxes:
+        lines += ["", "Box IoU >= 0.5 per finding: " + ", ".join(
+            f"{k} {_fmt(v['iou_at_50'])} % (n {v['n']})" for k, v in boxes.items()) + "."]
+    lines += ["", "Targets of issue 16:", ""]
+    for key, row in acceptance(report).items():
+        shown = {k: v for k, v in row.items() if k != "met"}
+        lines.append(f"- {key}: {shown} -> {'met' if row['met'] else 'NOT met'}")
+    every = report.get("existence_all_questions")
+    if every and every.get("findings"):
+        lines += ["", "Every held-out existence question, per finding (balanced accuracy: 50 = the image is not "
+                  f"used; macro mean {_fmt(every.get('balanced_accuracy'))}, with another patient's scan "
+                  f"{_fmt(every.get('balanced_accuracy_wrong_volume'))}, with noise "
+                  f"{_fmt(every.get('balanced_accuracy_noise_volume'))}):",
+                  "", "| finding | present cases found | absent cases called absent | balanced accuracy |",
+                  "| --- | --- | --- | --- |"]
+        ranked = sorted(every["findings"].items(), key=lambda kv: -(kv[1]["balanced_accuracy"] or -1.0))
+        lines += [f"| {k} | {v['present_right']}/{v['present']} | {v['absent_right']}/{v['absent']} | "
+                  f"{'-' if v['balanced_accuracy'] is None else format(v['balanced_accuracy'], '.1f')} |"
+                  for k, v in ranked]
+    return lines + [""]
+
+
+
 def model_card(recipe: Recipe, record: dict[str, Any], report: dict[str, Any] | None, n_params: int,
                tokenizer_info: dict[str, Any], cohort: dict[str, Any]) -> str:
     """README.md of the shipped model, written from the same figures as eval.json."""
@@ -63,9 +130,12 @@ def model_card(recipe: Recipe, record: dict[str, Any], report: dict[str, Any] | 
         "- Prompt format `m3d` (`ctvqa.json`): closed questions `question Choices: A. .. B. ..`, answers `\"{letter}. {answer}\"`.",
         "",
         "## How it was trained",
-        f"- Data: synthetic cohort, seed {recipe.seed}, {recipe.patients} patients ({cohort.get('train_volumes', '?')} "
-        f"training volumes, {cohort.get('valid_volumes', '?')} held-out volumes of other patients), phantoms "
-        f"{'x'.join(map(str, recipe.synth_size))} voxels preprocessed to the model input once (tensor cache).",
+        "- Data: synthetic cohorts at three phantom sizes (each `ctvqa synth`'s chest field of view, so their "
+        "spacings differ): " + ", ".join(f"seed {seed}, {'x'.join(map(str, size))}, {n} patients"
+                                         for seed, size, n in recipe.cohorts)
+        + f" ({cohort.get('train_volumes', '?')} training volumes; {cohort.get('valid_volumes', '?')} volumes of "
+        f"{recipe.valid_frac:.0%} of the patients kept out to pick the checkpoint), preprocessed to the model input "
+        "once (tensor cache).",
         f"- Stage 1 (alignment): vision tower + projector learn the 18 labels from the image through an auxiliary "
         f"label head on the pooled projected features and a per-patch head on the tower's tokens (both dropped at "
         f"save), {recipe.stage1_steps} steps x {recipe.stage1_images} volumes, small shifts and contrast changes"
@@ -76,16 +146,21 @@ def model_card(recipe: Recipe, record: dict[str, Any], report: dict[str, Any] | 
         f"{recipe.questions_per_image} questions, label head kept as a second loss; the first {recipe.focus_steps} "
         f"steps ask only existence questions about the findings the tower sees (held-out AUC >= {recipe.seen_auc}: "
         f"{', '.join(record.get('seen_findings', [])) or 'none'}), as many present as absent per scan (only the image "
-        f"lowers that loss), and {recipe.seen_questions} such question per image after that; the other questions' answers are sampled by 1/sqrt(frequency) within a task so rare answers are seen.",
+        f"lowers that loss), and {recipe.seen_questions} such question per image after that; the other questions' "
+        "answers are sampled by 1/sqrt(frequency) within a task so rare answers are seen. Box questions (\"where is "
+        "...? give the box\") are answered with the ground-truth box in the input's 0-1 coordinates.",
         f"- AdamW lr {recipe.lr}, warm-up {recipe.warmup_steps} steps, cosine to 10%. Steps run: "
         f"{stage1['steps_done']} + {stage2['steps_done']}; checkpoint kept: stage-2 step {stage2['best_step']} "
         f"(best closed validation accuracy {stage2['best_closed_accuracy']}% on class-balanced held-out questions).",
         f"- Time: {record['train_seconds'] / 60:.1f} min of training on {record.get('machine', '?')}."
         + (f" {stage2['stopped_early']}." if stage2.get("stopped_early") else ""),
-        "- Reproduce: `make default-model` (runs `ctvqa synth` for the cohort, then "
-        f"`python -m model.training.default --out model/default --seed {recipe.seed}`: trains, evaluates, rewrites this card). Seeded with a fixed data order: on the same "
-        "machine a rerun repeats the run bit for bit unless a wall-clock cap cuts it short (checked on a tiny "
-        "configuration by the slow test in tests/model/test_default_model.py; the full run was not repeated).",
+        "- Reproduce: `make default-model` (runs `ctvqa synth` for the training and held-out cohorts, then "
+        f"`python -m model.training.default --out model/default --seed {recipe.seed}`: trains, evaluates, rewrites "
+        "this card). Checkpoints every "
+        f"{recipe.checkpoint_every} steps in `.bench-tmp/default-model-work`: the same command resumes after a stop. "
+        "Seeded with a fixed data order: on the same machine a rerun repeats the run bit for bit unless a wall-clock "
+        "cap cuts it short (checked on a tiny configuration by the slow test in tests/model/test_default_model.py; "
+        "the full run was not repeated).",
         "",
     ]
     auc = stage1.get("valid_label_auc")
@@ -98,32 +173,9 @@ def model_card(recipe: Recipe, record: dict[str, Any], report: dict[str, Any] | 
                   "calcifications, bronchiectasis) are a few voxels at this input size: expect the answer-frequency "
                   "prior for them.", ""]
     if report is not None:
-        lines += ["## Held-out scores (valid patients of the synthetic cohort)", "",
-                  f"`ctvqa evaluate` figures, at most {report.get('limit_per_task')} questions per task, {report['n']} in all.",
-                  "", "| task | n | accuracy | accuracy (reference rule) | BLEU-1 | ROUGE-1 | METEOR | BERTScore F1 |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for key, figures in report["tasks"].items():
-            cells = [_fmt(figures.get(m, "")) for m in ("accuracy", "accuracy_reference", "bleu1", "rouge1",
-                                                         "meteor", "bertscore_f1")]
-            lines.append(f"| {key} | {figures['n']} | " + " | ".join(cells) + " |")
-        lines += honest_lines(report)
-        lines += ["", "Acceptance targets of issue 6:", ""]
-        for key, row in acceptance(report).items():
-            shown = {k: v for k, v in row.items() if k != "met"}
-            lines.append(f"- {key}: {shown} -> {'met' if row['met'] else 'NOT met'}")
-        every = report.get("existence_all_questions")
-        if every and every.get("findings"):
-            lines += ["", "Every held-out existence question, per finding (balanced accuracy: 50 = the image is not "
-                      f"used; macro mean {_fmt(every.get('balanced_accuracy'))}, with another patient's scan "
-                      f"{_fmt(every.get('balanced_accuracy_wrong_volume'))}, with noise "
-                      f"{_fmt(every.get('balanced_accuracy_noise_volume'))}):",
-                      "", "| finding | present cases found | absent cases called absent | balanced accuracy |",
-                      "| --- | --- | --- | --- |"]
-            ranked = sorted(every["findings"].items(), key=lambda kv: -(kv[1]["balanced_accuracy"] or -1.0))
-            lines += [f"| {k} | {v['present_right']}/{v['present']} | {v['absent_right']}/{v['absent']} | "
-                      f"{'-' if v['balanced_accuracy'] is None else format(v['balanced_accuracy'], '.1f')} |"
-                      for k, v in ranked]
-        lines.append("")
+        lines += summary_lines(report)
+        for size, figures in report["sizes"].items():
+            lines += size_lines(size, figures)
     lines += [
         "## What was tried for the image side",
         "- The information is in the input: a logistic probe on 4x8x8 average-pooled inputs reaches held-out AUC "

@@ -10,7 +10,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +18,18 @@ import torch
 
 from model.ct.io import read_ct
 from model.ct.preprocess import InputGeometry, to_model_input_with_crop
+from model.data.box_questions import BOX_FILE, read_box_questions
 from model.data.qa_folders import read_qa_folder
 from model.evaluation.findings import finding_asked
 from model.inference import prompts
-from model.inference.boxes import to_normalized
+from model.inference.boxes import format_box, to_normalized
 from model.training.default.recipe import (
+    BOX_DIGITS,
     CACHE_NAME,
     CAPTION_QUESTION,
     CLOSED_TASK_LETTERS,
     TASK_WEIGHTS,
+    Cohort,
     Recipe,
 )
 
@@ -59,31 +62,33 @@ class Dataset:
 
 
 # ----- data -------------------------------------------------------------------------------------
-def synth_command(cohort_dir: Path, recipe: Recipe) -> str:
-    """The `ctvqa synth` call that makes the cohort this recipe trains on."""
-    return (f"ctvqa synth --out {cohort_dir} --patients {recipe.patients} --seed {recipe.seed} "
-            f"--size {','.join(str(n) for n in recipe.synth_size)}")
+def synth_command(folder: Path, cohort: Cohort, valid_frac: float) -> str:
+    """The `ctvqa synth` call that makes one cohort of the recipe."""
+    seed, size, patients = cohort
+    return (f"ctvqa synth --out {folder} --patients {patients} --seed {seed} "
+            f"--size {','.join(str(n) for n in size)} --valid-frac {valid_frac:g}")
 
 
 
-def check_cohort(cohort_dir: Path, recipe: Recipe) -> Path:
+def check_cohort(folder: Path, cohort: Cohort, valid_frac: float) -> Path:
     """Refuse a missing cohort, or one made with another seed/size/patient count than the recipe.
 
-    The generator lives in `annotation`, which `model` never imports: the cohort is made first by
+    The generator lives in `annotation`, which `model` never imports: the cohorts are made first by
     `ctvqa synth` (`make default-model` runs both steps)."""
-    truth = cohort_dir / "ground_truth.json"
+    truth = folder / "ground_truth.json"
     if not truth.is_file():
-        raise SystemExit(f"no synthetic cohort in {cohort_dir}: make it first with `{synth_command(cohort_dir, recipe)}` "
-                         "(or run `make default-model`)")
+        raise SystemExit(f"no synthetic cohort in {folder}: make it first with "
+                         f"`{synth_command(folder, cohort, valid_frac)}` (or run `make default-model`)")
     document = json.loads(truth.read_text())
     patients = {v["patient"] for v in document["volumes"].values()}
-    wanted = (recipe.seed, list(recipe.synth_size), recipe.patients)
-    found = (document.get("seed"), document.get("size"), len(patients))
-    if found != wanted:
-        raise SystemExit(f"{cohort_dir} holds a cohort with (seed, size, patients) = {found}, "
-                         f"this recipe needs {wanted}: pass another --cohort folder")
-    print(f"[data] using cohort {cohort_dir} ({len(document['volumes'])} volumes)", flush=True)
-    return cohort_dir
+    seed, size, n = cohort
+    found = (document.get("seed"), tuple(document.get("size") or ()), len(patients))
+    if found != (seed, tuple(size), n):
+        raise SystemExit(f"{folder} holds a cohort with (seed, size, patients) = {found}, "
+                         f"this recipe needs {(seed, tuple(size), n)}: make it with "
+                         f"`{synth_command(folder, cohort, valid_frac)}`")
+    print(f"[data] using cohort {folder} ({len(document['volumes'])} volumes)", flush=True)
+    return folder
 
 
 
@@ -157,7 +162,9 @@ def encode_example(tokenizer: Any, volume: int, task: str, question: str, answer
 
 
 def build_dataset(cohort_dir: Path, split: str, tokenizer: Any, recipe: Recipe) -> Dataset:
-    """The split's volumes (model inputs), their 18 labels, and their QA + caption examples."""
+    """One cohort split's volumes (model inputs), their 18 labels, and their QA, box and caption
+    examples; box answers are the ground-truth box in the model input's 0-1 coordinates, as
+    `VLM` writes them."""
 
     labels_rows = read_csv_rows(cohort_dir / "labels.csv")
     reports = read_csv_rows(cohort_dir / "reports.csv")
@@ -173,7 +180,7 @@ def build_dataset(cohort_dir: Path, split: str, tokenizer: Any, recipe: Recipe) 
     truth = json.loads((cohort_dir / "ground_truth.json").read_text())["volumes"]
     grid = [i // p for i, p in zip(recipe.image_size, recipe.patch_size)]
     patches = torch.stack([patch_targets(truth[n]["lesions"], g, grid, label_names) for n, g in zip(names, geometries)])
-    data = Dataset(names, pixels, labels, label_names, patches)
+    data = Dataset([f"{cohort_dir.name}/{n}" for n in names], pixels, labels, label_names, patches)
     for name, k in index.items():
         data.by_volume[k] = {"caption": [encode_example(
             tokenizer, k, "caption", CAPTION_QUESTION, reports[name]["Impressions_EN"], None, None)]}
@@ -182,22 +189,92 @@ def build_dataset(cohort_dir: Path, split: str, tokenizer: Any, recipe: Recipe) 
             example = encode_example(tokenizer, index[item.volume_name], task, item.question, item.answer,
                                      item.answer_choice, item.choices, finding_asked(item.question, label_names))
             data.by_volume[example.volume].setdefault(task, []).append(example)
+    box_file = cohort_dir / "qa" / split / BOX_FILE
+    for item in read_box_questions(box_file) if box_file.is_file() else []:
+        k = index.get(item.volume_name)
+        if k is not None:
+            answer = format_box(to_normalized(item.box, geometries[k]), BOX_DIGITS)
+            data.by_volume[k].setdefault("box", []).append(
+                encode_example(tokenizer, k, "box", item.question, answer, None, None, item.finding))
     return data
+
+
+
+def join_datasets(parts: Sequence[Dataset]) -> Dataset:
+    """One dataset of several cohorts (phantom sizes): volumes renumbered in order."""
+    first = parts[0]
+    if any(p.label_names != first.label_names for p in parts):
+        raise ValueError("cohorts with different label columns cannot be joined")
+    joined = Dataset([n for p in parts for n in p.names], torch.cat([p.pixels for p in parts]),
+                     torch.cat([p.labels for p in parts]), first.label_names,
+                     torch.cat([p.patch_labels for p in parts]))
+    offset = 0
+    for part in parts:
+        for k, tasks in part.by_volume.items():
+            joined.by_volume[k + offset] = {task: [replace(e, volume=e.volume + offset) for e in examples]
+                                            for task, examples in tasks.items()}
+        offset += len(part.names)
+    return joined
+
+
+
+def without_finding(data: Dataset, label: str, tokenizer: Any) -> Dataset:
+    """The dataset with every question about `label` removed (closed, open and box questions that
+    name it, and report impressions that mention it): a variant trained on it has never been
+    asked about that finding, which the feedback demonstration then teaches through the store.
+    The volumes and their stage-1 labels stay (alignment is not instruction data)."""
+    word = label.lower()
+
+    def mentions(e: Example) -> bool:
+        text = tokenizer.decode(e.prompt_ids + e.target_ids).lower()
+        return e.finding == label or word in text
+
+    kept = Dataset(data.names, data.pixels, data.labels, data.label_names, data.patch_labels)
+    for k, tasks in data.by_volume.items():
+        kept.by_volume[k] = {t: [e for e in examples if not mentions(e)] for t, examples in tasks.items()}
+        kept.by_volume[k] = {t: v for t, v in kept.by_volume[k].items() if v}
+    return kept
+
+
+
+def patient_groups(names: Sequence[str]) -> list[list[int]]:
+    """Volume indices per patient (`cohort/train_12_b_1.nii.gz` -> `cohort/train_12`), patients
+    with two or more scans only."""
+    groups: dict[str, list[int]] = {}
+    for k, name in enumerate(names):
+        folder, _, file = name.rpartition("/")
+        groups.setdefault(folder + "/" + "_".join(file.split("_")[:2]), []).append(k)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+
+def paired_volumes(rng: random.Random, groups: Sequence[Sequence[int]], n: int) -> list[int]:
+    """`n` volumes as n/2 pairs of scans of one patient. A patient's scans share the phantom's
+    anatomy voxel for voxel and differ in their findings, so within a pair only the findings can
+    explain a different answer: the network must look at them, not at the anatomy."""
+    chosen = []
+    for group in rng.sample(list(groups), min(len(groups), max(1, n // 2))):
+        chosen += rng.sample(list(group), 2)
+    return chosen
 
 
 
 class Sampler:
     """Seeded draws of (volumes, questions) per step: tasks by `TASK_WEIGHTS`, answers within a
-    task by 1/sqrt(frequency) so rare answers (a present finding, a resolved lesion) are seen."""
+    task by 1/sqrt(frequency) so rare answers (a present finding, a resolved lesion) are seen;
+    volumes in pairs of one patient's scans where `paired`."""
 
-    def __init__(self, data: Dataset, seed: int) -> None:
+    def __init__(self, data: Dataset, seed: int, paired: bool = False) -> None:
         self.data = data
         self.rng = random.Random(seed)
+        self.groups = patient_groups(data.names) if paired else []
         counts = Counter((e.task, e.answer_class) for tasks in data.by_volume.values()
                          for examples in tasks.values() for e in examples)
         self.weight = {key: 1.0 / math.sqrt(n) for key, n in counts.items()}
 
     def volumes(self, n: int) -> list[int]:
+        if self.groups:
+            return paired_volumes(self.rng, self.groups, n)
         return self.rng.sample(range(len(self.data.names)), min(n, len(self.data.names)))
 
     def questions(self, volume: int, n: int, tasks: Sequence[str], balanced: bool = False,

@@ -33,12 +33,22 @@ REPO = Path(__file__).resolve().parents[3]
 RAD_TEST_DIR = REPO.parent / "shared" / "data" / "3d-rad" / "test"
 CAPTION_QUESTION = "What are the main findings of this chest CT?"
 CACHE_NAME = "model_inputs_{split}_{d}x{h}x{w}.pt"
+# One synthetic cohort: (seed, phantom grid Z,Y,X, patients).
+Cohort = tuple[int, tuple[int, int, int], int]
+# Training cohorts at the three phantom sizes users meet (each keeps `ctvqa synth`'s chest field of
+# view, so their spacings differ), most patients at the smallest (cheapest) size.
+TRAIN_COHORTS: tuple[Cohort, ...] = ((0, (64, 192, 192), 800), (1, (64, 256, 256), 300), (2, (96, 320, 320), 150))
+# Held-out evaluation: seeds never used in training, one cohort per size, every patient held out.
+HELDOUT_COHORTS: tuple[Cohort, ...] = ((100, (64, 192, 192), 30), (101, (64, 256, 256), 30),
+                                       (102, (96, 320, 320), 30))
+HELDOUT_VALID_FRAC = 0.95
 CLOSED_TASK_LETTERS = {"existence_detection": "AB", "static_temporal_diagnosis": "ABCD",
                        "longitudinal_temporal_diagnosis": "ABCD"}
 # Stage-2 task mix per step: closed tasks (the acceptance targets) a little more often.
 TASK_WEIGHTS = {"image_observation": 1.0, "anomaly_detection": 1.0, "medical_computation": 1.0,
                 "existence_detection": 1.6, "static_temporal_diagnosis": 1.4,
-                "longitudinal_temporal_diagnosis": 2.0, "caption": 0.3}
+                "longitudinal_temporal_diagnosis": 2.0, "caption": 0.3, "box": 1.0}
+BOX_DIGITS = 2  # box answers as 0.12: a voxel of the model input is about 0.01 of its extent
 
 
 @dataclass
@@ -46,26 +56,30 @@ class Recipe:
     """Every size and hyperparameter of one training run (stored with the model as provenance)."""
 
     seed: int = 0
-    patients: int = 180
-    synth_size: tuple[int, int, int] = (64, 192, 192)
+    cohorts: tuple[Cohort, ...] = TRAIN_COHORTS
+    heldout: tuple[Cohort, ...] = HELDOUT_COHORTS
+    valid_frac: float = 0.1  # of the training cohorts' patients: checkpoint selection only
     image_size: tuple[int, int, int] = (32, 128, 128)
     patch_size: tuple[int, int, int] = (8, 16, 16)
     vision_hidden: int = 128
     vision_layers: int = 3
     vision_heads: int = 2
     vision_mlp: int = 512
+    vision_stem: int = 8  # channels of the convolutional stem (0: M3D's linear patch embedding)
     lm_hidden: int = 256
     lm_layers: int = 3
     lm_heads: int = 4
     lm_intermediate: int = 512
     vocab_size: int = 4000
-    stage1_steps: int = 2000
-    stage2_steps: int = 3000
+    stage1_steps: int = 8000
+    stage2_steps: int = 6000
     stage1_images: int = 8
+    paired: bool = True  # every step's volumes are pairs of one patient's scans (data.paired_volumes)
+    pair_weight: float = 1.0  # stage-1 rank loss within those pairs (stage1.pair_rank_loss)
     stage2_images: int = 16  # many images per step: how the LM learns that answers depend on the image
     focus_steps: int = 400  # stage 2 starts on balanced existence questions so the LM must read the image
-    seen_questions: int = 1  # afterwards, per image, so that reading is not unlearnt among the other tasks
-    seen_auc: float = 0.9  # ... about the findings the stage-1 tower sees this well (held-out label AUC)
+    seen_questions: int = 2  # afterwards, per image, so that reading is not unlearnt among the other tasks
+    seen_auc: float = 0.8  # ... about the findings the stage-1 tower sees this well (held-out label AUC)
     questions_per_image: int = 3
     lr: float = 1e-3
     warmup_steps: int = 30
@@ -73,12 +87,16 @@ class Recipe:
     head_lr_scale: float = 1.0  # tried 10 (with head_norm): the heads then fit fast, held-out labels did not improve
     head_norm: bool = False
     input_norm: bool = True  # train the tower on standardised inputs, folded into its weights after stage 1
+    balance_labels: bool = False  # stage-1 label loss weighs present cases by sqrt(absent/present)
     patch_weight: float = 5.0  # per-patch targets are sparse: their mean BCE is small
     validate_every: int = 200
+    auc_every: int = 1000  # stage-1 steps between held-out label AUC checks (printed and logged)
+    checkpoint_every: int = 200  # steps between resumable checkpoints (model/training/default/checkpoint.py)
     validation_questions: int = 160
     eval_limit: int | None = 150
-    stage1_minutes: float = 18.0  # wall-clock caps: a slow machine stops early with the best so far
-    stage2_minutes: float = 32.0
+    held_out_finding: str | None = None  # a variant never asked about this label (the feedback demonstration)
+    stage1_minutes: float = 45.0  # wall-clock caps: a slow machine stops early with the best so far
+    stage2_minutes: float = 35.0
 
     def text_config(self, tokenizer: Any) -> dict[str, Any]:
         return dict(
@@ -89,3 +107,18 @@ class Recipe:
             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
             tie_word_embeddings=False,
         )
+
+
+def cohort_folder(root: Path, cohort: Cohort, heldout: bool = False) -> Path:
+    """Where `make default-model` writes one cohort: `train-64x192x192-seed0`, `heldout-...`."""
+    seed, size, _ = cohort
+    return root / f"{'heldout' if heldout else 'train'}-{'x'.join(str(n) for n in size)}-seed{seed}"
+
+
+def recipe_from_record(stored: dict[str, Any]) -> Recipe:
+    """The Recipe a training.json records (JSON turned its tuples into lists)."""
+    def cohorts(rows: list) -> tuple[Cohort, ...]:
+        return tuple((int(s), tuple(int(n) for n in size), int(p)) for s, size, p in rows)  # type: ignore[misc]
+    fixed = {k: tuple(stored[k]) for k in ("image_size", "patch_size")}
+    fixed.update(cohorts=cohorts(stored["cohorts"]), heldout=cohorts(stored["heldout"]))
+    return Recipe(**{**stored, **fixed})

@@ -7,8 +7,9 @@ import argparse
 import json
 import platform
 import random
+import shutil
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,23 @@ import torch
 from model.inference.loading import write_settings
 from model.nets.tokenizer import build_tokenizer
 from model.training.default.card import model_card
-from model.training.default.data import build_dataset, check_cohort
+from model.training.default.checkpoint import Checkpoints
+from model.training.default.data import (
+    build_dataset,
+    check_cohort,
+    join_datasets,
+    synth_command,
+    without_finding,
+)
 from model.training.default.evaluation import acceptance, evaluate_default
-from model.training.default.recipe import RAD_TEST_DIR, REPO, Recipe
+from model.training.default.recipe import (
+    HELDOUT_VALID_FRAC,
+    RAD_TEST_DIR,
+    REPO,
+    Recipe,
+    cohort_folder,
+    recipe_from_record,
+)
 from model.training.default.stage2 import train
 from model.training.default.steps import build_model
 
@@ -33,63 +48,65 @@ def save_model(model: Any, tokenizer: Any, out: Path) -> None:
 
 
 
-def run(out: Path, cohort_dir: Path, recipe: Recipe, evaluate: bool = True) -> dict[str, Any]:
-    """The whole pipeline (cohort, cache, tokenizer, two stages, save, held-out evaluation, card)."""
+def run(out: Path, cohort_root: Path, recipe: Recipe, evaluate: bool = True, work: Path | None = None
+        ) -> dict[str, Any]:
+    """The whole pipeline (cohorts, cache, tokenizer, two stages, save, held-out evaluation, card).
+    `work`: where checkpoints go; a rerun with the same recipe resumes from them."""
 
     torch.manual_seed(recipe.seed)
     random.seed(recipe.seed)
-    check_cohort(cohort_dir, recipe)
-    tokenizer, tokenizer_info = build_tokenizer(cohort_dir, cohort_dir / "tokenizer", recipe.vocab_size,
+    folders = [check_cohort(cohort_folder(cohort_root, c), c, recipe.valid_frac) for c in recipe.cohorts]
+    tokenizer, tokenizer_info = build_tokenizer(folders[0], folders[0] / "tokenizer", recipe.vocab_size,
                                                 RAD_TEST_DIR)
     print(f"[tokenizer] {tokenizer_info}", flush=True)
-    train_data = build_dataset(cohort_dir, "train", tokenizer, recipe)
-    valid_data = build_dataset(cohort_dir, "valid", tokenizer, recipe)
+    train_data = join_datasets([build_dataset(f, "train", tokenizer, recipe) for f in folders])
+    valid_data = join_datasets([build_dataset(f, "valid", tokenizer, recipe) for f in folders])
+    if recipe.held_out_finding:
+        if recipe.held_out_finding not in train_data.label_names:
+            raise SystemExit(f"--held-out-finding {recipe.held_out_finding!r} is not one of the cohort's labels: "
+                             f"{', '.join(train_data.label_names)}")
+        train_data = without_finding(train_data, recipe.held_out_finding, tokenizer)
+        valid_data = without_finding(valid_data, recipe.held_out_finding, tokenizer)
+        print(f"[data] no question about {recipe.held_out_finding} is asked in training", flush=True)
     model = build_model(recipe, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[model] {n_params / 1e6:.2f} M parameters, {model.num_image_tokens} image tokens; "
-          f"{len(train_data.names)} training / {len(valid_data.names)} held-out volumes", flush=True)
-    record = train(model, tokenizer, train_data, valid_data, recipe)
+          f"{len(train_data.names)} training / {len(valid_data.names)} validation volumes", flush=True)
+    checkpoints = Checkpoints(work, recipe, recipe.checkpoint_every)
+    record = train(model, tokenizer, train_data, valid_data, recipe, checkpoints)
     record.update(image_tokens=model.num_image_tokens, machine=f"{platform.machine()} CPU, "
                   f"{torch.get_num_threads()} threads", recipe=asdict(recipe), tokenizer=tokenizer_info)
     save_model(model, tokenizer, out)
     record.update(cohort={"train_volumes": len(train_data.names), "valid_volumes": len(valid_data.names)},
                   n_params=n_params)
     (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
-    return {"record": record, "report": evaluate_and_describe(out, cohort_dir, recipe, record, evaluate)}
+    return {"record": record, "report": evaluate_and_describe(out, cohort_root, recipe, record, evaluate)}
 
 
 
-def evaluate_and_describe(out: Path, cohort_dir: Path, recipe: Recipe, record: dict[str, Any],
+def evaluate_and_describe(out: Path, cohort_root: Path, recipe: Recipe, record: dict[str, Any],
                           evaluate: bool = True) -> dict[str, Any] | None:
-    """Held-out evaluation (eval.json) and the model card of a saved model: the end of a training
-    run, or `--reevaluate` after the evaluation changed, without training again."""
+    """Held-out evaluation (eval.json, one report per phantom size) and the model card of a saved
+    model: the end of a training run, or `--reevaluate` after the evaluation changed."""
     report = None
     if evaluate:
-        report = evaluate_default(out, cohort_dir, recipe.eval_limit)
-        report["acceptance"] = acceptance(report)
+        heldout = [check_cohort(cohort_folder(cohort_root, c, heldout=True), c, HELDOUT_VALID_FRAC)
+                   for c in recipe.heldout]
+        report = evaluate_default(out, heldout, recipe.eval_limit)
+        for figures in report["sizes"].values():
+            figures["acceptance"] = acceptance(figures)
         (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
-        print(json.dumps(report["acceptance"], indent=2), flush=True)
+        print(json.dumps({k: v["acceptance"] for k, v in report["sizes"].items()}, indent=2), flush=True)
     card = model_card(recipe, record, report, record["n_params"], record["tokenizer"], record["cohort"])
     (out / "README.md").write_text(card)
     return report
 
 
 
-def reevaluate(out: Path, cohort_dir: Path) -> dict[str, Any] | None:
+def reevaluate(out: Path, cohort_root: Path) -> dict[str, Any] | None:
     """Evaluate the model in `out` again with the recipe its training.json records."""
     record = json.loads((out / "training.json").read_text())
-    stored = record["recipe"]
-    recipe = Recipe(**{**stored, **{k: tuple(stored[k]) for k in ("synth_size", "image_size", "patch_size")}})
-    check_cohort(cohort_dir, recipe)
-    return evaluate_and_describe(out, cohort_dir, recipe, record)
-
-
-
-def _size(text: str) -> tuple[int, int, int]:
-    values = tuple(int(v) for v in text.split(","))
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"expected Z,Y,X, got {text!r}")
-    return values  # type: ignore[return-value]
+    return evaluate_and_describe(out, cohort_root, recipe_from_record(record["recipe"]), record)
 
 
 
@@ -98,32 +115,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model.training.default", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "model" / "default", help="model folder to write")
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--cohort", type=Path, default=None,
-                        help="cohort folder made by `ctvqa synth` (default .bench-tmp/default-cohort-seedS)")
-    parser.add_argument("--patients", type=int, default=defaults.patients)
-    parser.add_argument("--synth-size", type=_size, default=defaults.synth_size, help="phantom grid Z,Y,X")
+    parser.add_argument("--cohorts", type=Path, default=REPO / ".bench-tmp" / "default-cohorts",
+                        help="folder holding the cohorts made by `ctvqa synth` (train-ZxYxX-seedS, heldout-...)")
+    parser.add_argument("--work", type=Path, default=REPO / ".bench-tmp" / "default-model-work",
+                        help="checkpoint folder: the same command resumes from it after a stop")
+    parser.add_argument("--fresh", action="store_true", help="discard the checkpoints in --work and start over")
     parser.add_argument("--stage1-steps", type=int, default=defaults.stage1_steps)
     parser.add_argument("--stage2-steps", type=int, default=defaults.stage2_steps)
     parser.add_argument("--stage1-minutes", type=float, default=defaults.stage1_minutes,
                         help="wall-clock cap on stage 1")
     parser.add_argument("--stage2-minutes", type=float, default=defaults.stage2_minutes,
                         help="wall-clock cap on stage 2; the best checkpoint so far is kept")
-    parser.add_argument("--head-lr-scale", type=float, default=defaults.head_lr_scale,
-                        help="learning-rate factor of the training-only label heads")
-    parser.add_argument("--head-norm", action="store_true", help="batch-normalise the label head's input")
     parser.add_argument("--eval-limit", type=int, default=defaults.eval_limit, help="held-out questions per task")
+    parser.add_argument("--held-out-finding", default=None,
+                        help="train a variant that is never asked about this CT-RATE label (feedback demonstration)")
     parser.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
+    parser.add_argument("--print-cohorts", action="store_true",
+                        help="print the `ctvqa synth` commands of the recipe's cohorts and exit")
     parser.add_argument("--reevaluate", action="store_true",
                         help="do not train: evaluate the model already in --out again and rewrite its card")
     args = parser.parse_args(argv)
-    recipe = Recipe(seed=args.seed, patients=args.patients, synth_size=args.synth_size,
-                    stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
-                    stage1_minutes=args.stage1_minutes, stage2_minutes=args.stage2_minutes,
-                    head_lr_scale=args.head_lr_scale, head_norm=args.head_norm,
-                    eval_limit=args.eval_limit)
-    cohort = args.cohort or REPO / ".bench-tmp" / f"default-cohort-seed{args.seed}"
-    if args.reevaluate:
-        reevaluate(args.out, cohort)
+    recipe = replace(defaults, seed=args.seed, stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
+                     stage1_minutes=args.stage1_minutes, stage2_minutes=args.stage2_minutes,
+                     eval_limit=args.eval_limit, held_out_finding=args.held_out_finding)
+    if args.print_cohorts:
+        for cohort in recipe.cohorts:
+            print(synth_command(cohort_folder(args.cohorts, cohort), cohort, recipe.valid_frac))
+        for cohort in recipe.heldout:
+            print(synth_command(cohort_folder(args.cohorts, cohort, heldout=True), cohort, HELDOUT_VALID_FRAC))
         return 0
-    run(args.out, cohort, recipe, evaluate=not args.no_eval)
+    if args.reevaluate:
+        reevaluate(args.out, args.cohorts)
+        return 0
+    if args.fresh and args.work.is_dir():
+        shutil.rmtree(args.work)
+    run(args.out, args.cohorts, recipe, evaluate=not args.no_eval, work=args.work)
     return 0

@@ -4,14 +4,15 @@ inputs standardised by the training set's mean volume (folded into the patch emb
 from __future__ import annotations
 
 import random
-import time
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.training.default.data import Dataset
+from model.nets.vision import ConvStem
+from model.training.default.checkpoint import Checkpoints
+from model.training.default.data import Dataset, paired_volumes, patient_groups
 from model.training.default.recipe import Recipe
 from model.training.default.steps import (
     Clock,
@@ -23,6 +24,7 @@ from model.training.default.steps import (
     optimiser_step,
     set_lr,
 )
+from model.training.rng import random_state
 
 
 class InputStandardiser:
@@ -42,8 +44,13 @@ class InputStandardiser:
 
     @torch.no_grad()
     def fold_into(self, tower: nn.Module) -> None:
-        """W(x - m)/s + b + pos = (W/s)x + b + (pos - (W/s)m): same outputs on raw inputs."""
+        """W(x - m)/s + b + pos = (W/s)x + b + (pos - (W/s)m): same outputs on raw inputs. A
+        convolutional stem keeps the mean volume and scale as its own weights instead."""
         embedding = tower.patch_embedding
+        if isinstance(embedding.patch_embeddings, ConvStem):
+            embedding.patch_embeddings.reference.copy_(self.mean)
+            embedding.patch_embeddings.scale.fill_(self.scale)
+            return
         flatten, linear = embedding.patch_embeddings[0], embedding.patch_embeddings[1]
         linear.weight.div_(self.scale)
         embedding.position_embeddings.sub_(flatten(self.mean) @ linear.weight.T)
@@ -51,7 +58,7 @@ class InputStandardiser:
 
 
 @torch.no_grad()
-def label_auc(model: Any, head: "LabelHead", data: Dataset, prepare: Any = identity) -> dict[str, float]:
+def label_auc(model: Any, head: LabelHead, data: Dataset, prepare: Any = identity) -> dict[str, float]:
     """Held-out ROC AUC of the label head per finding (findings present in some but not all
     volumes): what the vision tower learned to see, reported in the model card."""
     from sklearn.metrics import roc_auc_score
@@ -64,10 +71,13 @@ def label_auc(model: Any, head: "LabelHead", data: Dataset, prepare: Any = ident
 
 
 
-def train_alignment(model: Any, head: LabelHead, data: Dataset, valid_data: Dataset, recipe: Recipe) -> dict[str, Any]:
+def train_alignment(model: Any, head: LabelHead, data: Dataset, valid_data: Dataset, recipe: Recipe,
+                    checkpoints: Checkpoints | None = None) -> dict[str, Any]:
     """Stage 1: vision tower + projector learn the 18 findings from the image: per label through
     the head on the projected features, per patch through a linear head on the tower's tokens.
-    With `input_norm` the tower trains on standardised inputs, folded into its weights at the end."""
+    With `input_norm` the tower trains on standardised inputs, folded into its weights at the end.
+    A saved checkpoint (`checkpoints`) is resumed, also one of a finished stage."""
+    checkpoints = checkpoints or Checkpoints(None, recipe)
     prepare = InputStandardiser(data.pixels) if recipe.input_norm else identity
     patch_head = nn.Linear(model.config.mm_hidden_size, len(data.label_names))
     heads = [*head.parameters(), *patch_head.parameters()]
@@ -75,26 +85,81 @@ def train_alignment(model: Any, head: LabelHead, data: Dataset, valid_data: Data
     optimiser = make_optimiser(list(model.vision.parameters()), heads, recipe)
     generator = torch.Generator().manual_seed(recipe.seed)
     rng = random.Random(recipe.seed)
-    clock = Clock("alignment", recipe.stage1_steps, recipe.stage1_minutes)
-    log, done = [], 0
+    log, done, first, spent = [], 0, 1, 0.0
+    saved = checkpoints.load("stage1")
+    if saved is not None:
+        model.vision.load_state_dict(saved["vision"])
+        head.load_state_dict(saved["head"])
+        if saved.get("finished"):
+            return saved["result"]
+        patch_head.load_state_dict(saved["patch_head"])
+        optimiser.load_state_dict(saved["optimiser"])
+        generator.set_state(saved["generator"])
+        rng.setstate(random_state(saved["rng"]))
+        log, done, spent = saved["log"], saved["step"], saved["seconds"]
+        first = done + 1
+    groups = patient_groups(data.names) if recipe.paired else []
+    clock = Clock("alignment", recipe.stage1_steps, recipe.stage1_minutes, spent)
+    # rare findings weigh more (a label present in 5 % of scans, a nodule in 1 of 256 patches, is
+    # otherwise learnt as "never"): present cases by sqrt(absent / present), per label
+    pos_weight = _positive_weight(data.labels) if recipe.balance_labels else None
+    patch_pos_weight = _positive_weight(data.patch_labels.flatten(0, 1)) if recipe.balance_labels else None
     model.vision.train()
-    for step in range(1, recipe.stage1_steps + 1):
+    for step in range(first, recipe.stage1_steps + 1):
         if clock.over():
             break
         done = step
         set_lr(optimiser, lr_factor(step - 1, recipe.stage1_steps, recipe.warmup_steps))
-        volumes = rng.sample(range(len(data.names)), min(recipe.stage1_images, len(data.names)))
+        volumes = paired_volumes(rng, groups, recipe.stage1_images) if groups else \
+            rng.sample(range(len(data.names)), min(recipe.stage1_images, len(data.names)))
         tokens = model.vision.vision_tower(prepare(augment(data.pixels[volumes].float(), generator)))
-        label_loss = F.binary_cross_entropy_with_logits(head(model.vision.mm_projector(tokens)), data.labels[volumes])
-        patch_loss = F.binary_cross_entropy_with_logits(patch_head(tokens), data.patch_labels[volumes])
+        label_logits = head(model.vision.mm_projector(tokens))
+        label_loss = F.binary_cross_entropy_with_logits(label_logits, data.labels[volumes], pos_weight=pos_weight)
+        patch_logits = patch_head(tokens)
+        patch_loss = F.binary_cross_entropy_with_logits(patch_logits, data.patch_labels[volumes],
+                                                        pos_weight=patch_pos_weight)
         loss = label_loss + recipe.patch_weight * patch_loss
+        if groups and recipe.pair_weight:
+            rank = pair_rank_loss(label_logits, data.labels[volumes]) + \
+                pair_rank_loss(patch_logits, data.patch_labels[volumes])
+            loss = loss + recipe.pair_weight * rank
         optimiser_step(optimiser, loss, parameters)
         if step % 10 == 0 or step == recipe.stage1_steps:
             log.append({"step": step, "aux": round(label_loss.item(), 4), "patch": round(patch_loss.item(), 4)})
             clock.show(step, aux=label_loss.item(), patch=patch_loss.item())
-    seconds = round(time.perf_counter() - clock.start)
+        if step % recipe.auc_every == 0 and step < recipe.stage1_steps:
+            auc = label_auc(model, head, valid_data, prepare)
+            log.append({"step": step, "valid_label_auc": auc})
+            print(f"[check] stage-1 step {step}: held-out label AUC {auc}", flush=True)
+        if checkpoints.due(step):
+            checkpoints.save("stage1", {"step": step, "vision": model.vision.state_dict(), "head": head.state_dict(),
+                                        "patch_head": patch_head.state_dict(), "optimiser": optimiser.state_dict(),
+                                        "generator": generator.get_state(), "rng": rng.getstate(), "log": log,
+                                        "seconds": clock.elapsed()})
     auc = label_auc(model, head, valid_data, prepare)
     if isinstance(prepare, InputStandardiser):
         prepare.fold_into(model.vision.vision_tower)
     print(f"[check] held-out label AUC after stage 1: {auc}", flush=True)
-    return {"steps_done": done, "log": log, "seconds": seconds, "valid_label_auc": auc}
+    result = {"steps_done": done, "log": log, "seconds": round(clock.elapsed()), "valid_label_auc": auc}
+    checkpoints.save("stage1", {"step": done, "finished": True, "vision": model.vision.state_dict(),
+                                "head": head.state_dict(), "result": result})
+    return result
+
+
+def _positive_weight(targets: torch.Tensor) -> torch.Tensor:
+    positive = targets.float().mean(0).clamp(1e-4, 1 - 1e-4)
+    return ((1 - positive) / positive).sqrt()
+
+
+def pair_rank_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """For consecutive pairs of one patient's scans (rows 0-1, 2-3, ...): wherever their targets
+    differ, the scan with the finding must score higher (RankNet's logistic loss on the logit
+    difference). The pair shares its anatomy, so where a finding usually lies, and what the rest of
+    the scan looks like, cancel out: only reading the finding itself lowers this loss, which is
+    the shortcut a plain per-scan loss leaves open (a patch head learns the finding's usual place)."""
+    a, b = logits[0::2].float(), logits[1::2].float()
+    sign = targets[0::2].float() - targets[1::2].float()
+    differs = sign != 0
+    if not bool(differs.any()):
+        return logits.sum() * 0.0
+    return F.softplus(-(a - b)[differs] * sign[differs]).mean()

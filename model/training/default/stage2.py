@@ -3,13 +3,13 @@
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from model.training.default.checkpoint import Checkpoints, clone_state
 from model.training.default.data import Dataset, Sampler, validation_examples
 from model.training.default.recipe import TASK_WEIGHTS, Recipe
 from model.training.default.stage1 import train_alignment
@@ -24,12 +24,15 @@ from model.training.default.steps import (
     set_lr,
     tower_outputs,
 )
+from model.training.rng import random_state
 
 
 def train_instruction(model: Any, head: LabelHead, tokenizer: Any, train_data: Dataset, valid_data: Dataset,
-                      recipe: Recipe, seen: Sequence[str] = ()) -> dict[str, Any]:
-    """Stage 2: projector + language model on all six tasks (+ captions), vision tower frozen and
-    its tokens cached; keeps the weights that score best on closed validation questions."""
+                      recipe: Recipe, seen: Sequence[str] = (), checkpoints: Checkpoints | None = None
+                      ) -> dict[str, Any]:
+    """Stage 2: projector + language model on all six tasks (+ captions and boxes), vision tower
+    frozen and its tokens cached; keeps the weights that score best on closed validation questions."""
+    checkpoints = checkpoints or Checkpoints(None, recipe)
     train_tokens = tower_outputs(model, train_data.pixels)
     valid_tokens = tower_outputs(model, valid_data.pixels)
     for p in model.vision.vision_tower.parameters():
@@ -37,15 +40,24 @@ def train_instruction(model: Any, head: LabelHead, tokenizer: Any, train_data: D
     trained = [*model.vision.mm_projector.parameters(), *model.language_model.parameters()]
     parameters = [*trained, *head.parameters()]
     optimiser = make_optimiser(trained, list(head.parameters()), recipe)
-    sampler = Sampler(train_data, recipe.seed)
+    sampler = Sampler(train_data, recipe.seed, recipe.paired)
     checks = validation_examples(valid_data, recipe.validation_questions, recipe.seed)
     tasks = tuple(TASK_WEIGHTS)
-    clock = Clock("instruction", recipe.stage2_steps, recipe.stage2_minutes)
     record: dict[str, Any] = {"log": [], "validation": []}
     best: tuple[float, dict | None, int] = (-1.0, None, 0)
-    step = 0
+    step, spent = 0, 0.0
+    saved = checkpoints.load("stage2")
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        head.load_state_dict(saved["head"])
+        optimiser.load_state_dict(saved["optimiser"])
+        sampler.rng.setstate(random_state(saved["rng"]))
+        record, step, spent = saved["record"], saved["step"], saved["seconds"]
+        best = (saved["best_accuracy"], saved["best_state"], saved["best_step"])
+    clock = Clock("instruction", recipe.stage2_steps, recipe.stage2_minutes, spent)
     model.train()
-    for step in range(1, recipe.stage2_steps + 1):
+    first = step + 1
+    for step in range(first, recipe.stage2_steps + 1):
         if clock.over():
             record["stopped_early"] = f"stage 2 reached its {recipe.stage2_minutes} min cap at step {step - 1}"
             print(f"[train] {record['stopped_early']}", flush=True)
@@ -74,23 +86,29 @@ def train_instruction(model: Any, head: LabelHead, tokenizer: Any, train_data: D
             print(f"[check] step {step}: closed validation accuracy {scores} ({len(checks)} questions, "
                   "class-balanced)", flush=True)
             if accuracy >= best[0] and step > recipe.focus_steps:  # a focus-phase model knows one task
-                best = (accuracy, {k: v.detach().clone() for k, v in model.state_dict().items()}, step)
+                best = (accuracy, clone_state(model), step)
+        if checkpoints.due(step):
+            checkpoints.save("stage2", {"step": step, "model": model.state_dict(), "head": head.state_dict(),
+                                        "optimiser": optimiser.state_dict(), "rng": sampler.rng.getstate(),
+                                        "record": record, "seconds": clock.elapsed(), "best_accuracy": best[0],
+                                        "best_state": best[1], "best_step": best[2]})
     if best[1] is not None:
         model.load_state_dict(best[1])
     record.update(steps_done=step, best_step=best[2], best_closed_accuracy=round(best[0], 2),
-                  seconds=round(time.perf_counter() - clock.start))
+                  seconds=round(clock.elapsed()))
     return record
 
 
 
-def train(model: Any, tokenizer: Any, train_data: Dataset, valid_data: Dataset, recipe: Recipe) -> dict[str, Any]:
+def train(model: Any, tokenizer: Any, train_data: Dataset, valid_data: Dataset, recipe: Recipe,
+          checkpoints: Checkpoints | None = None) -> dict[str, Any]:
     """Both stages; returns the training record (losses, validation checks, kept checkpoint)."""
     torch.manual_seed(recipe.seed)
     head = LabelHead(model.config.text_config.hidden_size, len(train_data.label_names), recipe.head_norm)
-    alignment = train_alignment(model, head, train_data, valid_data, recipe)
+    alignment = train_alignment(model, head, train_data, valid_data, recipe, checkpoints)
     seen = [name for name, auc in alignment["valid_label_auc"].items() if auc >= recipe.seen_auc]
     print(f"[train] stage 2 starts on existence questions about what the tower sees: {seen}", flush=True)
-    instruction = train_instruction(model, head, tokenizer, train_data, valid_data, recipe, seen)
+    instruction = train_instruction(model, head, tokenizer, train_data, valid_data, recipe, seen, checkpoints)
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()

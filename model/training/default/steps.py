@@ -25,7 +25,7 @@ def build_model(recipe: Recipe, tokenizer: Any) -> Any:
         text_config=recipe.text_config(tokenizer), image_size=list(recipe.image_size),
         patch_size=list(recipe.patch_size), mm_hidden_size=recipe.vision_hidden,
         vision_num_layers=recipe.vision_layers, vision_num_heads=recipe.vision_heads,
-        vision_mlp_dim=recipe.vision_mlp,
+        vision_mlp_dim=recipe.vision_mlp, vision_stem_channels=recipe.vision_stem,
     )
     torch.manual_seed(recipe.seed)
     model = LamedForCausalLM(config)
@@ -175,16 +175,20 @@ def augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 class Clock:
     """Progress lines with the time left, and the per-stage wall-clock cap."""
 
-    def __init__(self, stage: str, steps: int, minutes: float) -> None:
+    def __init__(self, stage: str, steps: int, minutes: float, spent: float = 0.0) -> None:
+        """`spent`: seconds this stage already ran before a resume (they count against the cap)."""
         self.stage, self.steps = stage, steps
-        self.start = time.perf_counter()
+        self.start = time.perf_counter() - spent
         self.deadline = self.start + minutes * 60
 
     def over(self) -> bool:
         return time.perf_counter() > self.deadline
 
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
     def show(self, step: int, **losses: float) -> None:
-        elapsed = time.perf_counter() - self.start
+        elapsed = self.elapsed()
         left = elapsed / step * (self.steps - step)
         figures = " ".join(f"{k} {v:.3f}" for k, v in losses.items())
         print(f"[train] {self.stage} step {step}/{self.steps} {figures} "

@@ -19,6 +19,7 @@ from model.inference.loading import (
     write_settings,
 )
 from model.training.finetune.config import CHECKPOINT_DIR, FinetuneConfig, FinetuneError
+from model.training.rng import random_state
 
 
 def merge_adapter(adapter_dir: str | Path, out_dir: str | Path) -> Path:
@@ -37,13 +38,17 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path) -> Path:
 
 
 def add_lora(model: Any, config: FinetuneConfig) -> Any:
-    """Freeze the model and add LoRA adapters to the language model's linear layers."""
+    """Freeze the model and add LoRA adapters to the language model's linear layers, and as
+    `config.train_modules` says, train the whole projector and add LoRA to the vision tower."""
     from peft import LoraConfig, get_peft_model
 
     for p in model.parameters():
         p.requires_grad_(False)
+    projector = ["mm_projector"] if config.trains_encoder else None
+    if projector and not any(name.endswith("mm_projector") for name, _ in model.named_modules()):
+        raise FinetuneError(f"train_modules={config.train_modules!r}: this model has no mm_projector module")
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=config.target_modules, bias="none")
+                      target_modules=config.lora_targets(), bias="none", modules_to_save=projector)
     try:
         return get_peft_model(model, lora)
     except ValueError as exc:
@@ -60,7 +65,9 @@ def _trainable_state(model: Any) -> dict[str, torch.Tensor]:
 def _rng_state() -> dict[str, Any]:
     import numpy as np
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy = (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
+    state = {"python": random.getstate(), "numpy": numpy, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -70,8 +77,9 @@ def _rng_state() -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any]) -> None:
     import numpy as np
 
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate(random_state(state["python"]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -110,7 +118,7 @@ def load_checkpoint(out_dir: Path, accelerator: Any, model: Any, optimizer: Any,
     state_path = folder / "state.pt"
     if not state_path.is_file():
         raise FinetuneError(f"{out_dir}: no checkpoint to resume from (expected {state_path})")
-    state = torch.load(state_path, weights_only=False, map_location="cpu")
+    state = torch.load(state_path, weights_only=True, map_location="cpu")
     if state["world_size"] != accelerator.num_processes:
         raise FinetuneError(f"{state_path}: saved by {state['world_size']} process(es); resume with the same "
                             f"number (this run has {accelerator.num_processes}) so the data order matches")
@@ -121,5 +129,5 @@ def load_checkpoint(out_dir: Path, accelerator: Any, model: Any, optimizer: Any,
     scheduler.load_state_dict(state["scheduler"])
     rng = folder / f"rng-{accelerator.process_index}.pt"
     if rng.is_file():
-        _set_rng_state(torch.load(rng, weights_only=False))
+        _set_rng_state(torch.load(rng, weights_only=True))
     return int(state["step"]), list(state["losses"])

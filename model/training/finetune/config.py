@@ -15,6 +15,12 @@ STOP_FILE = "STOP"
 # Every linear layer of the attention and MLP blocks of Llama (q/k/v/o, gate/up/down) and Phi-3
 # (qkv_proj, gate_up_proj) inside the language model; the vision tower and projector are left alone.
 LM_LINEAR_LAYERS = r"language_model\..*\.(q_proj|k_proj|v_proj|o_proj|qkv_proj|gate_proj|up_proj|down_proj|gate_up_proj)"
+# The attention and MLP linear layers of the vision tower's blocks (M3D ViT3D, OmniCT slice ViT).
+VISION_LINEAR_LAYERS = r"vision\.vision_tower\..*blocks\.\d+\.(attn\.qkv|attn\.out_proj|mlp\.linear1|mlp\.linear2)"
+# What a run trains besides nothing else: the language model's LoRA only (fastest: image features are
+# computed once per image), also the whole projector, or also a LoRA on the vision tower (M3D tunes
+# every module; needed when the tower never learnt to tell what the new questions are about).
+TRAIN_MODULES = ("lm", "lm+projector", "all")
 
 
 class FinetuneError(ValueError):
@@ -38,16 +44,28 @@ class FinetuneConfig:
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
     target_modules: str = LM_LINEAR_LAYERS
+    train_modules: str = "lm"  # one of TRAIN_MODULES
 
     def __post_init__(self) -> None:
         checks = {"lora_r": self.lora_r >= 1, "lora_alpha": self.lora_alpha > 0,
                   "lora_dropout": 0 <= self.lora_dropout < 1, "lr": self.lr > 0,
                   "warmup_frac": 0 <= self.warmup_frac < 1, "epochs": self.epochs >= 1,
                   "batch_size": self.batch_size >= 1, "save_every": self.save_every >= 1,
-                  "max_steps": self.max_steps is None or self.max_steps >= 1}
+                  "max_steps": self.max_steps is None or self.max_steps >= 1,
+                  "train_modules": self.train_modules in TRAIN_MODULES}
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
-            raise FinetuneError(f"invalid finetune setting(s): {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
+            raise FinetuneError(f"invalid finetune setting(s): {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}"
+                                + (f" (train_modules is one of {', '.join(TRAIN_MODULES)})"
+                                   if "train_modules" in bad else ""))
+
+    @property
+    def trains_encoder(self) -> bool:
+        """Whether images must run through the projector (and tower) at every step."""
+        return self.train_modules != "lm"
+
+    def lora_targets(self) -> str:
+        return self.target_modules if self.train_modules != "all" else f"({self.target_modules})|({VISION_LINEAR_LAYERS})"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FinetuneConfig:

@@ -96,12 +96,12 @@ def train(base: str | Path | None, data_dir: str | Path, out_dir: str | Path,
         raise FinetuneError(f"{record['data_dir']}: the training split is empty")
     vlm = load_vlm(record["base_path"], device=str(accelerator.device), dtype=dtype)
     encoded = [encode_sample(vlm, s) for s in samples]
-    features = FeatureCache(vlm, table_beside(record["data_dir"]))
+    features = FeatureCache(vlm, table_beside(record["data_dir"]), inputs=config.trains_encoder)
     pad_id = vlm.pad_token_id  # padding is masked out of the loss
 
     model = add_lora(vlm.model, config).to(accelerator.device)
     model.train()
-    vlm.model.vision.eval()  # frozen: no dropout, so cached features equal what inference computes
+    vlm.model.vision.eval()  # no dropout: cached features (a frozen encoder) equal what inference computes
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -139,9 +139,15 @@ def train(base: str | Path | None, data_dir: str | Path, out_dir: str | Path,
                 break
             idx = batch_indices(len(samples), step, config.batch_size, world, rank, config.seed)
             ids, mask, labels = collate([encoded[i] for i in idx], pad_id)
-            image_features = torch.cat([features(samples[i].image) for i in idx])
+            images = torch.cat([features(samples[i].image) for i in idx])
+            if config.trains_encoder:  # the image through the trained projector (and tower LoRA)
+                masks = [features.organ_masks(samples[i].image) for i in idx]
+                image_inputs = {"images": images.to(accelerator.device),
+                                "organ_masks": None if masks[0] is None else torch.cat(masks).to(accelerator.device)}
+            else:
+                image_inputs = {"image_features": images}
             out = model(input_ids=ids.to(accelerator.device), attention_mask=mask.to(accelerator.device),
-                        labels=labels.to(accelerator.device), image_features=image_features)
+                        labels=labels.to(accelerator.device), **image_inputs)
             accelerator.backward(out.loss)
             if config.max_grad_norm:
                 accelerator.clip_grad_norm_(params, config.max_grad_norm)

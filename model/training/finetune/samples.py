@@ -123,23 +123,36 @@ def collate(encoded: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tupl
 
 
 class FeatureCache:
-    """Projected image features per image file, computed on first use (the encoder is frozen).
+    """Per image file, computed on first use: the projected image features (a frozen encoder), or
+    the model input and organ masks (`inputs=True`, when the projector or tower trains and must see
+    the image at every step).
 
     `metadata`: CT-RATE rows by volume file name (the data folder's metadata.csv), so a scan is
     calibrated exactly as the viewer and the chat show it."""
 
-    def __init__(self, vlm: Any, metadata: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    def __init__(self, vlm: Any, metadata: Mapping[str, Mapping[str, Any]] | None = None,
+                 inputs: bool = False) -> None:
         self.vlm = vlm
         self.metadata = metadata
-        self._features: dict[str, torch.Tensor] = {}
+        self.inputs = inputs
+        self._prepared: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
-    def __call__(self, image: str) -> torch.Tensor:
-        if image not in self._features:
+    def _get(self, image: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if image not in self._prepared:
             volume = read_ct(image, metadata=row_for(self.metadata, image))
             # VLM.prepare, as when answering: the same window, crop and (OmniCT) organ masks
-            # clone(): features made under inference_mode cannot take part in autograd otherwise
-            self._features[image] = self.vlm.prepare(volume).features.clone()
-        return self._features[image]
+            # clone(): tensors made under inference_mode cannot take part in autograd otherwise
+            prepared = self.vlm.prepare(volume)
+            masks = prepared.organ_masks.clone() if prepared.organ_masks is not None else None
+            self._prepared[image] = (prepared.pixels.clone(), masks) if self.inputs else (prepared.features.clone(), None)
+        return self._prepared[image]
+
+    def __call__(self, image: str) -> torch.Tensor:
+        """Projected features (frozen encoder) or the model input (`inputs=True`)."""
+        return self._get(image)[0]
+
+    def organ_masks(self, image: str) -> torch.Tensor | None:
+        return self._get(image)[1]
 
 
 

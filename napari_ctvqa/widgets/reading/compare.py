@@ -9,17 +9,16 @@ minus prior, HU) shows what is new (bright) and what went (dark).
 """
 from __future__ import annotations
 
+import multiprocessing
+import os
+import queue
 import threading
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
-from model.ct.io import read_ct
-from model.ct.registration import RegistrationError, difference, register_rigid, resample_onto
-from model.ct.volume import CTReadError, CTVolume
+from model.ct.prior import Comparison, compare_in_process
 from napari_ctvqa.widgets.reading.geometry import volume_of
 from napari_ctvqa.widgets.reading.views import orient
 
@@ -27,30 +26,13 @@ if TYPE_CHECKING:
     import napari
 
 DIFFERENCE_LIMITS = (-300.0, 300.0)
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """A registered prior in the current scan's grid, and how it was registered."""
-
-    name: str
-    prior: CTVolume
-    difference: np.ndarray
-    description: str
-
-
-def compare(current: CTVolume, prior_path: str, name: str, progress: Any = None, should_stop: Any = None) -> Comparison:
-    """Read, register and resample one prior (runs in the worker thread)."""
-    prior = read_ct(prior_path)
-    result = register_rigid(current, prior, progress=progress, should_stop=should_stop)
-    aligned = resample_onto(prior, current, result)
-    return Comparison(name, aligned, difference(current, aligned), result.describe())
+POLL_MS = 50
 
 
 class PriorComparison(QObject):
-    """Runs `compare` in a background thread: `progress(fraction)`, then `done(Comparison)` or
-    `failed(message)` (a cancelled run fails with "registration cancelled"). The thread only
-    emits signals; Qt delivers them on the GUI thread, where the layers are touched."""
+    """Runs `model.ct.prior.compare` in a spawned process: `progress(fraction)`, then
+    `done(Comparison)` or `failed(message)` (a cancelled run fails with "registration cancelled").
+    A timer on the GUI thread reads the process's queue, so the layers are touched there only."""
 
     progress = Signal(float)
     done = Signal(object)
@@ -58,37 +40,56 @@ class PriorComparison(QObject):
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self.thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self.done.connect(self._finished)
-        self.failed.connect(self._finished)
+        self._context = multiprocessing.get_context("spawn")
+        self.process: Any = None
+        self._queue: Any = None
+        self._stop: Any = None
+        self._timer = QTimer(self)
+        self._timer.setInterval(POLL_MS)
+        self._timer.timeout.connect(self._poll)
 
     @property
     def running(self) -> bool:
-        return self.thread is not None
+        return self.process is not None
 
     def start(self, current_layer: Any, prior_path: str, name: str) -> None:
         current = volume_of(current_layer)
-        self._stop.clear()
-        self.thread = threading.Thread(target=self._run, args=(current, prior_path, name), daemon=True,
-                                       name="ctvqa-compare")
-        self.thread.start()
+        self._queue, self._stop = self._context.Queue(), self._context.Event()
+        on_main = threading.current_thread() is threading.main_thread()
+        self.process = self._context.Process(target=compare_in_process, name="ctvqa-compare", daemon=True,
+                                             args=(current, prior_path, name, self._queue, self._stop,
+                                                   os.getpid(), on_main))
+        self.process.start()
+        self._timer.start()
 
     def cancel(self) -> None:
-        self._stop.set()
+        if self._stop is not None:
+            self._stop.set()
 
-    def _run(self, current: CTVolume, prior_path: str, name: str) -> None:
-        try:
-            comparison = compare(current, prior_path, name, self.progress.emit, self._stop.is_set)
-        except (RegistrationError, CTReadError) as exc:
-            self.failed.emit(str(exc))
-        except Exception as exc:  # noqa: BLE001 - a panel message, never a traceback
-            self.failed.emit(f"the prior could not be compared: {exc}")
-        else:
-            self.done.emit(comparison)
+    def _poll(self) -> None:
+        while True:
+            try:
+                kind, value = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "progress":
+                self.progress.emit(value)
+                continue
+            self._finish()
+            (self.done if kind == "done" else self.failed).emit(value)
+            return
+        if self.process is not None and not self.process.is_alive() and self._queue.empty():
+            code = self.process.exitcode
+            self._finish()
+            self.failed.emit(f"the registration process stopped (exit code {code})")
 
-    def _finished(self, _result: Any = None) -> None:
-        self.thread = None
+    def _finish(self) -> None:
+        self._timer.stop()
+        if self.process is not None:
+            self.process.join(timeout=1.0)
+            if self.process.is_alive():
+                self.process.terminate()
+        self.process = None
 
 
 class CompareView(QObject):
