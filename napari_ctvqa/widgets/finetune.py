@@ -198,7 +198,15 @@ class FinetuneWidget(QWidget):
         self.max_steps.setToolTip("with Resume: the run's new total")
         self.processes = _spin(1, max(os.cpu_count() or 1, 1), 1)
         self.processes.setToolTip("data-parallel training processes (torchrun; gloo on CPU)")
-        for label, widget in (("Rank r", self.lora_r), ("Alpha", self.lora_alpha), ("Dropout", self.lora_dropout),
+        self.train_modules = QComboBox()
+        for text, value in (("language model (LoRA)", "lm"), ("+ projector", "lm+projector"),
+                            ("+ projector + vision LoRA", "all")):
+            self.train_modules.addItem(text, value)
+        self.train_modules.setToolTip("what trains: the image features are computed once per scan for the language "
+                                      "model alone; the projector and a vision LoRA see the image every step "
+                                      "(slower; for findings the base model never learnt to tell apart)")
+        for label, widget in (("Trains", self.train_modules), ("Rank r", self.lora_r), ("Alpha", self.lora_alpha),
+                              ("Dropout", self.lora_dropout),
                               ("Learning rate", self.lr), ("Epochs", self.epochs), ("Batch size", self.batch_size),
                               ("Max steps", self.max_steps), ("Processes", self.processes)):
             form.addRow(label, widget)
@@ -307,7 +315,8 @@ class FinetuneWidget(QWidget):
         return FinetuneConfig(lora_r=self.lora_r.value(), lora_alpha=self.lora_alpha.value(),
                               lora_dropout=self.lora_dropout.value(), lr=self.lr.value(),
                               epochs=self.epochs.value(), batch_size=self.batch_size.value(),
-                              max_steps=self.max_steps.value() or None, seed=self.seed.value())
+                              max_steps=self.max_steps.value() or None, seed=self.seed.value(),
+                              train_modules=self.train_modules.currentData())
 
     def refresh_preview(self) -> None:
         """How many rated pairs the current filter keeps for training (before the held-out split)."""
@@ -331,7 +340,7 @@ class FinetuneWidget(QWidget):
                 "--lora-r", str(config.lora_r), "--lora-alpha", str(config.lora_alpha),
                 "--lora-dropout", str(config.lora_dropout), "--lr", repr(config.lr), "--epochs", str(config.epochs),
                 "--batch-size", str(config.batch_size), "--processes", str(self.processes.value()),
-                "--progress-json"]
+                "--train-modules", config.train_modules, "--progress-json"]
         flags = {"--require-consistent": rule.require_consistent, "--include-unrated": rule.include_unrated,
                  "--merge": self.merge.isChecked(), "--allow-regression": self.allow_regression.isChecked(),
                  "--resume": resume}

@@ -31,6 +31,12 @@ def test_progress_cancel_resume_and_completion(make_napari_viewer, qtbot, tiny_v
     cancelled = first.args[0]
     assert cancelled["status"] == "cancelled" and 1 <= cancelled["steps"] < 40
     assert "--progress-json" in widget.command() and "finetune" == widget.command()[0]
+    command = widget.command()
+    assert command[command.index("--train-modules") + 1] == "lm"  # the default: LoRA on the language model
+    widget.train_modules.setCurrentIndex(widget.train_modules.findData("all"))
+    command = widget.command()
+    assert command[command.index("--train-modules") + 1] == "all" and widget.config().train_modules == "all"
+    widget.train_modules.setCurrentIndex(0)
     assert "Resume" in widget.result.text() and widget.resume_button.isEnabled()
 
     with qtbot.waitSignal(widget.finished, timeout=120_000) as second:

@@ -58,6 +58,7 @@ class Dataset:
     label_names: list[str]
     patch_labels: torch.Tensor  # (V, n_patches, n_labels): the label's lesion overlaps the patch
     by_volume: dict[int, dict[str, list[Example]]] = field(default_factory=dict)
+    boxes: list[list[tuple[int, tuple[float, ...]]]] = field(default_factory=list)  # per volume: (label, 0-1 box)
 
 
 
@@ -134,6 +135,20 @@ def patch_targets(lesions: Sequence[dict], geometry: Any, grid: Sequence[int], l
 
 
 
+def box_targets(boxes: Sequence[Sequence[tuple[int, Sequence[float]]]], grid: Sequence[int], n_labels: int,
+                margin: int = 1) -> torch.Tensor:
+    """(B, n_labels, *grid): 1 inside each lesion's box (grown by `margin` cells, which covers the
+    training shifts), per label: dense targets at the convolutional stem's resolution."""
+    target = torch.zeros((len(boxes), n_labels, *grid))
+    for k, volume in enumerate(boxes):
+        for label, box in volume:
+            lo = [max(0, int(box[i] * grid[i]) - margin) for i in range(3)]
+            hi = [min(grid[i], max(lo[i] + 1, math.ceil(box[i + 3] * grid[i])) + margin) for i in range(3)]
+            target[k, label, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = 1.0
+    return target
+
+
+
 def read_csv_rows(path: Path) -> dict[str, dict[str, str]]:
     with path.open(newline="", encoding="utf-8") as handle:
         rows = {row["VolumeName"]: row for row in csv.DictReader(handle)}
@@ -180,7 +195,9 @@ def build_dataset(cohort_dir: Path, split: str, tokenizer: Any, recipe: Recipe) 
     truth = json.loads((cohort_dir / "ground_truth.json").read_text())["volumes"]
     grid = [i // p for i, p in zip(recipe.image_size, recipe.patch_size)]
     patches = torch.stack([patch_targets(truth[n]["lesions"], g, grid, label_names) for n, g in zip(names, geometries)])
-    data = Dataset([f"{cohort_dir.name}/{n}" for n in names], pixels, labels, label_names, patches)
+    boxes = [[(label_names.index(l["label"]), to_normalized(l["bbox_voxel"], g)) for l in truth[n]["lesions"]]
+             for n, g in zip(names, geometries)]
+    data = Dataset([f"{cohort_dir.name}/{n}" for n in names], pixels, labels, label_names, patches, boxes=boxes)
     for name, k in index.items():
         data.by_volume[k] = {"caption": [encode_example(
             tokenizer, k, "caption", CAPTION_QUESTION, reports[name]["Impressions_EN"], None, None)]}
@@ -207,7 +224,7 @@ def join_datasets(parts: Sequence[Dataset]) -> Dataset:
         raise ValueError("cohorts with different label columns cannot be joined")
     joined = Dataset([n for p in parts for n in p.names], torch.cat([p.pixels for p in parts]),
                      torch.cat([p.labels for p in parts]), first.label_names,
-                     torch.cat([p.patch_labels for p in parts]))
+                     torch.cat([p.patch_labels for p in parts]), boxes=[b for p in parts for b in p.boxes])
     offset = 0
     for part in parts:
         for k, tasks in part.by_volume.items():
@@ -229,7 +246,7 @@ def without_finding(data: Dataset, label: str, tokenizer: Any) -> Dataset:
         text = tokenizer.decode(e.prompt_ids + e.target_ids).lower()
         return e.finding == label or word in text
 
-    kept = Dataset(data.names, data.pixels, data.labels, data.label_names, data.patch_labels)
+    kept = Dataset(data.names, data.pixels, data.labels, data.label_names, data.patch_labels, boxes=data.boxes)
     for k, tasks in data.by_volume.items():
         kept.by_volume[k] = {t: [e for e in examples if not mentions(e)] for t, examples in tasks.items()}
         kept.by_volume[k] = {t: v for t, v in kept.by_volume[k].items() if v}

@@ -71,10 +71,12 @@ class Recipe:
     lm_heads: int = 4
     lm_intermediate: int = 512
     vocab_size: int = 4000
-    stage1_steps: int = 8000
+    stage1_steps: int = 7000
     stage2_steps: int = 6000
     stage1_images: int = 8
     paired: bool = True  # every step's volumes are pairs of one patient's scans (data.paired_volumes)
+    dense_weight: float = 1.0  # stage-1 per-label lesion-box targets on the stem's feature map (stage1.DenseHead)
+    dense_pos_weight: float = 10.0  # lesion cells are rare: each counts this many times
     pair_weight: float = 1.0  # stage-1 rank loss within those pairs (stage1.pair_rank_loss)
     stage2_images: int = 16  # many images per step: how the LM learns that answers depend on the image
     focus_steps: int = 400  # stage 2 starts on balanced existence questions so the LM must read the image

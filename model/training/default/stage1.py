@@ -12,7 +12,12 @@ from torch import nn
 
 from model.nets.vision import ConvStem
 from model.training.default.checkpoint import Checkpoints
-from model.training.default.data import Dataset, paired_volumes, patient_groups
+from model.training.default.data import (
+    Dataset,
+    box_targets,
+    paired_volumes,
+    patient_groups,
+)
 from model.training.default.recipe import Recipe
 from model.training.default.steps import (
     Clock,
@@ -25,6 +30,31 @@ from model.training.default.steps import (
     set_lr,
 )
 from model.training.rng import random_state
+
+
+class DenseHead:
+    """Per-label logits on the convolutional stem's second feature map (training only): where each
+    finding lies, at a quarter of the input's resolution. Dense targets train the stem's local
+    detectors directly; a label per scan or per 8x16x16 patch reaches them through a global pool
+    that the anatomy dominates. Reads the stem's features through a forward hook."""
+
+    def __init__(self, tower: nn.Module, n_labels: int) -> None:
+        stem = tower.patch_embedding.patch_embeddings
+        if not isinstance(stem, ConvStem):
+            raise ValueError("dense targets need the convolutional stem (recipe.vision_stem > 0)")
+        features = stem.convs[4]  # the second GroupNorm: its output (after GELU) is read
+        self.head = nn.Conv3d(features.num_channels, n_labels, 1)
+        self.features: torch.Tensor | None = None
+        self.hook = stem.convs[5].register_forward_hook(self._keep)
+
+    def _keep(self, _module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        self.features = output
+
+    def logits(self) -> torch.Tensor:
+        return self.head(self.features)
+
+    def remove(self) -> None:
+        self.hook.remove()
 
 
 class InputStandardiser:
@@ -81,6 +111,9 @@ def train_alignment(model: Any, head: LabelHead, data: Dataset, valid_data: Data
     prepare = InputStandardiser(data.pixels) if recipe.input_norm else identity
     patch_head = nn.Linear(model.config.mm_hidden_size, len(data.label_names))
     heads = [*head.parameters(), *patch_head.parameters()]
+    dense = DenseHead(model.vision.vision_tower, len(data.label_names)) if recipe.dense_weight else None
+    if dense is not None:
+        heads += list(dense.head.parameters())
     parameters = [*model.vision.parameters(), *heads]
     optimiser = make_optimiser(list(model.vision.parameters()), heads, recipe)
     generator = torch.Generator().manual_seed(recipe.seed)
@@ -93,6 +126,8 @@ def train_alignment(model: Any, head: LabelHead, data: Dataset, valid_data: Data
         if saved.get("finished"):
             return saved["result"]
         patch_head.load_state_dict(saved["patch_head"])
+        if dense is not None:
+            dense.head.load_state_dict(saved["dense_head"])
         optimiser.load_state_dict(saved["optimiser"])
         generator.set_state(saved["generator"])
         rng.setstate(random_state(saved["rng"]))
@@ -119,6 +154,11 @@ def train_alignment(model: Any, head: LabelHead, data: Dataset, valid_data: Data
         patch_loss = F.binary_cross_entropy_with_logits(patch_logits, data.patch_labels[volumes],
                                                         pos_weight=patch_pos_weight)
         loss = label_loss + recipe.patch_weight * patch_loss
+        if dense is not None:
+            logits = dense.logits()
+            target = box_targets([data.boxes[v] for v in volumes], logits.shape[2:], logits.shape[1])
+            loss = loss + recipe.dense_weight * F.binary_cross_entropy_with_logits(
+                logits, target, pos_weight=torch.full((logits.shape[1], 1, 1, 1), recipe.dense_pos_weight))
         if groups and recipe.pair_weight:
             rank = pair_rank_loss(label_logits, data.labels[volumes]) + \
                 pair_rank_loss(patch_logits, data.patch_labels[volumes])
@@ -134,12 +174,15 @@ def train_alignment(model: Any, head: LabelHead, data: Dataset, valid_data: Data
         if checkpoints.due(step):
             checkpoints.save("stage1", {"step": step, "vision": model.vision.state_dict(), "head": head.state_dict(),
                                         "patch_head": patch_head.state_dict(), "optimiser": optimiser.state_dict(),
+                                        "dense_head": dense.head.state_dict() if dense is not None else {},
                                         "generator": generator.get_state(), "rng": rng.getstate(), "log": log,
                                         "seconds": clock.elapsed()})
     auc = label_auc(model, head, valid_data, prepare)
     if isinstance(prepare, InputStandardiser):
         prepare.fold_into(model.vision.vision_tower)
     print(f"[check] held-out label AUC after stage 1: {auc}", flush=True)
+    if dense is not None:
+        dense.remove()
     result = {"steps_done": done, "log": log, "seconds": round(clock.elapsed()), "valid_label_auc": auc}
     checkpoints.save("stage1", {"step": done, "finished": True, "vision": model.vision.state_dict(),
                                 "head": head.state_dict(), "result": result})

@@ -13,7 +13,9 @@ sagittal view. napari's dimension roll shows (k, i) rows down, upside down: that
 set their own orientation instead of rolling.
 
 The three viewers share one world (the same layer scale and translate), so the crosshair is
-simply the dims point: moving it in one (slider, scroll, a click on a canvas) moves the others.
+the main viewer's dims point: moving it in one (slider, scroll, a click on a canvas) moves the
+others, and each extra view takes only the coordinate it slices along (the rest of the point is in
+its plane: there the crosshair moves, the image needs no re-slicing).
 Moves are coalesced (at most one redraw of the other views per `SYNC_MS`): paging through slices
 fires a point event per slice, and re-slicing two more viewers and three crosshairs on each one
 would make the axial view lag behind the wheel.
@@ -141,7 +143,14 @@ class OrthoViews(QObject):
     def _on_point(self, event: Any) -> None:
         if self._syncing:
             return
-        self._pending = event.value
+        dims = event.source
+        if dims is self.viewer.dims or len(event.value) != 3 or self.viewer.dims.ndim != 3:
+            self._pending = event.value
+        else:  # an extra view moved along the axis it slices: the rest of its point may be stale
+            point = list(self._pending if self._pending is not None else self.viewer.dims.point)
+            axis = dims.order[0]
+            point[axis] = event.value[axis]
+            self._pending = tuple(point)
         if not self._timer.isActive():
             self._timer.start()
 
@@ -169,12 +178,17 @@ class OrthoViews(QObject):
             for model in self.all_viewers:
                 if model.dims.ndim != 3 or len(point) != 3:
                     continue  # a viewer with no scan yet (2-D), or a point from before one opened
-                if tuple(model.dims.point) != point:
-                    model.dims.set_point(range(3), point)
+                order = tuple(model.dims.order)
+                if model is self.viewer:
+                    if tuple(model.dims.point) != point:
+                        model.dims.set_point(range(3), point)
+                elif model.dims.point[order[0]] != point[order[0]]:
+                    # only the axis a view slices along: a move within its plane (an axial step, in
+                    # the coronal view) moves its crosshair and need not re-slice its image
+                    model.dims.set_point(order[0], point[order[0]])
                 if CROSSHAIR in model.layers:
                     lines = model.layers[CROSSHAIR]
-                    lines.data = crosshair_lines(point, tuple(model.dims.order), box, lines)
-                    lines.shape_type = "line"
+                    lines.data = [(line, "line") for line in crosshair_lines(point, order, box, lines)]
         finally:
             self._syncing = False
         self.moved.emit(point)
