@@ -23,10 +23,10 @@ from model.ct.values import check_budget, finish_values
 from model.ct.volume import (
     CTReadError,
     CTVolume,
-    affine_from_itk,
     canonical_affine,
     canonicalise,
     check_affine,
+    affine_from_itk,
     check_shape,
     first_line,
     itk_itemsize,

@@ -51,7 +51,7 @@ def read_ct(path: str | Path, metadata: Mapping[str, Any] | ScanMetadata | None 
         raise
     except MemoryError:
         raise CTReadError(path, "not enough memory to hold the volume") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any library failure becomes one clear error
         raise CTReadError(path, f"{type(exc).__name__}: {first_line(exc)}") from exc
     raise CTReadError(path, f"unknown format {suffix!r} (supported: {', '.join(SUPPORTED_SUFFIXES)} or a DICOM folder)")
 

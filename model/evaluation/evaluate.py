@@ -16,24 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from model.data.box_questions import BOX_FILE, BoxItem, read_box_questions
-from model.data.qa_folders import (
-    QAFolderError,
-    QAItem,
-    index_volumes,
-    read_qa_folder,
-    take_per_task,
-)
+from model.data.qa_folders import QAFolderError, QAItem, index_volumes, read_qa_folder, take_per_task
 from model.evaluation import metrics
 from model.evaluation.answers import AnswerLog, AnswersFolderError, Done
 from model.evaluation.findings import read_label_names
 from model.evaluation.report import box_key, box_report, qa_key, task_figures
-from model.evaluation.runner import (
-    ROBUSTNESS_RUNS,
-    Job,
-    Progress,
-    answer_jobs,
-    patient_of,
-)
+from model.evaluation.runner import ROBUSTNESS_RUNS, Job, Progress, answer_jobs, patient_of
 from model.evaluation.sharding import Group
 from model.inference.vlm import VLM
 

@@ -18,12 +18,7 @@ from model.inference.devices import Runtime
 from model.inference.quantize import quantize_weights
 from model.inference.vlm import VLM
 from model.nets.lamed import LamedConfig, LamedForCausalLM
-from model.nets.published import (
-    CheckpointError,
-    checkpoint_files,
-    is_published_lamed,
-    load_published,
-)
+from model.nets.published import CheckpointError, checkpoint_files, is_published_lamed, load_published
 from model.nets.weights import check_tensors, expected_shapes, tensor_shapes
 
 PROVENANCE_FILE = "finetune.json"

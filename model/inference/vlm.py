@@ -22,12 +22,7 @@ import numpy as np
 import torch
 
 from model.ct.modality import require_ct
-from model.ct.preprocess import (
-    InputGeometry,
-    masks_to_input,
-    slice_input_with_crop,
-    to_model_input_with_crop,
-)
+from model.ct.preprocess import InputGeometry, masks_to_input, slice_input_with_crop, to_model_input_with_crop
 from model.ct.rois import rois_for
 from model.inference import boxes, prompts
 from model.inference.devices import describe

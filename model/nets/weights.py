@@ -17,7 +17,6 @@ import re
 import struct
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-
 import torch
 
 #: Bytes per element of the safetensors dtypes.
