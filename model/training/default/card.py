@@ -139,8 +139,8 @@ def model_card(recipe: Recipe, record: dict[str, Any], report: dict[str, Any] | 
         + f" ({cohort.get('train_volumes', '?')} training volumes; {cohort.get('valid_volumes', '?')} volumes of "
         f"{recipe.valid_frac:.0%} of the patients kept out to pick the checkpoint), preprocessed to the model input "
         "once (tensor cache).",
-        f"- Stage 1 (alignment): vision tower + projector learn the 18 labels from the image through an auxiliary "
-        f"label head on the pooled projected features and a per-patch head on the tower's tokens (both dropped at "
+        "- Stage 1 (alignment): vision tower + projector learn the 18 labels from the image through an auxiliary "
+        "label head on the pooled projected features and a per-patch head on the tower's tokens (both dropped at "
         "save)"
         + (", a per-label head on the stem's feature map trained on the lesion boxes (dense targets)"
            if recipe.dense_weight else "")

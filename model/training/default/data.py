@@ -21,6 +21,7 @@ from model.ct.preprocess import InputGeometry, to_model_input_with_crop
 from model.data.box_questions import BOX_FILE, read_box_questions
 from model.data.qa_folders import read_qa_folder
 from model.evaluation.findings import finding_asked
+from model.evaluation.runner import patient_of
 from model.inference import prompts
 from model.inference.boxes import format_box, to_normalized
 from model.training.default.recipe import (
@@ -119,30 +120,17 @@ def load_model_inputs(cohort_dir: Path, split: str, names: Sequence[str], size: 
 
 
 
-def patch_targets(lesions: Sequence[dict], geometry: Any, grid: Sequence[int], label_names: Sequence[str]
-                  ) -> torch.Tensor:
-    """(n_patches, n_labels): 1 where a lesion's box (ground truth, voxels of the volume) overlaps a
-    patch of the model input. Dense targets tell the vision tower where each finding is, a far
-    stronger signal per image than one yes/no per label."""
-
-    target = torch.zeros((*grid, len(label_names)))
-    for lesion in lesions:
-        box = to_normalized(lesion["bbox_voxel"], geometry)
-        lo = [min(int(box[i] * grid[i]), grid[i] - 1) for i in range(3)]
-        hi = [max(lo[i] + 1, math.ceil(box[i + 3] * grid[i])) for i in range(3)]
-        target[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2], label_names.index(lesion["label"])] = 1.0
-    return target.reshape(-1, len(label_names))
-
-
-
 def box_targets(boxes: Sequence[Sequence[tuple[int, Sequence[float]]]], grid: Sequence[int], n_labels: int,
                 margin: int = 1) -> torch.Tensor:
-    """(B, n_labels, *grid): 1 inside each lesion's box (grown by `margin` cells, which covers the
-    training shifts), per label: dense targets at the convolutional stem's resolution."""
+    """(B, n_labels, *grid): 1 in every cell a lesion's box (0-1 coordinates of the model input)
+    overlaps, grown by `margin` cells, per label. Dense targets tell the vision tower where each
+    finding is, a far stronger signal per image than one yes/no per label: per 8x16x16 patch
+    (margin 0, `Dataset.patch_labels`) and on the convolutional stem's finer grid (margin 1, which
+    covers the training shifts)."""
     target = torch.zeros((len(boxes), n_labels, *grid))
     for k, volume in enumerate(boxes):
         for label, box in volume:
-            lo = [max(0, int(box[i] * grid[i]) - margin) for i in range(3)]
+            lo = [min(max(0, int(box[i] * grid[i]) - margin), grid[i] - 1) for i in range(3)]
             hi = [min(grid[i], max(lo[i] + 1, math.ceil(box[i + 3] * grid[i])) + margin) for i in range(3)]
             target[k, label, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = 1.0
     return target
@@ -194,9 +182,9 @@ def build_dataset(cohort_dir: Path, split: str, tokenizer: Any, recipe: Recipe) 
     pixels, geometries = load_model_inputs(cohort_dir, split, names, recipe.image_size)
     truth = json.loads((cohort_dir / "ground_truth.json").read_text())["volumes"]
     grid = [i // p for i, p in zip(recipe.image_size, recipe.patch_size)]
-    patches = torch.stack([patch_targets(truth[n]["lesions"], g, grid, label_names) for n, g in zip(names, geometries)])
     boxes = [[(label_names.index(l["label"]), to_normalized(l["bbox_voxel"], g)) for l in truth[n]["lesions"]]
              for n, g in zip(names, geometries)]
+    patches = box_targets(boxes, grid, len(label_names), margin=0).flatten(2).transpose(1, 2)
     data = Dataset([f"{cohort_dir.name}/{n}" for n in names], pixels, labels, label_names, patches, boxes=boxes)
     for name, k in index.items():
         data.by_volume[k] = {"caption": [encode_example(
@@ -260,7 +248,7 @@ def patient_groups(names: Sequence[str]) -> list[list[int]]:
     groups: dict[str, list[int]] = {}
     for k, name in enumerate(names):
         folder, _, file = name.rpartition("/")
-        groups.setdefault(folder + "/" + "_".join(file.split("_")[:2]), []).append(k)
+        groups.setdefault(f"{folder}/{patient_of(file)}", []).append(k)
     return [g for g in groups.values() if len(g) > 1]
 
 

@@ -5,7 +5,7 @@ consistency, every existence question per finding, image reliance and box IoU.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +14,9 @@ from model.inference.loading import load_vlm
 
 
 # ----- evaluation, saving, model card -----------------------------------------------------------
-def evaluate_default(folder: Path, heldout: Sequence[Path], limit: int | None) -> dict[str, Any]:
-    """The held-out figures of the saved model, one report per held-out cohort (phantom size):
+def evaluate_default(folder: Path, heldout: Mapping[str, Path], limit: int | None) -> dict[str, Any]:
+    """The held-out figures of the saved model, one report per held-out cohort (`heldout`: phantom
+    size "64x192x192" -> cohort folder):
     exactly `ctvqa evaluate --json --robustness` on its qa/valid (the same code computes them, so
     card and command agree), plus the existence task once more over every held-out question
     (`existence_all_questions`), where every finding occurs both present and absent often enough
@@ -29,7 +30,7 @@ def evaluate_default(folder: Path, heldout: Sequence[Path], limit: int | None) -
             print(f"[eval] {done}/{total} questions ({time.perf_counter() - start:.0f} s)", flush=True)
 
     sizes = {}
-    for cohort_dir in heldout:
+    for size, cohort_dir in heldout.items():
         common = {"robustness": True, "progress": show, "model_name": "ctvqa default (model/default)",
                   "labels": cohort_dir / "labels.csv"}
         qa, volumes = cohort_dir / "qa" / "valid", cohort_dir / "volumes"
@@ -38,13 +39,8 @@ def evaluate_default(folder: Path, heldout: Sequence[Path], limit: int | None) -
         every = evaluate_vlm(vlm, qa, volumes, tasks=["existence_detection"], **common)
         report["existence_all_questions"] = every["tasks"]["existence_detection"]
         report["cohort"] = cohort_dir.name
-        sizes[size_key(cohort_dir)] = report
+        sizes[size] = report
     return {"sizes": sizes, "eval_seconds": round(time.perf_counter() - start)}
-
-
-def size_key(cohort_dir: Path) -> str:
-    """`heldout-64x192x192-seed100` -> `64x192x192`."""
-    return cohort_dir.name.split("-")[1]
 
 
 

@@ -90,8 +90,8 @@ def evaluate_and_describe(out: Path, cohort_root: Path, recipe: Recipe, record: 
     model: the end of a training run, or `--reevaluate` after the evaluation changed."""
     report = None
     if evaluate:
-        heldout = [check_cohort(cohort_folder(cohort_root, c, heldout=True), c, HELDOUT_VALID_FRAC)
-                   for c in recipe.heldout]
+        heldout = {"x".join(str(n) for n in c[1]): check_cohort(cohort_folder(cohort_root, c, heldout=True), c,
+                                                               HELDOUT_VALID_FRAC) for c in recipe.heldout}
         report = evaluate_default(out, heldout, recipe.eval_limit)
         for figures in report["sizes"].values():
             figures["acceptance"] = acceptance(figures)

@@ -65,9 +65,16 @@ class InputStandardiser:
     findings. The step is linear and the patch embedding is linear with a per-patch position term,
     so `fold_into` moves it into the weights exactly and the saved model takes ordinary inputs."""
 
-    def __init__(self, pixels: torch.Tensor) -> None:
-        self.mean = pixels.float().mean(0, keepdim=True)
-        self.scale = float((pixels.float() - self.mean).std())
+    def __init__(self, pixels: torch.Tensor, chunk: int = 64) -> None:
+        """Mean volume and spread in float64 over chunks of volumes: a float32 copy of thousands of
+        float16 volumes at once would take several GB."""
+        total = torch.zeros_like(pixels[:1], dtype=torch.float64)
+        for k in range(0, len(pixels), chunk):
+            total += pixels[k : k + chunk].double().sum(0, keepdim=True)
+        mean = total / len(pixels)
+        squares = sum(float(((pixels[k : k + chunk].double() - mean) ** 2).sum()) for k in range(0, len(pixels), chunk))
+        self.mean = mean.float()
+        self.scale = (squares / (pixels.numel() - 1)) ** 0.5  # torch.std's (unbiased) definition
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         return (pixels.float() - self.mean) / self.scale
@@ -108,6 +115,12 @@ def train_alignment(model: Any, head: LabelHead, data: Dataset, valid_data: Data
     With `input_norm` the tower trains on standardised inputs, folded into its weights at the end.
     A saved checkpoint (`checkpoints`) is resumed, also one of a finished stage."""
     checkpoints = checkpoints or Checkpoints(None, recipe)
+    saved = checkpoints.load("stage1")
+    if saved is not None:
+        model.vision.load_state_dict(saved["vision"])
+        head.load_state_dict(saved["head"])
+        if saved.get("finished"):
+            return saved["result"]
     prepare = InputStandardiser(data.pixels) if recipe.input_norm else identity
     patch_head = nn.Linear(model.config.mm_hidden_size, len(data.label_names))
     heads = [*head.parameters(), *patch_head.parameters()]
@@ -119,12 +132,7 @@ def train_alignment(model: Any, head: LabelHead, data: Dataset, valid_data: Data
     generator = torch.Generator().manual_seed(recipe.seed)
     rng = random.Random(recipe.seed)
     log, done, first, spent = [], 0, 1, 0.0
-    saved = checkpoints.load("stage1")
     if saved is not None:
-        model.vision.load_state_dict(saved["vision"])
-        head.load_state_dict(saved["head"])
-        if saved.get("finished"):
-            return saved["result"]
         patch_head.load_state_dict(saved["patch_head"])
         if dense is not None:
             dense.head.load_state_dict(saved["dense_head"])
