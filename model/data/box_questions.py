@@ -9,9 +9,10 @@ before the two are compared.
 """
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
+
+from model.data.csv_files import read_csv_records
 
 BOX_COLUMNS = ("VolumeName", "Finding", "Question", "Box")
 BOX_FILE = "boxes.csv"
@@ -49,19 +50,10 @@ def _parse_box(cell: str, where: str) -> tuple[float, ...]:
 def read_box_questions(path: str | Path) -> list[BoxItem]:
     """Every row of a box-question CSV, in file order; a bad row raises ValueError naming file and line."""
     path = Path(path)
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            missing = [c for c in BOX_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise ValueError(f"{path}: missing column(s) {missing}; a box-question CSV has {list(BOX_COLUMNS)}")
-            items = []
-            for row in reader:
-                where = f"{path}:{reader.line_num}"
-                volume, question = (row["VolumeName"] or "").strip(), (row["Question"] or "").strip()
-                if not volume or not question:
-                    raise ValueError(f"{where}: empty VolumeName or Question")
-                items.append(BoxItem(volume, (row["Finding"] or "").strip(), question, _parse_box(row["Box"], where), where))
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise ValueError(f"{path}: not a readable UTF-8 CSV ({exc})") from None
+    items = []
+    for where, row in read_csv_records(path, BOX_COLUMNS, "box-question CSV", ValueError):
+        volume, question = (row["VolumeName"] or "").strip(), (row["Question"] or "").strip()
+        if not volume or not question:
+            raise ValueError(f"{where}: empty VolumeName or Question")
+        items.append(BoxItem(volume, (row["Finding"] or "").strip(), question, _parse_box(row["Box"], where), where))
     return items

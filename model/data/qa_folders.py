@@ -7,12 +7,13 @@ nested layout).
 """
 from __future__ import annotations
 
-import csv
 import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from model.data.csv_files import read_csv_records
 
 # The contract's task keys, in the paper's order; the folder name "TaskN_Foo_Bar" maps to "foo_bar".
 TASK_KEYS = (
@@ -67,38 +68,25 @@ def _check_tasks(tasks: Iterable[str] | None) -> tuple[str, ...]:
 
 
 def _read_csv(path: Path, task: str) -> list[QAItem]:
-    try:
-        return _read_rows(path, task)
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise QAFolderError(f"{path}: not a readable UTF-8 CSV ({exc})") from None
-
-
-def _read_rows(path: Path, task: str) -> list[QAItem]:
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in QA_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise QAFolderError(f"{path}: missing column(s) {missing}; a 3D-RAD CSV has {list(QA_COLUMNS)}")
-        items = []
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            kind = (row["QuestionType"] or "").strip()
-            if kind not in ("Open", "Close"):
-                raise QAFolderError(f"{where}: QuestionType is {kind!r}, expected 'Open' or 'Close'")
-            letter = (row["AnswerChoice"] or "").strip().upper() if kind == "Close" else None
-            if letter is not None and letter not in _LETTERS:
-                raise QAFolderError(f"{where}: AnswerChoice is {row['AnswerChoice']!r}, expected one of A-D")
-            choices = tuple((row[f"Choice {c}"] or "").strip() for c in _LETTERS)
-            if letter is not None and choices[_LETTERS.index(letter)] in ("", "-"):
-                raise QAFolderError(f"{where}: AnswerChoice {letter} points at an empty choice")
-            volume, question = (row["VolumeName"] or "").strip(), (row["Question"] or "").strip()
-            if not volume or not question:
-                raise QAFolderError(f"{where}: empty VolumeName or Question")
-            items.append(QAItem(
-                task=task, subtask=path.stem, volume_name=volume, question=question,
-                answer=(row["Answer"] or "").strip(), answer_choice=letter,
-                choices=choices, source=where,
-            ))
+    items = []
+    for where, row in read_csv_records(path, QA_COLUMNS, "3D-RAD CSV", QAFolderError):
+        kind = (row["QuestionType"] or "").strip()
+        if kind not in ("Open", "Close"):
+            raise QAFolderError(f"{where}: QuestionType is {kind!r}, expected 'Open' or 'Close'")
+        letter = (row["AnswerChoice"] or "").strip().upper() if kind == "Close" else None
+        if letter is not None and letter not in _LETTERS:
+            raise QAFolderError(f"{where}: AnswerChoice is {row['AnswerChoice']!r}, expected one of A-D")
+        choices = tuple((row[f"Choice {c}"] or "").strip() for c in _LETTERS)
+        if letter is not None and choices[_LETTERS.index(letter)] in ("", "-"):
+            raise QAFolderError(f"{where}: AnswerChoice {letter} points at an empty choice")
+        volume, question = (row["VolumeName"] or "").strip(), (row["Question"] or "").strip()
+        if not volume or not question:
+            raise QAFolderError(f"{where}: empty VolumeName or Question")
+        items.append(QAItem(
+            task=task, subtask=path.stem, volume_name=volume, question=question,
+            answer=(row["Answer"] or "").strip(), answer_choice=letter,
+            choices=choices, source=where,
+        ))
     return items
 
 
