@@ -85,6 +85,7 @@ class QueueItem:
     batch: str
     shared: bool
     repeat: bool = False  # the second showing of a pair this annotator sees twice (blind to the first)
+    volume_name: str = ""  # the pair's scan (the rating panel can keep to the scan selected in the viewer)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,18 @@ import time
 
 PARENT_POLL_S = 0.5
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+#: Scheduling priority of the viewer's worker processes: lower than napari's, so the GUI wins the CPU.
+PROCESS_NICENESS = 10
+
+
+def yield_to_viewer() -> int:
+    """Lower this worker's priority and return the threads it should use (one core left to the
+    viewer). Why: the viewer redraws on the GUI thread; a worker at the same priority using every
+    core (torch's pool, SimpleITK's registration threads) starves it, and the radiologist sees the
+    canvas stall (bench/chat_responsiveness.py)."""
+    with contextlib.suppress(OSError, AttributeError):  # no nice() on some platforms: run as is
+        os.nice(PROCESS_NICENESS)
+    return max(1, (os.cpu_count() or 2) - 1)
 
 
 def end_with_parent(parent_pid: int, signal_on_death: bool = True) -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,11 +31,9 @@ from typing import Any
 import numpy as np
 
 from model.ct.volume import CTVolume, canonical_affine
-from model.processes import end_with_parent
+from model.processes import end_with_parent, yield_to_viewer
 
 log = logging.getLogger(__name__)
-#: Scheduling priority of the model process: lower than napari's, so the GUI wins the CPU.
-PROCESS_NICENESS = 10
 #: How often the model process checks that napari is still its parent (seconds).
 #: How many scans the worker keeps (the VLM caches their encodings); a chat rarely switches
 #: between more, and each holds its CT array.
@@ -192,6 +189,5 @@ def serve_in_process(requests: Any, replies: Any, cancel_event: Any, parent_pid:
         end_with_parent(parent_pid, signal_on_death)
     import torch  # deferred: only the spawned model process needs torch
 
-    os.nice(PROCESS_NICENESS)
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+    torch.set_num_threads(yield_to_viewer())
     serve(requests, replies, cancel_event)

@@ -19,7 +19,7 @@ from annotation.assignments import plan_assignments
 from annotation.importers.bulk import insert_ignoring_conflicts
 from annotation.records import AnnotatorStats, BatchRecord, Progress, QueueItem
 from annotation.rubric import annotator_name
-from annotation.schema import RATER_KINDS, Assignment, QAPair, Rater, Rating, utcnow
+from annotation.schema import RATER_KINDS, Assignment, QAPair, Rater, Rating, Scan, utcnow
 from annotation.store.base import StoreArea
 from annotation.store.rows import get_or_create_rater_id
 
@@ -166,12 +166,13 @@ class QueuesArea(StoreArea):
                 return []
             rows = s.execute(
                 select(Assignment.qa_id, Assignment.position, QAPair.task, Rating.status,
-                       Assignment.batch, Assignment.shared, Assignment.is_repeat)
+                       Assignment.batch, Assignment.shared, Assignment.is_repeat, Scan.volume_name)
                 .join(QAPair, QAPair.id == Assignment.qa_id)
+                .join(Scan, Scan.id == QAPair.scan_id)
                 .outerjoin(Rating, (Rating.qa_id == Assignment.qa_id) & (Rating.rater_id == rater_id)
                            & (Rating.is_repeat == Assignment.is_repeat))
                 .where(Assignment.rater_id == rater_id).order_by(Assignment.position)).tuples()
-            return [QueueItem(q, p, t, st or "todo", b, bool(sh), bool(rp)) for q, p, t, st, b, sh, rp in rows]
+            return [QueueItem(q, p, t, st or "todo", b, bool(sh), bool(rp), v) for q, p, t, st, b, sh, rp, v in rows]
 
     def progress(self, annotator: str) -> Progress:
         annotator = annotator_name(annotator)

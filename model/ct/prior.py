@@ -22,7 +22,7 @@ from model.ct.registration import (
     resample_onto,
 )
 from model.ct.volume import CTReadError, CTVolume
-from model.processes import end_with_parent
+from model.processes import end_with_parent, yield_to_viewer
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,9 @@ def compare_in_process(current: CTVolume, prior_path: str, name: str, queue: Any
     the viewer (`model.processes.end_with_parent`; `signal_on_death` only when started from the
     viewer's main thread)."""
     end_with_parent(parent_pid, signal_on_death)
+    import SimpleITK as sitk  # deferred: only the spawned process registers
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(yield_to_viewer())
     try:
         comparison = compare(current, prior_path, name, lambda f: queue.put(("progress", float(f))), stop.is_set)
     except (RegistrationError, CTReadError) as exc:

@@ -36,6 +36,7 @@ from napari_ctvqa.widgets.rating.scan_layer import (
     ScanLayer,
     read_for_display,
 )
+from napari_ctvqa.widgets.rating.scan_scope import ScanScope, keep_to_scan
 from napari_ctvqa.widgets.rating.scores import ScorePanel
 
 if TYPE_CHECKING:
@@ -67,7 +68,8 @@ class RatingWidget(QWidget):
         self.viewer = viewer
         self.store = store
         self.annotator: str | None = None
-        self.items: list[QueueItem] = []
+        self.items: list[QueueItem] = []  # the queue shown: all of it, or the selected scan's pairs
+        self._queue: list[QueueItem] = []  # the annotator's whole queue
         self.index = -1
         self._resume: int | None = None  # where the rater was before going back to edit
         self.qa: QAPairRecord | None = None
@@ -98,6 +100,9 @@ class RatingWidget(QWidget):
         self.name_edit = self.picker.field
         self.start_button = self.picker.start_button
         layout.addWidget(self.picker)
+        self.scope = ScanScope(self.viewer)
+        self.scope.changed.connect(self._keep_to)
+        layout.addWidget(self.scope)
 
         self.progress = QProgressBar()
         self.progress.setFormat("%v / %m done")
@@ -206,19 +211,34 @@ class RatingWidget(QWidget):
             return
         self.annotator = name
         self.picker.set_name(name)
-        self.items = items
-        self._resume = None
+        self._queue = items
         if self._prefetcher is None and self._prefetch:
             self._prefetcher = Prefetcher(self._read_scan)
+        self._keep_to(self.scope.scope)
+
+    def _keep_to(self, volume_name: str | None) -> None:
+        """Show the queue, or only its pairs of `volume_name`, at the first pair still to do."""
+        if self.annotator is None:
+            return
+        self.items = keep_to_scan(self._queue, volume_name)
+        self._resume = None
         self._update_progress()
         if not self.items:
             self._set_enabled(False)
-            self.pair.clear(f"No pairs assigned to <b>{html.escape(name)}</b> yet "
+            self.qa = None
+            self._hide_scan("")
+            name = html.escape(self.annotator)
+            self.pair.clear(f"None of the {len(self._queue)} pairs of <b>{name}</b>'s queue is about "
+                            f"<b>{html.escape(volume_name)}</b> (untick the box for the whole queue)."
+                            if volume_name is not None and self._queue else
+                            f"No pairs assigned to <b>{name}</b> yet "
                             "(a curator assigns them with <code>ctvqa assign</code>).")
             return
         self._set_enabled(True)
         todo = next((i for i, item in enumerate(self.items) if item.status == "todo"), 0)
         self.show_index(todo)
+        if volume_name is not None:
+            self._say(f"{len(self.items)} of your {len(self._queue)} pairs are about {volume_name}.")
         self.setFocus()
 
     def show_index(self, index: int) -> None:
@@ -375,7 +395,9 @@ class RatingWidget(QWidget):
                       "← goes back to earlier pairs.")
 
     def _mark(self, status: str) -> None:
-        self.items[self.index] = replace(self.items[self.index], status=status)
+        item = self.items[self.index]
+        self.items[self.index] = replace(item, status=status)
+        self._queue[self._queue.index(item)] = self.items[self.index]
 
     def _elapsed(self) -> float:
         return time.monotonic() - self._shown_at
@@ -422,4 +444,5 @@ class RatingWidget(QWidget):
         if self._prefetcher is not None:
             self._prefetcher.close()
             self._prefetcher = None
+        self.scope.unhook()
         super().closeEvent(event)
