@@ -180,6 +180,16 @@ def test_compare_with_prior_opens_the_registered_prior_scrolling_in_step(room, q
     room.difference_check.setChecked(False)
     assert not difference.visible
 
+    # Comparing again gives the new result to the same two layers (removing layers would make
+    # napari collect garbage on the GUI thread, half a second), and the viewer shows it.
+    before = difference.data.copy()
+    viewer.dims.set_point(0, 20 * SPACING[0])
+    room.compare_button.click()
+    qtbot.waitUntil(lambda: not room.comparison.running and room.compare_button.isEnabled(), timeout=TIMEOUT_MS)
+    assert list(room.compare_view.model.layers) == [prior_layer, difference]
+    assert difference.data is not before and np.abs(difference.data - before).mean() < 5.0  # same registration
+    assert room.compare_view.model.dims.point[0] == pytest.approx(20 * SPACING[0])
+
 
 def test_a_scan_without_priors_says_why_compare_is_off(room, store, tmp_path):
     add_phantom(room.viewer, marker_phantom(), "unknown scan")

@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any
 from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
-from model.ct.prior import Comparison, compare_in_process
+from model.ct.prior import (
+    Comparison,
+    compare_in_process,
+    receive_comparison,
+    send_volume,
+)
+from model.processes import lower_priority
 from napari_ctvqa.widgets.reading.geometry import volume_of
 from napari_ctvqa.widgets.reading.views import orient
 
@@ -27,6 +33,7 @@ if TYPE_CHECKING:
 
 DIFFERENCE_LIMITS = (-300.0, 300.0)
 POLL_MS = 50
+REAP_AFTER_MS = 2000  # a registration process that sent its result has exited by then
 
 
 class PriorComparison(QObject):
@@ -43,6 +50,7 @@ class PriorComparison(QObject):
         self._context = multiprocessing.get_context("spawn")
         self.process: Any = None
         self._queue: Any = None
+        self._inbox: Any = None
         self._stop: Any = None
         self._timer = QTimer(self)
         self._timer.setInterval(POLL_MS)
@@ -53,13 +61,19 @@ class PriorComparison(QObject):
         return self.process is not None
 
     def start(self, current_layer: Any, prior_path: str, name: str) -> None:
-        current = volume_of(current_layer)
         self._queue, self._stop = self._context.Queue(), self._context.Event()
+        inbox = self._context.Queue()
         on_main = threading.current_thread() is threading.main_thread()
         self.process = self._context.Process(target=compare_in_process, name="ctvqa-compare", daemon=True,
-                                             args=(current, prior_path, name, self._queue, self._stop,
+                                             args=(inbox, prior_path, name, self._queue, self._stop,
                                                    os.getpid(), on_main))
         self.process.start()
+        lower_priority(self.process.pid)  # its start-up imports already yield to the viewer
+        # The scan goes through shared memory, not the start arguments: a spawned process's
+        # arguments are written to it while it starts up, and the click would wait for that.
+        inbox.put(send_volume(volume_of(current_layer)))
+        inbox.cancel_join_thread()  # a registration that died unread must not hold napari at exit
+        self._inbox = inbox
         self._timer.start()
 
     def cancel(self) -> None:
@@ -76,7 +90,10 @@ class PriorComparison(QObject):
                 self.progress.emit(value)
                 continue
             self._finish()
-            (self.done if kind == "done" else self.failed).emit(value)
+            if kind == "done":
+                self.done.emit(receive_comparison(value))
+            else:
+                self.failed.emit(value)
             return
         if self.process is not None and not self.process.is_alive() and self._queue.empty():
             code = self.process.exitcode
@@ -84,12 +101,21 @@ class PriorComparison(QObject):
             self.failed.emit(f"the registration process stopped (exit code {code})")
 
     def _finish(self) -> None:
+        """Stop polling; the process, which sent its last word, is reaped later (joining it now
+        would hold the GUI thread while it exits)."""
         self._timer.stop()
         if self.process is not None:
-            self.process.join(timeout=1.0)
+            self.process.join(timeout=0)
             if self.process.is_alive():
-                self.process.terminate()
+                QTimer.singleShot(REAP_AFTER_MS, lambda process=self.process: _reap(process))
         self.process = None
+        self._inbox = None
+
+
+def _reap(process: Any) -> None:
+    process.join(timeout=0)
+    if process.is_alive():
+        process.terminate()
 
 
 class CompareView(QObject):
@@ -120,14 +146,36 @@ class CompareView(QObject):
             emitter.connect(callback)
 
     def show(self, current_layer: Any, comparison: Comparison, with_difference: bool) -> None:
-        """Show the registered prior at the current scan's place and window (and the difference)."""
+        """Show the registered prior at the current scan's place and window (and the difference).
+
+        The viewer must not stall here (issue 20): a later comparison gives its data to the two
+        layers already there (removing layers makes napari collect garbage, half a second), and the
+        first one adds its two layers in two turns of the event loop."""
         self.comparison = comparison
-        self.model.layers.clear()
-        place = {"scale": current_layer.scale, "translate": current_layer.translate}
-        self.model.add_image(comparison.prior.array, name=f"prior: {comparison.name}", colormap="gray",
-                             contrast_limits=current_layer.contrast_limits, **place)
-        self.model.add_image(comparison.difference, name="difference (current - prior)", colormap="twilight_shifted",
-                             contrast_limits=DIFFERENCE_LIMITS, visible=with_difference, **place)
+        place = {"scale": tuple(current_layer.scale), "translate": tuple(current_layer.translate)}
+        prior = {"data": comparison.prior.array, "name": f"prior: {comparison.name}",
+                 "contrast_limits": tuple(current_layer.contrast_limits), **place}
+        difference = {"data": comparison.difference, "name": "difference (current - prior)",
+                      "contrast_limits": DIFFERENCE_LIMITS, "visible": with_difference, **place}
+        if len(self.model.layers) == 2:
+            for layer, values in zip(self.model.layers, (prior, difference)):
+                for key, value in values.items():
+                    setattr(layer, key, value)
+            self._shown()
+            return
+        if len(self.model.layers):  # a half-shown earlier comparison (never clear an empty list: same cost)
+            self.model.layers.clear()
+        self.model.add_image(colormap="gray", **prior)
+
+        def second() -> None:
+            if self.qt_viewer is not None:  # not closed meanwhile
+                self.model.add_image(colormap="twilight_shifted", **difference)
+                self._shown()
+
+        QTimer.singleShot(0, second)
+
+    def _shown(self) -> None:
+        comparison = self.comparison
         self.title.setText(f"<b>Prior</b> {comparison.name}, registered ({comparison.description}); "
                            f"scrolls with the current scan")
         orient(self.model, "axial")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -218,10 +218,18 @@ class ReadingRoom(QWidget):
         self.cancel_button.setEnabled(True)
         self._comparing = layer
         self.comparison.start(layer, prior.path, prior.volume_name)
-        if self.compare_view is None:  # built now, as the answer to the click, not when the prior arrives
+        # The prior's viewer is built as the answer to the click, not when the prior arrives, and
+        # in its own turn of the event loop (then docked in the next), so no step stalls the viewer.
+        QTimer.singleShot(0, lambda: self._open_compare_view(prior.volume_name))
+
+    def _open_compare_view(self, name: str) -> None:
+        if getattr(self, "_closed", False):
+            return
+        if self.compare_view is None:
             self.compare_view = CompareView(self.viewer, parent=self)
-            self._dock("Prior", self.compare_view.widget, "right")
-        self.compare_view.title.setText(f"<b>Prior</b> {prior.volume_name}: registering...")
+            QTimer.singleShot(0, lambda: None if getattr(self, "_closed", False)
+                              else self._dock("Prior", self.compare_view.widget, "right"))
+        self.compare_view.title.setText(f"<b>Prior</b> {name}: registering...")
 
     def _end_compare(self) -> None:
         self.progress.hide()
@@ -234,8 +242,13 @@ class ReadingRoom(QWidget):
         if layer is not self.current or layer not in self.viewer.layers:
             self.show_message("The scan changed while the prior was registered; compare again.")
             return
+        if self.compare_view is None:  # a registration faster than the click's two turns of the event loop
+            self._open_compare_view(comparison.name)
         self.compare_view.show(layer, comparison, self.difference_check.isChecked())
-        self._docks["Prior"].setVisible(True)  # docked at the click already: no re-layout of the window now
+        if "Prior" in self._docks:  # docked at the click already: no re-layout of the window now
+            self._docks["Prior"].setVisible(True)
+        else:
+            self._dock("Prior", self.compare_view.widget, "right")
         self.show_message(f"{comparison.name}: {comparison.description}.", error=False)
 
     def _on_compare_failed(self, message: str) -> None:
