@@ -54,6 +54,7 @@ class LamedConfig(PreTrainedConfig):
     proj_pooling_size: int = 2
     vision_family: str = "m3d"
     vision_stem_channels: int = 0  # M3D family: 0 = M3D's linear patch embedding, else a conv stem (vision.ConvStem)
+    vision_stem_depth: int = 0  # 1: the conv stem goes two scales deeper before the tokens (vision.ConvStem)
     token_unshuffle: int = 2
     position_dims: list[int] | tuple[int, ...] = (32, 32, 32)
     organ_names: list[str] | tuple[str, ...] = DEFAULT_ORGANS

@@ -52,12 +52,13 @@ class PatchEmbedding(nn.Module):
     """Linear patch embedding plus a learnt position embedding (MONAI's "perceptron" variant)."""
 
     def __init__(self, in_channels: int, image_size: Sequence[int], patch_size: Sequence[int], hidden_size: int,
-                 stem_channels: int = 0) -> None:
+                 stem_channels: int = 0, stem_depth: int = 0) -> None:
         super().__init__()
         n_patches = prod(grid_shape(image_size, patch_size))
         patch_dim = in_channels * prod(patch_size)
         if stem_channels:
-            self.patch_embeddings: nn.Module = ConvStem(image_size, patch_size, stem_channels, hidden_size)
+            self.patch_embeddings: nn.Module = ConvStem(image_size, patch_size, stem_channels, hidden_size,
+                                                             stem_depth)
         else:  # index 1 holds the Linear so that names match M3D's `patch_embeddings.1.weight`
             self.patch_embeddings = nn.Sequential(_PatchFlatten(patch_size), nn.Linear(patch_dim, hidden_size))
         self.position_embeddings = nn.Parameter(torch.zeros(1, n_patches, hidden_size))
@@ -72,23 +73,41 @@ class ConvStem(nn.Module):
     A linear embedding of a 2,048-voxel patch cannot tell a 5 mm calcification anywhere in it from
     the patch's anatomy (it only shifts the patch mean by a thousandth); two 3x3x3 convolutions with
     a nonlinearity between them detect such a spot wherever it lies, and the third (strided)
-    convolution cuts the result into the same token grid as the patches would. `reference` and
-    `scale` standardise the input first (the training set's mean volume and spread, stored as
-    weights so the saved model takes ordinary [0, 1] inputs)."""
+    convolution cuts the result into the same token grid as the patches would. `depth` 1 adds four
+    more (two more scales of context, to an eighth of the in-plane resolution): a nodule is told
+    from a vessel cross-section by its shape over several slices, which two convolutions do not see.
+    `reference` and `scale` standardise the input first (the training set's mean volume and spread,
+    stored as weights so the saved model takes ordinary [0, 1] inputs)."""
 
-    def __init__(self, image_size: Sequence[int], patch_size: Sequence[int], channels: int, hidden_size: int) -> None:
+    def __init__(self, image_size: Sequence[int], patch_size: Sequence[int], channels: int, hidden_size: int,
+                 depth: int = 0) -> None:
         super().__init__()
-        pz, py, px = (int(v) for v in patch_size)
-        if pz % 2 or py % 4 or px % 4:
-            raise ValueError(f"a convolutional stem needs patch sizes divisible by (2, 4, 4), got {tuple(patch_size)}")
+        shrink = (2, 4, 4) if depth == 0 else (4, 8, 8)  # the stride of the feature map the tokens are cut from
+        if depth not in (0, 1):
+            raise ValueError(f"a convolutional stem has depth 0 or 1, got {depth}")
+        if any(int(p) % s for p, s in zip(patch_size, shrink)):
+            raise ValueError(f"this convolutional stem needs patch sizes divisible by {shrink}, got {tuple(patch_size)}")
         self.register_buffer("reference", torch.zeros(1, 1, *(int(v) for v in image_size)))
         self.register_buffer("scale", torch.ones(()))
-        self.convs = nn.Sequential(
-            nn.Conv3d(1, channels, 3, stride=(1, 2, 2), padding=1), nn.GroupNorm(min(4, channels), channels), nn.GELU(),
-            nn.Conv3d(channels, 2 * channels, 3, stride=2, padding=1), nn.GroupNorm(min(4, channels), 2 * channels),
-            nn.GELU(),
-            nn.Conv3d(2 * channels, hidden_size, (pz // 2, py // 4, px // 4), stride=(pz // 2, py // 4, px // 4)),
-        )
+        layers = [(1, channels, (1, 2, 2)), (channels, 2 * channels, 2)]
+        if depth:  # two more scales of context: a nodule is told from a vessel by its shape
+            layers += [(2 * channels, 2 * channels, 1), (2 * channels, 4 * channels, 2),
+                       (4 * channels, 4 * channels, 1), (4 * channels, 4 * channels, 1)]
+        modules: list[nn.Module] = []
+        for inputs, outputs, stride in layers:
+            modules += [nn.Conv3d(inputs, outputs, 3, stride=stride, padding=1),
+                        nn.GroupNorm(min(4, outputs), outputs), nn.GELU()]
+        cut = tuple(int(p) // s for p, s in zip(patch_size, shrink))
+        self.convs = nn.Sequential(*modules, nn.Conv3d(layers[-1][1], hidden_size, cut, stride=cut))
+
+    @property
+    def feature_channels(self) -> int:
+        """Channels of the last feature map before the tokens are cut (what a dense head reads)."""
+        return self.convs[-3].num_channels
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """That feature map, for inputs already standardised (training on crops of volumes)."""
+        return self.convs[:-1](x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.reference.to(x.dtype)) / self.scale.to(x.dtype)
@@ -152,11 +171,13 @@ class ViT3D(nn.Module):
         mlp_dim: int = 3072,
         in_channels: int = 1,
         stem_channels: int = 0,
+        stem_depth: int = 0,
     ) -> None:
         super().__init__()
         self.image_size = tuple(int(s) for s in image_size)
         self.patch_size = tuple(int(p) for p in patch_size)
-        self.patch_embedding = PatchEmbedding(in_channels, image_size, patch_size, hidden_size, stem_channels)
+        self.patch_embedding = PatchEmbedding(in_channels, image_size, patch_size, hidden_size, stem_channels,
+                                              stem_depth)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
         self.blocks = nn.ModuleList(TransformerBlock(hidden_size, mlp_dim, num_heads) for _ in range(num_layers))
         self.norm = nn.LayerNorm(hidden_size)
@@ -216,10 +237,11 @@ class VisionEncoder(nn.Module):
         pooling_size: int = 2,
         proj_layer_num: int = 2,
         stem_channels: int = 0,
+        stem_depth: int = 0,
     ) -> None:
         super().__init__()
         self.vision_tower = ViT3D(image_size, patch_size, hidden_size, num_layers, num_heads, mlp_dim,
-                                  stem_channels=stem_channels)
+                                  stem_channels=stem_channels, stem_depth=stem_depth)
         self.mm_projector = SpatialPoolingProjector(
             image_size, patch_size, hidden_size, out_dim, pooling_size, proj_layer_num
         )

@@ -108,8 +108,8 @@ def test_finding_asked_takes_the_longest_label_named() -> None:
     assert finding_asked("Where is the largest lesion?", FINDINGS) is None
 
 
-@pytest.mark.parametrize("stem", [0, 4], ids=["linear patches", "conv stem"])
-def test_input_standardisation_folds_into_the_patch_embedding_exactly(stem: int) -> None:
+@pytest.mark.parametrize(("stem", "depth"), [(0, 0), (4, 0), (4, 1)], ids=["linear patches", "conv stem", "deep stem"])
+def test_input_standardisation_folds_into_the_patch_embedding_exactly(stem: int, depth: int) -> None:
     """The tower trains on standardised inputs but ships taking raw ones: same tokens either way."""
     import torch
 
@@ -119,7 +119,7 @@ def test_input_standardisation_folds_into_the_patch_embedding_exactly(stem: int)
     torch.manual_seed(0)
     pixels = torch.rand((6, 1, 8, 16, 16))
     tower = ViT3D(image_size=(8, 16, 16), patch_size=(4, 8, 8), hidden_size=16, num_layers=1, num_heads=2, mlp_dim=32,
-                  stem_channels=stem)
+                  stem_channels=stem, stem_depth=depth)
     standardise = InputStandardiser(pixels[:4])
     with torch.no_grad():
         trained_on = tower(standardise(pixels[4:]))
@@ -129,7 +129,8 @@ def test_input_standardisation_folds_into_the_patch_embedding_exactly(stem: int)
     torch.testing.assert_close(shipped, trained_on, atol=1e-5, rtol=1e-4)
 
 
-def test_conv_stem_model_saves_and_loads_with_its_standardisation(tmp_path: Path) -> None:
+@pytest.mark.parametrize("depth", [0, 1])
+def test_conv_stem_model_saves_and_loads_with_its_standardisation(tmp_path: Path, depth: int) -> None:
     """A LaMed config with `vision_stem_channels` rebuilds the stem from the folder alone, the stored
     mean volume and scale included (the shipped model depends on them)."""
     import torch
@@ -139,7 +140,8 @@ def test_conv_stem_model_saves_and_loads_with_its_standardisation(tmp_path: Path
     text = dict(model_type="llama", vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                 num_attention_heads=2, num_key_value_heads=2)
     config = LamedConfig(text_config=text, image_size=[8, 32, 32], patch_size=[4, 8, 8], mm_hidden_size=16,
-                         vision_num_layers=1, vision_num_heads=2, vision_mlp_dim=32, vision_stem_channels=4)
+                         vision_num_layers=1, vision_num_heads=2, vision_mlp_dim=32, vision_stem_channels=4,
+                         vision_stem_depth=depth)
     model = LamedForCausalLM(config).eval()
     stem = model.vision.vision_tower.patch_embedding.patch_embeddings
     with torch.no_grad():
@@ -151,6 +153,7 @@ def test_conv_stem_model_saves_and_loads_with_its_standardisation(tmp_path: Path
     with torch.no_grad():
         torch.testing.assert_close(again.encode_images(image), model.encode_images(image))
     assert float(again.vision.vision_tower.patch_embedding.patch_embeddings.scale) == pytest.approx(0.3)
+    assert len(again.vision.vision_tower.patch_embedding.patch_embeddings.convs) == (7 if depth == 0 else 19)
 
 
 @pytest.mark.slow
@@ -164,7 +167,7 @@ def test_training_script_end_to_end_is_deterministic(tmp_path: Path) -> None:
 
     recipe = Recipe(cohorts=((0, (32, 48, 48), 2),), heldout=(), image_size=(16, 32, 32), patch_size=(4, 8, 8),
                     vision_hidden=32, vision_layers=1, vision_heads=1, vision_mlp=64, lm_hidden=32, lm_layers=1,
-                    lm_heads=2, lm_intermediate=64, vocab_size=600, stage1_steps=2, stage2_steps=3,
+                    lm_heads=2, lm_intermediate=64, vocab_size=600, stem_steps=3, stem_images=2, stage1_steps=2, stage2_steps=3,
                     stage1_images=2, stage2_images=2, questions_per_image=2, focus_steps=1, warmup_steps=1, validate_every=2,
                     validation_questions=4)
     from annotation.synth import write_cohort

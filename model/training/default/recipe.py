@@ -65,14 +65,21 @@ class Recipe:
     vision_layers: int = 3
     vision_heads: int = 2
     vision_mlp: int = 512
-    vision_stem: int = 8  # channels of the convolutional stem (0: M3D's linear patch embedding)
+    vision_stem: int = 16  # channels of the convolutional stem (0: M3D's linear patch embedding)
+    vision_stem_depth: int = 1  # 1: six convolutions to a quarter of the token grid's stride (vision.ConvStem)
+    stem_steps: int = 4000  # stage 0: the stem's detectors on lesion-centred crops (stage0.py); 0 = none
+    stem_crop: tuple[int, int, int] = (16, 64, 64)  # crop of the model input (voxels)
+    stem_images: int = 16  # crops per step
+    stem_positive: float = 0.6  # share of crops centred on a lesion
+    stem_pos_weight: float = 3.0  # lesion cells count this many times (the crops are balanced already)
+    stem_lr: float = 2e-3
     lm_hidden: int = 256
     lm_layers: int = 3
     lm_heads: int = 4
     lm_intermediate: int = 512
     vocab_size: int = 4000
-    stage1_steps: int = 7000
-    stage2_steps: int = 6000
+    stage1_steps: int = 2500
+    stage2_steps: int = 5000
     stage1_images: int = 8
     paired: bool = True  # every step's volumes are pairs of one patient's scans (data.paired_volumes)
     dense_weight: float = 1.0  # stage-1 per-label lesion-box targets on the stem's feature map (stage1.DenseHead)
@@ -121,6 +128,6 @@ def recipe_from_record(stored: dict[str, Any]) -> Recipe:
     """The Recipe a training.json records (JSON turned its tuples into lists)."""
     def cohorts(rows: list) -> tuple[Cohort, ...]:
         return tuple((int(s), tuple(int(n) for n in size), int(p)) for s, size, p in rows)  # type: ignore[misc]
-    fixed = {k: tuple(stored[k]) for k in ("image_size", "patch_size")}
+    fixed = {k: tuple(stored[k]) for k in ("image_size", "patch_size", "stem_crop") if k in stored}
     fixed.update(cohorts=cohorts(stored["cohorts"]), heldout=cohorts(stored["heldout"]))
     return Recipe(**{**stored, **fixed})

@@ -122,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="discard the checkpoints in --work and start over")
     parser.add_argument("--stage1-steps", type=int, default=defaults.stage1_steps)
     parser.add_argument("--stage2-steps", type=int, default=defaults.stage2_steps)
+    parser.add_argument("--stem-steps", type=int, default=defaults.stem_steps,
+                        help="stage 0: steps of the stem's detectors on lesion-centred crops (0: none)")
     parser.add_argument("--stage1-minutes", type=float, default=defaults.stage1_minutes,
                         help="wall-clock cap on stage 1")
     parser.add_argument("--stage2-minutes", type=float, default=defaults.stage2_minutes,
@@ -136,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="do not train: evaluate the model already in --out again and rewrite its card")
     args = parser.parse_args(argv)
     recipe = replace(defaults, seed=args.seed, stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
+                     stem_steps=args.stem_steps,
                      stage1_minutes=args.stage1_minutes, stage2_minutes=args.stage2_minutes,
                      eval_limit=args.eval_limit, held_out_finding=args.held_out_finding)
     if args.print_cohorts:

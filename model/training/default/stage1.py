@@ -19,6 +19,7 @@ from model.training.default.data import (
     patient_groups,
 )
 from model.training.default.recipe import Recipe
+from model.training.default.stage0 import train_stem
 from model.training.default.steps import (
     Clock,
     LabelHead,
@@ -33,19 +34,20 @@ from model.training.rng import random_state
 
 
 class DenseHead:
-    """Per-label logits on the convolutional stem's second feature map (training only): where each
-    finding lies, at a quarter of the input's resolution. Dense targets train the stem's local
-    detectors directly; a label per scan or per 8x16x16 patch reaches them through a global pool
-    that the anatomy dominates. Reads the stem's features through a forward hook."""
+    """Per-label logits on the convolutional stem's last feature map (training only): where each
+    finding lies, at a quarter (depth 0) or an eighth (depth 1) of the input's resolution in plane.
+    Dense targets train the stem's local detectors directly; a label per scan or per 8x16x16 patch
+    reaches them through a global pool that the anatomy dominates. Reads the stem's features
+    through a forward hook; stage 0 trains the same head on crops first."""
 
     def __init__(self, tower: nn.Module, n_labels: int) -> None:
         stem = tower.patch_embedding.patch_embeddings
         if not isinstance(stem, ConvStem):
             raise ValueError("dense targets need the convolutional stem (recipe.vision_stem > 0)")
-        features = stem.convs[4]  # the second GroupNorm: its output (after GELU) is read
-        self.head = nn.Conv3d(features.num_channels, n_labels, 1)
+        self.stem = stem
+        self.head = nn.Conv3d(stem.feature_channels, n_labels, 1)
         self.features: torch.Tensor | None = None
-        self.hook = stem.convs[5].register_forward_hook(self._keep)
+        self.hook = stem.convs[-2].register_forward_hook(self._keep)  # the last activation before the tokens
 
     def _keep(self, _module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
         self.features = output
@@ -125,8 +127,13 @@ def train_alignment(model: Any, head: LabelHead, data: Dataset, valid_data: Data
     patch_head = nn.Linear(model.config.mm_hidden_size, len(data.label_names))
     heads = [*head.parameters(), *patch_head.parameters()]
     dense = DenseHead(model.vision.vision_tower, len(data.label_names)) if recipe.dense_weight else None
+    stem_result: dict[str, Any] | None = None
     if dense is not None:
         heads += list(dense.head.parameters())
+        if recipe.stem_steps and saved is None:
+            stem_result = train_stem(dense.stem, dense.head, data, recipe, prepare, checkpoints)
+            print(f"[train] stage 0 (the stem's detectors on lesion-centred crops) done in "
+                  f"{stem_result['seconds']} s", flush=True)
     parameters = [*model.vision.parameters(), *heads]
     optimiser = make_optimiser(list(model.vision.parameters()), heads, recipe)
     generator = torch.Generator().manual_seed(recipe.seed)
@@ -191,7 +198,8 @@ def train_alignment(model: Any, head: LabelHead, data: Dataset, valid_data: Data
     print(f"[check] held-out label AUC after stage 1: {auc}", flush=True)
     if dense is not None:
         dense.remove()
-    result = {"steps_done": done, "log": log, "seconds": round(clock.elapsed()), "valid_label_auc": auc}
+    result = {"steps_done": done, "log": log, "seconds": round(clock.elapsed()), "valid_label_auc": auc,
+              "stem": stem_result}
     checkpoints.save("stage1", {"step": done, "finished": True, "vision": model.vision.state_dict(),
                                 "head": head.state_dict(), "result": result})
     return result

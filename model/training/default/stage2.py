@@ -113,4 +113,5 @@ def train(model: Any, tokenizer: Any, train_data: Dataset, valid_data: Dataset, 
         p.requires_grad_(True)
     model.eval()
     return {"alignment": alignment, "instruction": instruction, "seen_findings": seen,
-            "train_seconds": alignment["seconds"] + instruction["seconds"]}
+            "train_seconds": (alignment.get("stem") or {}).get("seconds", 0) + alignment["seconds"]
+            + instruction["seconds"]}

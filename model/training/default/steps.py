@@ -26,6 +26,7 @@ def build_model(recipe: Recipe, tokenizer: Any) -> Any:
         patch_size=list(recipe.patch_size), mm_hidden_size=recipe.vision_hidden,
         vision_num_layers=recipe.vision_layers, vision_num_heads=recipe.vision_heads,
         vision_mlp_dim=recipe.vision_mlp, vision_stem_channels=recipe.vision_stem,
+        vision_stem_depth=recipe.vision_stem_depth,
     )
     torch.manual_seed(recipe.seed)
     model = LamedForCausalLM(config)
