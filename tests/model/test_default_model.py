@@ -61,10 +61,12 @@ def _phantom(findings: dict[str, tuple[float, ...]], size: tuple[int, int, int],
     return synthesize_patient(grid, np.random.default_rng(seed), 1, findings=findings).scans[0]
 
 
-# The findings the shipped model reads (model/default/README.md), from a pleural fluid layer down to a
-# thin pericardial rim and a catheter, each drawn into the same fixed phantom and left out of it: each
-# existence question must be answered right. (Issue 16 asks for five; the small findings are not read.)
-SHIPPED_FINDINGS = ("Pleural effusion", "Cardiomegaly", "Pericardial effusion", "Medical material")
+# The findings the shipped model reads (model/default/README.md), from a pleural fluid layer and an
+# enlarged heart down to a collapsed segment, a lobar consolidation, a thin pericardial rim and a
+# catheter, each drawn into the same fixed phantom and left out of it: each existence question must be
+# answered right. (Nodules, nodes and calcifications are not read yet.)
+SHIPPED_FINDINGS = ("Pleural effusion", "Cardiomegaly", "Pericardial effusion", "Medical material", "Consolidation",
+                    "Atelectasis", "Hiatal hernia")
 PHANTOM_SIZE = (64, 192, 192)  # a size users meet (`ctvqa synth --size 64,192,192`)
 
 

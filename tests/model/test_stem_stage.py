@@ -83,3 +83,37 @@ def test_deep_stem_cuts_the_token_grid_and_refuses_patches_it_cannot() -> None:
         ConvStem(IMAGE, (2, 8, 8), 4, 16, depth=1)
     with pytest.raises(ValueError, match="depth 0 or 1"):
         ConvStem(IMAGE, (8, 16, 16), 4, 16, depth=2)
+
+
+def _existence_dataset() -> Dataset:
+    """60 volumes, each asked about a seen finding (present in half) and an unseen one (present in 1 of 5)."""
+    from model.training.default.data import Example
+
+    data = dataset(60)
+    for v in range(60):
+        examples = [Example(v, "existence_detection", "yes" if v % 2 else "no", [1], [2], ("Yes", "No"), "Cardiomegaly"),
+                    Example(v, "existence_detection", "yes" if v % 5 == 0 else "no", [1], [2], ("Yes", "No"),
+                            "Lung nodule")]
+        data.by_volume[v] = {"existence_detection": examples}
+    return data
+
+
+def test_unseen_findings_keep_their_answer_frequency_and_are_never_balanced() -> None:
+    from model.training.default.data import Sampler
+
+    data = _existence_dataset()
+    sampler = Sampler(data, seed=0, seen=["Cardiomegaly"])
+    draws = [e for v in range(60) for _ in range(40) for e in sampler.questions(v, 1, ("existence_detection",))]
+    nodules = [e for e in draws if e.finding == "Lung nodule"]
+    present = sum(e.answer_class == "yes" for e in nodules) / len(nodules)
+    assert 0.16 < present < 0.24  # its own 1 in 5, not lifted towards "yes"
+    cardio = [e for e in draws if e.finding == "Cardiomegaly"]
+    assert 0.4 < sum(e.answer_class == "yes" for e in cardio) / len(cardio) < 0.6
+
+    only_unseen = {v: {"existence_detection": [e for e in data.by_volume[v]["existence_detection"]
+                                               if e.finding == "Lung nodule"]} for v in range(60)}
+    data.by_volume.update(only_unseen)
+    balanced = [e for v in range(60) for _ in range(20)
+                for e in sampler.questions(v, 1, ("existence_detection",), balanced=True, findings=["Cardiomegaly"])]
+    assert all(e.finding == "Lung nodule" for e in balanced)
+    assert sum(e.answer_class == "yes" for e in balanced) / len(balanced) < 0.26  # no balanced draw about it

@@ -173,7 +173,9 @@ def model_card(recipe: Recipe, record: dict[str, Any], report: dict[str, Any] | 
         f"steps ask only existence questions about the findings the tower sees (held-out AUC >= {recipe.seen_auc}: "
         f"{', '.join(record.get('seen_findings', [])) or 'none'}), as many present as absent per scan (only the image "
         f"lowers that loss), and {recipe.seen_questions} such question per image after that; the other questions' "
-        "answers are sampled by 1/sqrt(frequency) within a task so rare answers are seen. Box questions (\"where is "
+        "answers are sampled by 1/sqrt(frequency) within a task so rare answers are seen, except existence "
+        "questions about the findings the tower does not see: they keep their answers' own frequency (the image "
+        "cannot tell the answer there, and a prior lifted towards \"yes\" only calls absent findings present). Box questions (\"where is "
         "...? give the box\") are answered with the ground-truth box in the input's 0-1 coordinates.",
         f"- AdamW lr {recipe.lr}, warm-up {recipe.warmup_steps} steps, cosine to 10%. Steps run: "
         f"{stage1['steps_done']} + {stage2['steps_done']}; checkpoint kept: stage-2 step {stage2['best_step']} "

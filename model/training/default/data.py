@@ -267,15 +267,27 @@ def paired_volumes(rng: random.Random, groups: Sequence[Sequence[int]], n: int) 
 class Sampler:
     """Seeded draws of (volumes, questions) per step: tasks by `TASK_WEIGHTS`, answers within a
     task by 1/sqrt(frequency) so rare answers (a present finding, a resolved lesion) are seen;
-    volumes in pairs of one patient's scans where `paired`."""
+    volumes in pairs of one patient's scans where `paired`.
 
-    def __init__(self, data: Dataset, seed: int, paired: bool = False) -> None:
+    Existence questions about findings the tower does not see (not in `seen`) keep their answers'
+    own frequency: the image cannot tell the language model the answer there, and a prior lifted
+    towards "yes" only makes it call absent findings present (the model card's earlier runs)."""
+
+    def __init__(self, data: Dataset, seed: int, paired: bool = False, seen: Sequence[str] | None = None) -> None:
         self.data = data
         self.rng = random.Random(seed)
         self.groups = patient_groups(data.names) if paired else []
+        self.seen = None if seen is None else set(seen)
         counts = Counter((e.task, e.answer_class) for tasks in data.by_volume.values()
                          for examples in tasks.values() for e in examples)
         self.weight = {key: 1.0 / math.sqrt(n) for key, n in counts.items()}
+        common = {task: max((n, c) for (t, c), n in counts.items() if t == task)[1] for task, _ in counts}
+        self._prior = {task: self.weight[(task, c)] for task, c in common.items()}
+
+    def _weight(self, e: Example) -> float:
+        if self.seen is not None and e.task == "existence_detection" and e.finding not in self.seen:
+            return self._prior[e.task]
+        return self.weight[(e.task, e.answer_class)]
 
     def volumes(self, n: int) -> list[int]:
         if self.groups:
@@ -291,13 +303,15 @@ class Sampler:
         chosen = []
         for task in self.rng.choices(available, weights=[TASK_WEIGHTS[t] for t in available], k=n):
             pool = self.data.by_volume[volume][task]
-            pool = [e for e in pool if e.finding in findings] or pool if findings else pool
+            if findings:  # none about these findings: an ordinary draw, never a balanced one about others
+                about = [e for e in pool if e.finding in findings]
+                balanced, pool = (balanced, about) if about else (False, pool)
             if balanced:
                 classes = sorted({e.answer_class for e in pool})
                 wanted = self.rng.choice(classes)
                 chosen.append(self.rng.choice([e for e in pool if e.answer_class == wanted]))
             else:
-                chosen.append(self.rng.choices(pool, weights=[self.weight[(e.task, e.answer_class)] for e in pool])[0])
+                chosen.append(self.rng.choices(pool, weights=[self._weight(e) for e in pool])[0])
         return chosen
 
 

@@ -40,7 +40,7 @@ def train_instruction(model: Any, head: LabelHead, tokenizer: Any, train_data: D
     trained = [*model.vision.mm_projector.parameters(), *model.language_model.parameters()]
     parameters = [*trained, *head.parameters()]
     optimiser = make_optimiser(trained, list(head.parameters()), recipe)
-    sampler = Sampler(train_data, recipe.seed, recipe.paired)
+    sampler = Sampler(train_data, recipe.seed, recipe.paired, seen)
     checks = validation_examples(valid_data, recipe.validation_questions, recipe.seed)
     tasks = tuple(TASK_WEIGHTS)
     record: dict[str, Any] = {"log": [], "validation": []}
