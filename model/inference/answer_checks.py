@@ -7,7 +7,8 @@ trap). So the chosen choice is what a reader is shown; the generated words are s
 only when they name the same choice, and otherwise flagged. A yes/no question typed freely gets
 an open answer from a model trained on closed ones (a free "Is there ...?" answered "D. No
 Abnormality"), so such questions are recognised and offered as closed. Empty, punctuation-only
-or looping text is not an answer and must not reach the rating queue.
+or looping text is not an answer and must not reach the rating queue; nor is an answer to a box
+question from which no box can be read.
 
 Qt-free and torch-free: the chat panel, the store (which refuses degenerate turns) and scripts
 share these rules.
@@ -93,6 +94,24 @@ def is_yes_no_question(question: str) -> bool:
     if not words or not text.endswith("?") or words[0] not in _AUXILIARIES:
         return False
     return " or " not in f" {' '.join(words[1:])} " and "choices:" not in text
+
+
+_BOX_REQUEST = re.compile(r"\b(?:bounding\s+box|(?:give|draw|mark|show|return|with)\b[^.?!]*\bbox(?:es)?)\b",
+                          re.IGNORECASE)
+
+
+def asks_for_box(question: str) -> bool:
+    """Whether a question asks for a location box ("Where is ...? Give the box.", "... bounding box")."""
+    return bool(_BOX_REQUEST.search(question or ""))
+
+
+def missing_box_reason(question: str, box: Sequence[float] | None) -> str | None:
+    """Why an answer to a box question is no answer: no box could be read from it (a small model
+    asked in other words than it learnt can write a box that is cut or malformed, and nothing is
+    drawn); None when the question asks for none or a box was read."""
+    if box is None and asks_for_box(question):
+        return "the question asks for a box and no box could be read from the answer"
+    return None
 
 
 def degenerate_reason(text: str) -> str | None:

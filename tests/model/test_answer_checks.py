@@ -50,3 +50,24 @@ def test_yes_no_questions_are_recognised(question, yes_no):
 ])
 def test_empty_and_looping_answers_are_degenerate(text, degenerate):
     assert (degenerate_reason(text) is not None) is degenerate
+
+
+@pytest.mark.parametrize(("question", "box"), [
+    ("Where is the left pleural effusion? Give the box.", True),
+    ("Where is the pleural effusion? Give the bounding box.", True),
+    ("Draw a box around the nodule.", True), ("Where is the nodule?", False),
+    ("Is there a pleural effusion?", False), ("Describe the box-shaped device.", False),
+])
+def test_box_questions_are_recognised(question, box):
+    from model.inference.answer_checks import asks_for_box
+
+    assert asks_for_box(question) is box
+
+
+def test_a_box_question_answered_without_a_readable_box_is_flagged():
+    from model.inference.answer_checks import missing_box_reason
+
+    question = "Where is the pleural effusion? Give the bounding box."
+    assert "no box could be read" in missing_box_reason(question, None)  # "170, 0.21, 0.13, 0.42, 0.80, 0.78]"
+    assert missing_box_reason(question, (0.1, 0.2, 0.5, 0.5, 0.8, 0.9)) is None
+    assert missing_box_reason("Describe the heart.", None) is None

@@ -200,15 +200,18 @@ def test_turn_goes_to_the_rating_queue_and_survives_a_restart(chat, qtbot, viewe
         reopened.close()
 
 
-def test_an_empty_or_looping_answer_is_flagged_and_cannot_be_sent(viewer_with_ct, qtbot, store, chat_worker,
+def test_an_empty_looping_or_boxless_answer_is_flagged_and_cannot_be_sent(viewer_with_ct, qtbot, store, chat_worker,
                                                                  tiny_vlm_dir):
     viewer, layer = viewer_with_ct
     scan = store.add_scan("train_7_b_1.nii.gz", layer.metadata["path"])
     for answer in ("", "lung lung lung lung lung"):
         store.add_chat_turn(scan.id, "What is seen?", answer, conversation_id="c")
+    # a box question answered with a cut box (what the default model wrote to another phrasing)
+    store.add_chat_turn(scan.id, "Where is the pleural effusion? Give the bounding box.",
+                        "170, 0.21, 0.13, 0.42, 0.80, 0.78]", conversation_id="c")
     widget = make_chat(viewer, qtbot, store, chat_worker, tiny_vlm_dir)
     try:
-        assert len(widget.turns) == 2
+        assert len(widget.turns) == 3
         for view in widget.turns:
             assert not view.send_button.isEnabled()
             assert not view.flag_label.isHidden() and "cannot be sent" in view.flag_label.text()
@@ -216,6 +219,7 @@ def test_an_empty_or_looping_answer_is_flagged_and_cannot_be_sent(viewer_with_ct
             assert "Not sent to the rating queue" in widget.message.text()
         assert store.qa_pairs() == []
         assert "Flagged: the answer is empty" in widget.conversation_markdown()
+        assert "no box could be read" in widget.turns[2].flag_label.text()
     finally:
         widget.close()
 

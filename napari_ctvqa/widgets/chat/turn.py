@@ -25,7 +25,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from model.inference.answer_checks import ClosedReading, degenerate_reason, read_closed
+from model.inference.answer_checks import (
+    ClosedReading,
+    degenerate_reason,
+    missing_box_reason,
+    read_closed,
+)
 from napari_ctvqa.widgets.chat.score_bars import ChoiceScoreBars
 
 _STATUS_TEXT = {
@@ -80,7 +85,7 @@ class TurnState:
         """Why this finished answer must not be rated (None when it may be)."""
         if self.closed:
             return None if self.choice else "no choice was scored"
-        return degenerate_reason(self.text)
+        return degenerate_reason(self.text) or missing_box_reason(self.question, self.box)
 
     def answer_text(self) -> str:
         """The answer as a reader should take it: the chosen choice of a closed question, else the text."""
