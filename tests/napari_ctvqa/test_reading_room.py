@@ -156,6 +156,9 @@ def test_compare_with_prior_opens_the_registered_prior_scrolling_in_step(room, q
     layer = add_phantom(viewer, current, "train_5_b_1", current_path)
     assert [p.volume_name for p in room.priors] == ["train_5_a_1.nii.gz"]
     assert room.compare_button.isEnabled()
+    # the prior's viewer is built once the scan has a prior, so the click does not pay for it
+    qtbot.waitUntil(lambda: room.compare_view is not None, timeout=TIMEOUT_MS)
+    assert "Prior" not in room._docks  # built, not shown before the click
 
     room.difference_check.setChecked(True)
     room.compare_button.click()

@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import queue
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QObject, QTimer, Signal
@@ -52,6 +53,7 @@ class PriorComparison(QObject):
         self._queue: Any = None
         self._inbox: Any = None
         self._stop: Any = None
+        self._moving: Future | None = None  # the result being copied out of shared memory
         self._timer = QTimer(self)
         self._timer.setInterval(POLL_MS)
         self._timer.timeout.connect(self._poll)
@@ -70,8 +72,10 @@ class PriorComparison(QObject):
         self.process.start()
         lower_priority(self.process.pid)  # its start-up imports already yield to the viewer
         # The scan goes through shared memory, not the start arguments: a spawned process's
-        # arguments are written to it while it starts up, and the click would wait for that.
-        inbox.put(send_volume(volume_of(current_layer)))
+        # arguments are written to it while it starts up, and the click would wait for that. The
+        # copy into shared memory touches every page of it (tens of ms), so a thread makes it.
+        volume = volume_of(current_layer)
+        _in_background(lambda: inbox.put(send_volume(volume)))
         inbox.cancel_join_thread()  # a registration that died unread must not hold napari at exit
         self._inbox = inbox
         self._timer.start()
@@ -81,6 +85,18 @@ class PriorComparison(QObject):
             self._stop.set()
 
     def _poll(self) -> None:
+        if self._moving is not None:  # the result is being copied out of shared memory
+            if not self._moving.done():
+                return
+            moving, self._moving = self._moving, None
+            self._finish()
+            try:
+                comparison = moving.result()
+            except (OSError, ValueError) as exc:
+                self.failed.emit(f"the registered prior could not be read back: {exc}")
+            else:
+                self.done.emit(comparison)
+            return
         while True:
             try:
                 kind, value = self._queue.get_nowait()
@@ -89,11 +105,11 @@ class PriorComparison(QObject):
             if kind == "progress":
                 self.progress.emit(value)
                 continue
+            if kind == "done":  # copying 32 MB out of shared memory faults in every page: off the GUI thread
+                self._moving = _in_background(lambda message=value: receive_comparison(message))
+                return
             self._finish()
-            if kind == "done":
-                self.done.emit(receive_comparison(value))
-            else:
-                self.failed.emit(value)
+            self.failed.emit(value)
             return
         if self.process is not None and not self.process.is_alive() and self._queue.empty():
             code = self.process.exitcode
@@ -110,6 +126,14 @@ class PriorComparison(QObject):
                 QTimer.singleShot(REAP_AFTER_MS, lambda process=self.process: _reap(process))
         self.process = None
         self._inbox = None
+
+
+def _in_background(work: Any) -> Future:
+    """`work()` on a thread of its own (numpy's copies and the page faults release the GIL)."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctvqa-compare-copy")
+    future = executor.submit(work)
+    executor.shutdown(wait=False)
+    return future
 
 
 def _reap(process: Any) -> None:

@@ -193,6 +193,8 @@ class ReadingRoom(QWidget):
         for prior in self._priors:
             self.prior_box.addItem(f"{prior.volume_name}" + (f" ({prior.study_date})" if prior.study_date else ""))
         self.compare_button.setEnabled(bool(self._priors) and not self.comparison.running)
+        if self._priors and self.compare_view is None:
+            QTimer.singleShot(0, self._prepare_compare_view)
         if layer is not None and scan is None:
             self.compare_button.setToolTip("This scan is not in the database: import its cohort to find its priors")
         elif layer is not None and not self._priors:
@@ -222,11 +224,17 @@ class ReadingRoom(QWidget):
         # in its own turn of the event loop (then docked in the next), so no step stalls the viewer.
         QTimer.singleShot(0, lambda: self._open_compare_view(prior.volume_name))
 
+    def _prepare_compare_view(self) -> None:
+        """The prior's viewer, built but not shown, once the shown scan has a prior: building a
+        napari canvas holds the GUI thread for about 0.1 s, which the Compare click should not."""
+        if self.compare_view is None and not getattr(self, "_closed", False):
+            self.compare_view = CompareView(self.viewer, parent=self)
+
     def _open_compare_view(self, name: str) -> None:
         if getattr(self, "_closed", False):
             return
-        if self.compare_view is None:
-            self.compare_view = CompareView(self.viewer, parent=self)
+        self._prepare_compare_view()
+        if "Prior" not in self._docks:
             QTimer.singleShot(0, lambda: None if getattr(self, "_closed", False)
                               else self._dock("Prior", self.compare_view.widget, "right"))
         self.compare_view.title.setText(f"<b>Prior</b> {name}: registering...")
