@@ -222,15 +222,15 @@ def model_card(recipe: Recipe, record: dict[str, Any], report: dict[str, Any] | 
         "would make the measure dishonest.",
         "- Session 1: the linear 8x16x16 patch embedding of M3D on 415 volumes, 2000 stage-1 steps: effusion, "
         "cardiomegaly and medical material read; small findings about 0.5-0.7 AUC.",
-        "- This run's changes, and what each did to the held-out label AUC of the small findings (nodules, "
+        "- Session 4's changes, and what each did to the held-out label AUC of the small findings (nodules, "
         "calcifications, lymph nodes, emphysema, bronchiectasis, fibrotic bands): 5x more volumes at three sizes "
         "(2124 at 64x192x192 alone, 3000 steps): all still 0.45-0.65, on training volumes too (0.52-0.68: the "
         "tower cannot tell, it does not overfit); a convolutional stem (two 3x3x3 convolutions, so that a "
         "spot anywhere in a patch counts): the same; weighting rare labels and rare patches: the patch head "
         "learnt where each finding usually lies (patch AUC 0.91-0.99) and not whether it is there (the "
         "highest patch's AUC for presence 0.50-0.58); pairs of one patient's scans with a rank loss inside "
-        "each pair, which cancels that shortcut, and per-label box targets on the stem's feature map (this "
-        "model): 0.48-0.68 after 7000 steps (consolidation 0.68, lymph nodes 0.61, the rest below 0.56). A small plain CNN with global max pooling, trained on lung nodules alone "
+        "each pair, which cancels that shortcut, and per-label box targets on the stem's feature map (the "
+        "session-4 model): 0.48-0.68 after 7000 steps (consolidation 0.68, lymph nodes 0.61, the rest below 0.56). A small plain CNN with global max pooling, trained on lung nodules alone "
         "for 600 steps of 8 volumes, did not learn them either (held-out AUC 0.41-0.59). The large findings "
         "(effusion, cardiomegaly, medical material; pericardial effusion from about 4000 steps) are read in "
         "every variant.",

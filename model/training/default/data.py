@@ -281,8 +281,8 @@ class Sampler:
         counts = Counter((e.task, e.answer_class) for tasks in data.by_volume.values()
                          for examples in tasks.values() for e in examples)
         self.weight = {key: 1.0 / math.sqrt(n) for key, n in counts.items()}
-        common = {task: max((n, c) for (t, c), n in counts.items() if t == task)[1] for task, _ in counts}
-        self._prior = {task: self.weight[(task, c)] for task, c in common.items()}
+        # the weight of a task's most common answer, given to every answer that keeps its own frequency
+        self._prior = {task: min(w for (t, _), w in self.weight.items() if t == task) for task, _ in self.weight}
 
     def _weight(self, e: Example) -> float:
         if self.seen is not None and e.task == "existence_detection" and e.finding not in self.seen:

@@ -41,6 +41,7 @@ class ReadingRoom(QWidget):
         self.history = ChatHistory(store, self.show_message)
         self._docks: dict[str, Any] = {}
         self._priors: list[Any] = []
+        self._closed = False
         self._build()
         self.history.open_default()
         self.views = OrthoViews(viewer, parent=self)
@@ -220,22 +221,22 @@ class ReadingRoom(QWidget):
         self.cancel_button.setEnabled(True)
         self._comparing = layer
         self.comparison.start(layer, prior.path, prior.volume_name)
-        # The prior's viewer is built as the answer to the click, not when the prior arrives, and
-        # in its own turn of the event loop (then docked in the next), so no step stalls the viewer.
+        # The prior's viewer (built when the scan's priors were listed, else now) is docked in turns
+        # of the event loop of their own, so no step of the click stalls the viewer.
         QTimer.singleShot(0, lambda: self._open_compare_view(prior.volume_name))
 
     def _prepare_compare_view(self) -> None:
         """The prior's viewer, built but not shown, once the shown scan has a prior: building a
         napari canvas holds the GUI thread for about 0.1 s, which the Compare click should not."""
-        if self.compare_view is None and not getattr(self, "_closed", False):
+        if self.compare_view is None and not self._closed:
             self.compare_view = CompareView(self.viewer, parent=self)
 
     def _open_compare_view(self, name: str) -> None:
-        if getattr(self, "_closed", False):
+        if self._closed:
             return
         self._prepare_compare_view()
         if "Prior" not in self._docks:
-            QTimer.singleShot(0, lambda: None if getattr(self, "_closed", False)
+            QTimer.singleShot(0, lambda: None if self._closed
                               else self._dock("Prior", self.compare_view.widget, "right"))
         self.compare_view.title.setText(f"<b>Prior</b> {name}: registering...")
 
@@ -270,7 +271,7 @@ class ReadingRoom(QWidget):
 
     def shutdown(self) -> None:
         """Unhook from the viewer and stop a running registration; idempotent."""
-        if getattr(self, "_closed", False):
+        if self._closed:
             return
         self._closed = True
         self.comparison.cancel()
