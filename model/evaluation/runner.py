@@ -13,6 +13,7 @@ import random
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,24 +69,42 @@ def partners(order: Sequence[str], volume: str) -> list[str]:
 
 
 class _Images:
-    """Prepared (read, preprocessed, encoded) volumes by name, the last few kept."""
+    """Prepared (read, preprocessed, encoded) volumes by name, the last few kept; the next
+    volume's file is read on a thread while the current one is answered.
+
+    Why read ahead: decompressing a NIfTI file is a fixed cost per volume, as large as answering
+    all of its questions in batches on a small model, and it leaves the model's threads idle;
+    file readers mostly run outside the GIL."""
 
     def __init__(self, vlm: VLM, paths: dict[str, Path],
                  metadata: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         self.vlm, self.paths, self.metadata = vlm, paths, metadata
         self.kept: OrderedDict[str, PreparedImage | str] = OrderedDict()
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctvqa-read-ahead")
+        self._ahead: dict[str, Future] = {}
+
+    def read_ahead(self, name: str) -> None:
+        """Start reading `name`'s file unless it is kept or being read."""
+        if name not in self.kept and name not in self._ahead:
+            self._ahead[name] = self._reader.submit(read_ct, self.paths[name], metadata=row_for(self.metadata, name))
 
     def get(self, name: str) -> PreparedImage | str:
         """The prepared volume, or the reason it cannot be read."""
         if name not in self.kept:
+            self.read_ahead(name)
             try:
-                self.kept[name] = self.vlm.prepare(read_ct(self.paths[name], metadata=row_for(self.metadata, name)))
+                self.kept[name] = self.vlm.prepare(self._ahead.pop(name).result())
             except (CTReadError, NotCTError) as exc:
                 self.kept[name] = str(exc)
             while len(self.kept) > _KEPT_IMAGES:
                 self.kept.popitem(last=False)
         self.kept.move_to_end(name)
         return self.kept[name]
+
+    def close(self) -> None:
+        for future in self._ahead.values():
+            future.cancel()
+        self._reader.shutdown(wait=True)
 
 
 def _ask(vlm: VLM, image: PreparedImage, jobs: Sequence[Job], max_new_tokens: int, batch_size: int) -> list[Answer]:
@@ -119,12 +138,25 @@ def answer_jobs(vlm: VLM, jobs: dict[str, list[Job]], paths: dict[str, Path], ru
     sizes = [sum(len(js) for js in todo[v].values()) for v in pending]
     mine = [pending[k] for k in split(sizes, shard.world)[shard.rank]]
     total = sum(len(js) for v in mine for js in todo[v].values())
-    finished = 0
     if progress:
         progress(0, total)
     images = _Images(vlm, paths, metadata)
+    try:
+        _answer_volumes(vlm, mine, todo, order, images, log, seed=seed, max_new_tokens=max_new_tokens,
+                        batch_size=batch_size, progress=progress, total=total)
+    finally:
+        images.close()
+
+
+def _answer_volumes(vlm: VLM, mine: list[str], todo: dict[str, dict[str, list[Job]]], order: list[str],
+                    images: _Images, log: AnswerLog, *, seed: int, max_new_tokens: int, batch_size: int,
+                    progress: Progress | None, total: int) -> None:
+    finished = 0
     noise: PreparedImage | None = None
-    for volume in mine:
+    for k, volume in enumerate(mine):
+        images.read_ahead(volume)
+        if k + 1 < len(mine):  # read while this one is preprocessed, encoded and answered
+            images.read_ahead(mine[k + 1])
         image = images.get(volume)
         if isinstance(image, str):
             log.write_unreadable(volume, image)

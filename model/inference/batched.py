@@ -4,7 +4,9 @@ Every prompt about a volume starts with the same BOS + image tokens, so their KV
 (`VLM.prefix_cache`) is computed once and repeated over the batch; only the question parts differ.
 - Closed questions: every choice of every question in the batch is one row of ONE forward pass
   (question + `"{letter}. {choice}"`, right-padded), scored like `VLM.score_choices` (softmax over
-  a question's choices of the mean log-likelihood of its target tokens).
+  a question's choices of the mean log-likelihood of its target tokens). When that pass shows
+  greedy decoding would write one of the choices and stop, that is the answer's text, with no
+  generation (most closed answers).
 - Open (and closed) answers: greedy `generate` over the batch with the question parts padded on
   the left, between the shared image prefix and the question, masked out; position ids follow the
   mask, so every row sees the positions it would see alone.
@@ -64,11 +66,18 @@ def generate_batch(vlm: VLM, prepared: PreparedImage, question_ids: Sequence[lis
 
 
 def score_choices_batch(vlm: VLM, prepared: PreparedImage, question_ids: Sequence[list[int]],
-                        choices: Sequence[Sequence[str]]) -> list[dict[str, float]]:
+                        choices: Sequence[Sequence[str]], max_new_tokens: int | None = None
+                        ) -> list[tuple[dict[str, float], list[int] | None]]:
     """Per question, the softmax over its offered choices of the mean log-likelihood of each
     `"{letter}. {choice}"` after its prompt, as `VLM.score_choices` computes it: the questions'
     cache (all tokens but the last) in one forward pass, then every choice of every question,
-    from its question's last token, in a second one."""
+    from its question's last token, in a second one.
+
+    With each, the greedy answer when that pass already shows it: when every token of one choice's
+    target is the most likely next token after the ones before it, and an end-of-sequence token
+    is the most likely after the last, greedy decoding writes exactly that target and stops
+    (`generate` would compute the same logits one token at a time), so the question needs no
+    generation. None when no choice is the greedy path or it would pass `max_new_tokens`."""
     rows: list[tuple[int, str, list[int]]] = []  # question index, letter, last question token + target
     for k, (q, offered) in enumerate(zip(question_ids, choices)):
         for letter, text in prompts.listed_choices(offered):
@@ -102,12 +111,20 @@ def score_choices_batch(vlm: VLM, prepared: PreparedImage, question_ids: Sequenc
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, body[:, 1:, None])[..., 0]
         target = valid[:, 1:].float()
         mean = (logp * target).sum(1) / target.sum(1)
-    scores: list[dict[str, float]] = [{} for _ in question_ids]
+        best = logits.argmax(-1).tolist()
+    eos = set(vlm.eos_ids())
+    results: list[tuple[dict[str, float], list[int] | None]] = []
     for k in range(len(question_ids)):
         members = [n for n, r in enumerate(rows) if r[0] == k]
         probs = torch.softmax(mean[members], dim=0)
-        scores[k] = {rows[n][1]: float(p) for n, p in zip(members, probs)}
-    return scores
+        greedy = None
+        for n in members:
+            ids = rows[n][2]
+            ends = best[n][len(ids) - 1]
+            if best[n][:len(ids) - 1] == ids[1:] and ends in eos and (max_new_tokens is None or len(ids) <= max_new_tokens):
+                greedy = [*ids[1:], ends]
+        results.append(({rows[n][1]: float(p) for n, p in zip(members, probs)}, greedy))
+    return results
 
 
 def _by_rows(closed: list[int], questions: Sequence[Question], rows: int) -> list[list[int]]:
@@ -125,26 +142,41 @@ def _by_rows(closed: list[int], questions: Sequence[Question], rows: int) -> lis
     return groups
 
 
+def _chunks(items: list[int], size: int) -> list[list[int]]:
+    return [items[start:start + size] for start in range(0, len(items), size)]
+
+
 def answer_batch(vlm: VLM, prepared: PreparedImage, questions: Sequence[Question], max_new_tokens: int = 64,
                  batch_size: int = 32) -> list[Answer]:
     """`VLM.answer` for many questions about one prepared volume, in batches of `batch_size`
-    (questions sorted by prompt length so that a batch pads little; choice scoring at most
-    `batch_size` rows, or one question's choices, per forward pass); answers in input order."""
+    (closed and open questions in separate batches, each sorted by prompt length so that a batch
+    pads little; choice scoring at most `batch_size` rows, or one question's choices, per forward
+    pass); answers in input order.
+
+    Why closed and open apart: `generate` computes every row until the longest answer of its batch
+    ends, and a closed answer ("A. Yes") is a few tokens where an open one is dozens, so in a mixed
+    batch most of the arithmetic went into rows that had already finished."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     ids = [_question_ids(vlm, prepared, q) for q in questions]
-    order = sorted(range(len(questions)), key=lambda k: (len(ids[k]), k))
+    closed = [bool(prompts.listed_choices(q.choices)) for q in questions]
+    order = sorted(range(len(questions)), key=lambda k: (closed[k], len(ids[k]), k))
+    chunks = [chunk for kind in (False, True) for chunk in _chunks([k for k in order if closed[k] == kind], batch_size)]
     answers: list[Answer | None] = [None] * len(questions)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        generated = generate_batch(vlm, prepared, [ids[k] for k in chunk], max_new_tokens)
+    for chunk in chunks:
         scored: dict[int, dict[str, float]] = {}
-        for group in _by_rows([k for k in chunk if prompts.listed_choices(questions[k].choices)], questions,
-                              batch_size):
-            scored.update(zip(group, score_choices_batch(vlm, prepared, [ids[k] for k in group],
-                                                         [questions[k].choices for k in group])))
-        for k, new_ids in zip(chunk, generated):
+        written: dict[int, list[int]] = {}  # greedy answers the scoring pass already shows
+        for group in _by_rows([k for k in chunk if closed[k]], questions, batch_size):
+            for k, (scores, greedy) in zip(group, score_choices_batch(
+                    vlm, prepared, [ids[k] for k in group], [questions[k].choices for k in group], max_new_tokens)):
+                scored[k] = scores
+                if greedy is not None:
+                    written[k] = greedy
+        rest = [k for k in chunk if k not in written]
+        if rest:
+            written.update(zip(rest, generate_batch(vlm, prepared, [ids[k] for k in rest], max_new_tokens)))
+        for k in chunk:
             scores = scored.get(k)
             choice = max(scores, key=scores.__getitem__) if scores else None
-            answers[k] = Answer(**vlm.decode_answer(prepared, new_ids), choice=choice, choice_scores=scores)
+            answers[k] = Answer(**vlm.decode_answer(prepared, written[k]), choice=choice, choice_scores=scores)
     return answers  # type: ignore[return-value]

@@ -316,7 +316,8 @@ class VLM:
         """Tokens the running (or last) generation has produced so far."""
         return self._criteria.steps
 
-    def _eos_ids(self) -> list[int]:
+    def eos_ids(self) -> list[int]:
+        """Every id that ends an answer: the tokenizer's and the generation config's."""
         ids = {self.tokenizer.eos_token_id}
         configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         ids.update(configured if isinstance(configured, list) else [configured])
@@ -327,7 +328,7 @@ class VLM:
         """The id batches are padded with (the EOS id where the tokenizer has no pad token)."""
         if self.tokenizer.pad_token_id is not None:
             return int(self.tokenizer.pad_token_id)
-        eos = self._eos_ids()
+        eos = self.eos_ids()
         return eos[0] if eos else 0
 
     def generation_config(self, max_new_tokens: int, **sampling: Any) -> Any:
@@ -339,7 +340,7 @@ class VLM:
             raise TypeError(f"unknown sampling option(s) {sorted(unknown)}; allowed: {sorted(_SAMPLING_KEYS)}")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        eos = self._eos_ids()
+        eos = self.eos_ids()
         config = GenerationConfig(
             max_new_tokens=max_new_tokens, do_sample=bool(sampling.pop("do_sample", False)),
             eos_token_id=eos or None, pad_token_id=self.pad_token_id, **sampling,
@@ -351,7 +352,7 @@ class VLM:
     def decode_answer(self, prepared: PreparedImage, new_ids: Sequence[int]) -> dict[str, Any]:
         """Text, token count and box of generated ids (EOS and padding dropped): what `Answer` holds
         besides choices and timings, the same for one question and for a batch."""
-        eos = set(self._eos_ids())
+        eos = set(self.eos_ids())
         n_tokens = len([i for i in new_ids if i not in eos and i != self.tokenizer.pad_token_id])
         text = self.tokenizer.decode(new_ids, skip_special_tokens=True).strip()
         box_normalized = boxes.parse_box(self.tokenizer.decode(new_ids, skip_special_tokens=False))
