@@ -55,6 +55,7 @@ class LamedConfig(PreTrainedConfig):
     vision_family: str = "m3d"
     vision_stem_channels: int = 0  # M3D family: 0 = M3D's linear patch embedding, else a conv stem (vision.ConvStem)
     vision_stem_depth: int = 0  # 1: the conv stem goes two scales deeper before the tokens (vision.ConvStem)
+    vision_finding_names: list[str] | tuple[str, ...] = ()  # findings the stem's map is read out for (nets.findings)
     token_unshuffle: int = 2
     position_dims: list[int] | tuple[int, ...] = (32, 32, 32)
     organ_names: list[str] | tuple[str, ...] = DEFAULT_ORGANS
@@ -68,6 +69,10 @@ class LamedConfig(PreTrainedConfig):
         self.patch_size = [int(v) for v in self.patch_size]
         self.position_dims = [int(v) for v in self.position_dims]
         self.organ_names = [str(v) for v in self.organ_names]
+        self.vision_finding_names = [str(v) for v in self.vision_finding_names]
+        if self.vision_finding_names and (self.vision_family != "m3d" or not self.vision_stem_channels):
+            raise ValueError("vision_finding_names needs the M3D family with a convolutional stem "
+                             f"(vision_stem_channels > 0), got {self.vision_family!r} with {self.vision_stem_channels}")
         if self.vision_family not in FAMILIES:
             raise ValueError(f"vision_family must be one of {FAMILIES}, got {self.vision_family!r}")
         if self.image_channel != 1:

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.nets.findings import FindingReadout
+
 
 def grid_shape(image_size: Sequence[int], patch_size: Sequence[int]) -> tuple[int, int, int]:
     """Patch grid (d, h, w); a size that does not tile exactly would silently drop voxels, so refuse it."""
@@ -64,7 +66,14 @@ class PatchEmbedding(nn.Module):
         self.position_embeddings = nn.Parameter(torch.zeros(1, n_patches, hidden_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.patch_embeddings(x) + self.position_embeddings
+        return self.encode(x)[0]
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Tokens, and the convolutional stem's feature map (None for the linear embedding)."""
+        if isinstance(self.patch_embeddings, ConvStem):
+            tokens, features = self.patch_embeddings.encode(x)
+            return tokens + self.position_embeddings, features
+        return self.patch_embeddings(x) + self.position_embeddings, None
 
 
 class ConvStem(nn.Module):
@@ -83,6 +92,7 @@ class ConvStem(nn.Module):
                  depth: int = 0) -> None:
         super().__init__()
         shrink = (2, 4, 4) if depth == 0 else (4, 8, 8)  # the stride of the feature map the tokens are cut from
+        self.shrink = shrink
         if depth not in (0, 1):
             raise ValueError(f"a convolutional stem has depth 0 or 1, got {depth}")
         if any(int(p) % s for p, s in zip(patch_size, shrink)):
@@ -110,8 +120,13 @@ class ConvStem(nn.Module):
         return self.convs[:-1](x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encode(x)[0]
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens (B, N, hidden) and the feature map they are cut from (what the finding readout reads)."""
         x = (x - self.reference.to(x.dtype)) / self.scale.to(x.dtype)
-        return self.convs(x).flatten(2).transpose(1, 2)
+        features = self.convs[:-1](x)
+        return self.convs[-1](features).flatten(2).transpose(1, 2), features
 
 
 class SelfAttention(nn.Module):
@@ -183,13 +198,17 @@ class ViT3D(nn.Module):
         self.norm = nn.LayerNorm(hidden_size)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encode(images)[0]
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The patch tokens, and the convolutional stem's feature map (None without a stem)."""
         if tuple(images.shape[2:]) != self.image_size:
             raise ValueError(f"vision tower expects images of size {self.image_size}, got {tuple(images.shape[2:])}")
-        x = self.patch_embedding(images)
+        x, features = self.patch_embedding.encode(images)
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         for block in self.blocks:
             x = block(x)
-        return self.norm(x)[:, 1:]
+        return self.norm(x)[:, 1:], features
 
 
 class SpatialPoolingProjector(nn.Module):
@@ -238,6 +257,7 @@ class VisionEncoder(nn.Module):
         proj_layer_num: int = 2,
         stem_channels: int = 0,
         stem_depth: int = 0,
+        n_findings: int = 0,
     ) -> None:
         super().__init__()
         self.vision_tower = ViT3D(image_size, patch_size, hidden_size, num_layers, num_heads, mlp_dim,
@@ -246,6 +266,24 @@ class VisionEncoder(nn.Module):
             image_size, patch_size, hidden_size, out_dim, pooling_size, proj_layer_num
         )
         self.num_tokens = num_image_tokens(image_size, patch_size, pooling_size)
+        self.findings: FindingReadout | None = None
+        if n_findings:
+            stem = self.vision_tower.patch_embedding.patch_embeddings
+            if not isinstance(stem, ConvStem):
+                raise ValueError("a finding readout reads the convolutional stem's map: set vision_stem_channels > 0")
+            self.findings = FindingReadout(
+                stem.feature_channels, n_findings, [int(i) // s for i, s in zip(image_size, stem.shrink)],
+                [g // int(pooling_size) for g in grid_shape(image_size, patch_size)], out_dim)
+
+    def tower(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What the projector reads: the tower's tokens and the finding logits (None without a readout)."""
+        tokens, features = self.vision_tower.encode(images)
+        return tokens, None if self.findings is None or features is None else self.findings(features)
+
+    def project(self, tokens: torch.Tensor, findings: torch.Tensor | None = None) -> torch.Tensor:
+        """LM-ready image features from `tower`'s outputs (stage 2 of training caches those)."""
+        features = self.mm_projector(tokens)
+        return features if findings is None else features + self.findings.embed(findings).to(features.dtype)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.mm_projector(self.vision_tower(images))
+        return self.project(*self.tower(images))

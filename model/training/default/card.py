@@ -133,7 +133,11 @@ def model_card(recipe: Recipe, record: dict[str, Any], report: dict[str, Any] | 
         f"{recipe.vision_heads} heads"
         + (f"; a convolutional stem in place of the linear patch embedding, {stem_description(recipe)}"
            if recipe.vision_stem else "")
-        + f") + spatial pooling projector ({record.get('image_tokens', '?')} image tokens) + "
+        + f") + spatial pooling projector ({record.get('image_tokens', '?')} image tokens"
+        + ("; the finding readout adds the stem's per-finding map, its maximum over each image token's region "
+           "and over the volume, to those tokens (`vision_finding_names` in config.json)"
+           if recipe.finding_readout and recipe.vision_stem else "")
+        + ") + "
         f"a Llama-style LM (hidden {recipe.lm_hidden}, {recipe.lm_layers} layers, {recipe.lm_heads} heads); "
         f"{n_params / 1e6:.2f} M parameters, float32 safetensors.",
         f"- Tokenizer: the project's byte-level BPE ({tokenizer_info['vocab_size']} tokens, digits split one by one, "
@@ -161,6 +165,8 @@ def model_card(recipe: Recipe, record: dict[str, Any], report: dict[str, Any] | 
         "label head on the pooled projected features and a per-patch head on the tower's tokens (both dropped at "
         "save)"
         + (", a per-label head on the stem's feature map trained on the lesion boxes (dense targets)"
+           + (" whose maximum over the scan also learns the scan's labels (it is the shipped finding readout)"
+              if recipe.finding_readout and recipe.vision_stem else "")
            if recipe.dense_weight else "")
         + (", volumes drawn as pairs of one patient's scans (same anatomy, other findings) with a rank loss "
            "inside each pair" if recipe.paired else "")

@@ -67,6 +67,7 @@ class Recipe:
     vision_mlp: int = 512
     vision_stem: int = 16  # channels of the convolutional stem (0: M3D's linear patch embedding)
     vision_stem_depth: int = 1  # 1: six convolutions to a quarter of the token grid's stride (vision.ConvStem)
+    finding_readout: bool = False  # the stem's per-finding map added to the LM's image tokens (nets.findings)
     stem_steps: int = 4000  # stage 0: the stem's detectors on lesion-centred crops (stage0.py); 0 = none
     stem_crop: tuple[int, int, int] = (16, 64, 64)  # crop of the model input (voxels)
     stem_images: int = 16  # crops per step
@@ -129,5 +130,6 @@ def recipe_from_record(stored: dict[str, Any]) -> Recipe:
     def cohorts(rows: list) -> tuple[Cohort, ...]:
         return tuple((int(s), tuple(int(n) for n in size), int(p)) for s, size, p in rows)  # type: ignore[misc]
     fixed = {k: tuple(stored[k]) for k in ("image_size", "patch_size", "stem_crop") if k in stored}
+    fixed.setdefault("finding_readout", stored.get("finding_readout", False))  # records from before it existed
     fixed.update(cohorts=cohorts(stored["cohorts"]), heldout=cohorts(stored["heldout"]))
     return Recipe(**{**stored, **fixed})

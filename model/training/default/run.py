@@ -68,7 +68,7 @@ def run(out: Path, cohort_root: Path, recipe: Recipe, evaluate: bool = True, wor
         train_data = without_finding(train_data, recipe.held_out_finding, tokenizer)
         valid_data = without_finding(valid_data, recipe.held_out_finding, tokenizer)
         print(f"[data] no question about {recipe.held_out_finding} is asked in training", flush=True)
-    model = build_model(recipe, tokenizer)
+    model = build_model(recipe, tokenizer, train_data.label_names)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[model] {n_params / 1e6:.2f} M parameters, {model.num_image_tokens} image tokens; "
           f"{len(train_data.names)} training / {len(valid_data.names)} validation volumes", flush=True)

@@ -40,12 +40,13 @@ class DenseHead:
     reaches them through a global pool that the anatomy dominates. Reads the stem's features
     through a forward hook; stage 0 trains the same head on crops first."""
 
-    def __init__(self, tower: nn.Module, n_labels: int) -> None:
+    def __init__(self, tower: nn.Module, n_labels: int, head: nn.Conv3d | None = None) -> None:
+        """`head`: the model's own finding readout (nets.findings), else one for training only."""
         stem = tower.patch_embedding.patch_embeddings
         if not isinstance(stem, ConvStem):
             raise ValueError("dense targets need the convolutional stem (recipe.vision_stem > 0)")
         self.stem = stem
-        self.head = nn.Conv3d(stem.feature_channels, n_labels, 1)
+        self.head = head if head is not None else nn.Conv3d(stem.feature_channels, n_labels, 1)
         self.features: torch.Tensor | None = None
         self.hook = stem.convs[-2].register_forward_hook(self._keep)  # the last activation before the tokens
 
@@ -126,10 +127,13 @@ def train_alignment(model: Any, head: LabelHead, data: Dataset, valid_data: Data
     prepare = InputStandardiser(data.pixels) if recipe.input_norm else identity
     patch_head = nn.Linear(model.config.mm_hidden_size, len(data.label_names))
     heads = [*head.parameters(), *patch_head.parameters()]
-    dense = DenseHead(model.vision.vision_tower, len(data.label_names)) if recipe.dense_weight else None
+    readout = model.vision.findings
+    dense = DenseHead(model.vision.vision_tower, len(data.label_names), readout.head if readout is not None else None
+                      ) if recipe.dense_weight else None
     stem_result: dict[str, Any] | None = None
     if dense is not None:
-        heads += list(dense.head.parameters())
+        if readout is None:  # the model's own readout trains with the tower
+            heads += list(dense.head.parameters())
         if recipe.stem_steps and saved is None:
             stem_result = train_stem(dense.stem, dense.head, data, recipe, prepare, checkpoints)
             print(f"[train] stage 0 (the stem's detectors on lesion-centred crops) done in "
@@ -162,13 +166,15 @@ def train_alignment(model: Any, head: LabelHead, data: Dataset, valid_data: Data
         set_lr(optimiser, lr_factor(step - 1, recipe.stage1_steps, recipe.warmup_steps))
         volumes = paired_volumes(rng, groups, recipe.stage1_images) if groups else \
             rng.sample(range(len(data.names)), min(recipe.stage1_images, len(data.names)))
-        tokens = model.vision.vision_tower(prepare(augment(data.pixels[volumes].float(), generator)))
-        label_logits = head(model.vision.mm_projector(tokens))
+        tokens, findings = model.vision.tower(prepare(augment(data.pixels[volumes].float(), generator)))
+        label_logits = head(model.vision.project(tokens, findings))
         label_loss = F.binary_cross_entropy_with_logits(label_logits, data.labels[volumes], pos_weight=pos_weight)
         patch_logits = patch_head(tokens)
         patch_loss = F.binary_cross_entropy_with_logits(patch_logits, data.patch_labels[volumes],
                                                         pos_weight=patch_pos_weight)
         loss = label_loss + recipe.patch_weight * patch_loss
+        if findings is not None:  # the readout's maximum says whether the scan has the finding
+            loss = loss + F.binary_cross_entropy_with_logits(findings.flatten(2).amax(-1), data.labels[volumes])
         if dense is not None:
             logits = dense.logits()
             target = box_targets([data.boxes[v] for v in volumes], logits.shape[2:], logits.shape[1])

@@ -16,13 +16,13 @@ from model.training.default.stage1 import train_alignment
 from model.training.default.steps import (
     Clock,
     LabelHead,
+    TowerCache,
     choice_accuracy,
     lm_loss,
     lr_factor,
     make_optimiser,
     optimiser_step,
     set_lr,
-    tower_outputs,
 )
 from model.training.rng import random_state
 
@@ -33,11 +33,14 @@ def train_instruction(model: Any, head: LabelHead, tokenizer: Any, train_data: D
     """Stage 2: projector + language model on all six tasks (+ captions and boxes), vision tower
     frozen and its tokens cached; keeps the weights that score best on closed validation questions."""
     checkpoints = checkpoints or Checkpoints(None, recipe)
-    train_tokens = tower_outputs(model, train_data.pixels)
-    valid_tokens = tower_outputs(model, valid_data.pixels)
-    for p in model.vision.vision_tower.parameters():
+    train_tower = TowerCache(model, train_data.pixels)
+    valid_tower = TowerCache(model, valid_data.pixels)
+    readout = model.vision.findings
+    frozen = [*model.vision.vision_tower.parameters(), *(readout.head.parameters() if readout is not None else ())]
+    for p in frozen:
         p.requires_grad_(False)
-    trained = [*model.vision.mm_projector.parameters(), *model.language_model.parameters()]
+    embeddings = [*readout.local.parameters(), *readout.whole.parameters()] if readout is not None else []
+    trained = [*model.vision.mm_projector.parameters(), *embeddings, *model.language_model.parameters()]
     parameters = [*trained, *head.parameters()]
     optimiser = make_optimiser(trained, list(head.parameters()), recipe)
     sampler = Sampler(train_data, recipe.seed, recipe.paired, seen)
@@ -71,7 +74,7 @@ def train_instruction(model: Any, head: LabelHead, tokenizer: Any, train_data: D
             sampler.questions(v, anchored, ("existence_detection",), balanced=True, findings=seen)
             + sampler.questions(v, recipe.questions_per_image - anchored, tasks))]
         owners = [k for k in range(len(volumes)) for _ in range(recipe.questions_per_image)]
-        features = model.vision.mm_projector(train_tokens[volumes])
+        features = train_tower.features(model, volumes)
         text_loss = lm_loss(model, tokenizer, features, examples, owners)
         aux_loss = F.binary_cross_entropy_with_logits(head(features), train_data.labels[volumes])
         loss = text_loss + recipe.aux_weight * aux_loss
@@ -80,7 +83,7 @@ def train_instruction(model: Any, head: LabelHead, tokenizer: Any, train_data: D
             record["log"].append({"step": step, "loss": round(text_loss.item(), 4), "aux": round(aux_loss.item(), 4)})
             clock.show(step, loss=text_loss.item(), aux=aux_loss.item())
         if step % recipe.validate_every == 0 or step == recipe.stage2_steps:
-            scores = choice_accuracy(model, tokenizer, valid_tokens, checks)
+            scores = choice_accuracy(model, tokenizer, valid_tower, checks)
             accuracy = scores["all"]
             record["validation"].append({"step": step, "closed_accuracy": scores})
             print(f"[check] step {step}: closed validation accuracy {scores} ({len(checks)} questions, "

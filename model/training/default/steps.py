@@ -20,13 +20,16 @@ from model.training.default.recipe import Recipe
 
 
 # ----- model ------------------------------------------------------------------------------------
-def build_model(recipe: Recipe, tokenizer: Any) -> Any:
+def build_model(recipe: Recipe, tokenizer: Any, finding_names: Sequence[str] = ()) -> Any:
+    """The untrained model of `recipe`; with `recipe.finding_readout` its stem's map is read out
+    for `finding_names` (the cohort's labels, in the dataset's order: nets.findings)."""
     config = LamedConfig(
         text_config=recipe.text_config(tokenizer), image_size=list(recipe.image_size),
         patch_size=list(recipe.patch_size), mm_hidden_size=recipe.vision_hidden,
         vision_num_layers=recipe.vision_layers, vision_num_heads=recipe.vision_heads,
         vision_mlp_dim=recipe.vision_mlp, vision_stem_channels=recipe.vision_stem,
         vision_stem_depth=recipe.vision_stem_depth,
+        vision_finding_names=list(finding_names) if recipe.finding_readout else [],
     )
     torch.manual_seed(recipe.seed)
     model = LamedForCausalLM(config)
@@ -105,16 +108,26 @@ class LabelHead(nn.Module):
 
 
 
-@torch.no_grad()
-def tower_outputs(model: Any, pixels: torch.Tensor, batch: int = 16) -> torch.Tensor:
-    """The (frozen) vision tower's tokens of every volume, computed once for stage 2."""
-    tower = model.vision.vision_tower.eval()
-    return torch.cat([tower(pixels[k : k + batch].float()) for k in range(0, len(pixels), batch)])
+class TowerCache:
+    """The frozen vision tower's tokens (and finding logits) of every volume, computed once for
+    stage 2, which trains what reads them."""
+
+    @torch.no_grad()
+    def __init__(self, model: Any, pixels: torch.Tensor, batch: int = 16) -> None:
+        model.vision.eval()
+        parts = [model.vision.tower(pixels[k : k + batch].float()) for k in range(0, len(pixels), batch)]
+        model.vision.train()
+        self.tokens = torch.cat([tokens for tokens, _ in parts])
+        self.findings = None if parts[0][1] is None else torch.cat([findings for _, findings in parts])
+
+    def features(self, model: Any, volumes: Any) -> torch.Tensor:
+        """LM-ready image features of `volumes` (indices or a slice) through the model's projector."""
+        return model.vision.project(self.tokens[volumes], None if self.findings is None else self.findings[volumes])
 
 
 
 @torch.no_grad()
-def choice_accuracy(model: Any, tokenizer: Any, tokens: torch.Tensor, examples: Sequence[Example]) -> dict[str, float]:
+def choice_accuracy(model: Any, tokenizer: Any, cache: TowerCache, examples: Sequence[Example]) -> dict[str, float]:
     """Closed-question accuracy per task and overall ("all") by mean answer log-likelihood (the rule
     of `VLM.score_choices`), from cached tower tokens: the cheap check that keeps the best
     checkpoint during training."""
@@ -122,7 +135,7 @@ def choice_accuracy(model: Any, tokenizer: Any, tokens: torch.Tensor, examples: 
     correct: Counter = Counter()
     asked: Counter = Counter()
     for e in examples:
-        features = model.vision.mm_projector(tokens[e.volume : e.volume + 1])
+        features = cache.features(model, slice(e.volume, e.volume + 1))
         letters = prompts.CHOICE_LETTERS[: len(e.choices)]
         targets = [tokenizer(prompts.format_target(text, letter), add_special_tokens=False)["input_ids"]
                    for letter, text in zip(letters, e.choices)]

@@ -1,0 +1,51 @@
+"""The finding readout: per-finding logits on the convolutional stem's feature map, added to the
+language model's image tokens.
+
+Why: the stem's detectors, trained on lesion-centred crops (the default model's stage 0), tell a
+lymph node, an emphysema cluster or a bronchiectatic airway from the anatomy far better than the
+ViT's pooled tokens pass on (held-out per-scan AUC 0.75-0.85 at the map against 0.52-0.57 at the
+tokens). A small finding is a few cells of the map; through 256 tokens, a spatial mean over 2x2x2
+of them and an MLP, its signal is diluted before the language model sees it. Here the map's
+maximum within each image token's region, and over the whole volume, are embedded and added to
+the projected features: the language model reads "is there a nodule, and where" directly, and an
+answer about a finding cannot come from the question's wording alone.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class FindingReadout(nn.Module):
+    """`head`: a 1x1x1 convolution to one logit per finding on the feature map; `local` and
+    `whole` embed the probabilities (per image token's region, and over the volume) into the LM's
+    hidden size."""
+
+    def __init__(self, feature_channels: int, n_findings: int, feature_grid: Sequence[int],
+                 token_grid: Sequence[int], out_dim: int) -> None:
+        super().__init__()
+        if n_findings < 1:
+            raise ValueError(f"a finding readout needs at least one finding, got {n_findings}")
+        if any(int(f) % int(t) for f, t in zip(feature_grid, token_grid)):
+            raise ValueError(f"feature map {tuple(feature_grid)} does not tile into image tokens {tuple(token_grid)}")
+        self.token_grid = tuple(int(t) for t in token_grid)
+        self.window = tuple(int(f) // int(t) for f, t in zip(feature_grid, token_grid))
+        self.head = nn.Conv3d(feature_channels, n_findings, 1)
+        self.local = nn.Linear(n_findings, out_dim)
+        self.whole = nn.Linear(n_findings, out_dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, C, d, h, w) stem features to (B, findings, d, h, w) logits."""
+        return self.head(features)
+
+    def embed(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, findings, d, h, w) logits to (B, image tokens, out_dim), in the projector's token
+        order (depth-major). A max over reshaped windows, not max_pool3d, so it also runs in
+        bfloat16 on a CPU."""
+        b, n = logits.shape[:2]
+        (d, h, w), (p, q, r) = self.token_grid, self.window
+        local = logits.reshape(b, n, d, p, h, q, w, r).amax(dim=(3, 5, 7)).flatten(2).transpose(1, 2)
+        whole = logits.flatten(2).amax(-1)
+        return self.local(torch.sigmoid(local)) + self.whole(torch.sigmoid(whole))[:, None]
