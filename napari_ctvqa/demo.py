@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from napari_ctvqa.widgets.chat.turn import TurnState
     from napari_ctvqa.widgets.chat import ChatWidget
     from napari_ctvqa.widgets.rating import RatingWidget
+    from napari_ctvqa.widgets.reading import ReadingRoom
     from napari_ctvqa.widgets.window import WindowWidget
 
 WINDOW_SIZE = (1920, 1080)
@@ -49,6 +50,7 @@ class DemoWindow:
     chat: ChatWidget
     rating: RatingWidget
     window: WindowWidget
+    room: ReadingRoom  # the scan list, crosshair in mm, ruler and Compare with prior
     store: Any
     side_docks: tuple[Any, Any]  # the chat's and rating panel's QDockWidgets, sized by `fit_window`
 
@@ -56,7 +58,7 @@ class DemoWindow:
         """Stop the model process, the panels and (unless a test owns it) the window; after the
         user closed the window Qt has deleted the panels already, which is fine."""
         worker = self.chat.worker  # a Python attribute: readable even once Qt deleted the panel
-        for step in (self.chat.shutdown, worker.shutdown, self.rating.close,
+        for step in (self.chat.shutdown, worker.shutdown, self.rating.close, self.room.shutdown,
                      self.viewer.close if close_viewer else None):
             if step is not None:
                 with contextlib.suppress(RuntimeError):  # "wrapped C/C++ object ... has been deleted"
@@ -78,6 +80,7 @@ def open_demo(setup: DemoSetup, model_path: str | None = None,
     from napari_ctvqa.vlm_worker import VLMWorker
     from napari_ctvqa.widgets.chat import ChatWidget
     from napari_ctvqa.widgets.rating import LAYER_NAME, RatingWidget
+    from napari_ctvqa.widgets.reading import ReadingRoom
     from napari_ctvqa.widgets.window import WindowWidget
 
     worker = None
@@ -100,6 +103,8 @@ def open_demo(setup: DemoSetup, model_path: str | None = None,
             rating_layer.visible = False  # the same scan: show it once, in the chat's layer below
         else:
             viewer.grid.enabled = True  # two different scans: side by side rather than one hidden
+    # one view beside the panels on a 1920x1080 screen; "Three views" is a tick away
+    room = ReadingRoom(viewer, store=store, three_views=False)
     viewer.layers.selection.active = layer
     chat.picker.set_task("existence_detection", setup.finding)
     window.apply(setup.window)
@@ -107,7 +112,7 @@ def open_demo(setup: DemoSetup, model_path: str | None = None,
     if rating_layer is not None and not rating_layer.visible:
         rating.pair.set_view_hint(f"Shown at slice {setup.slice_index + 1}/{layer.data.shape[0]}, {setup.window} "
                                   f"window: the {setup.finding.lower()} the chat asks about.")
-    return DemoWindow(viewer, layer, chat, rating, window, store, _dock(viewer, chat, rating, window))
+    return DemoWindow(viewer, layer, chat, rating, window, room, store, _dock(viewer, chat, rating, window, room))
 
 
 def _add_scan(viewer: napari.viewer.Viewer, setup: DemoSetup) -> Any:
@@ -127,12 +132,14 @@ def _add_scan(viewer: napari.viewer.Viewer, setup: DemoSetup) -> Any:
 
 
 def _dock(viewer: napari.viewer.Viewer, chat: ChatWidget, rating: RatingWidget,
-          window: WindowWidget) -> tuple[Any, Any]:
-    """Chat and rating side by side on the right (each needs the full height), presets on the left."""
+          window: WindowWidget, room: ReadingRoom) -> tuple[Any, Any]:
+    """Chat and rating side by side on the right (each needs the full height), presets and the
+    reading room on the left."""
     from qtpy.QtCore import Qt
 
     qt_window = viewer.window._qt_window
     viewer.window.add_dock_widget(window, name="CT window", area="left")
+    viewer.window.add_dock_widget(room, name="Reading room", area="left")
     chat_dock = viewer.window.add_dock_widget(chat, name="Ask the model", area="right",
                                               add_vertical_stretch=False)
     rating_dock = viewer.window.add_dock_widget(rating, name="Rate QA pairs", area="right",

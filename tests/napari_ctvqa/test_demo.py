@@ -106,6 +106,10 @@ def test_demo_window_shows_scan_question_and_first_pair(small_demo, make_napari_
         assert viewer.dims.current_step[0] == setup.slice_index
         assert demo.rating.index == 0 and demo.rating.qa.volume_name == setup.volume_name
         assert not viewer.layers[LAYER_NAME].visible and demo.ct_layer.visible
+        # the reading room is docked and lists the demo scan only: the rating panel's layer is no scan
+        assert demo.room.scans.scans() == [demo.ct_layer] and demo.room.scans.widget.count() == 1
+        assert demo.room.scans.current is demo.ct_layer and not demo.room.views_check.isChecked()
+        assert viewer.window.dock_widgets["Reading room"] is demo.room
         with pytest.raises(DemoError, match="could not be loaded"):
             wait_for_model(demo, timeout_s=60)
         with pytest.raises(DemoError, match="timed out after 0 s waiting for the answer"):
@@ -114,6 +118,9 @@ def test_demo_window_shows_scan_question_and_first_pair(small_demo, make_napari_
         assert shot.stat().st_size > 10_000
     finally:
         demo.close(close_viewer=False)
+        from qtpy.QtCore import QCoreApplication, QEvent
+
+        QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)  # the closed views' QtViewers
 
 
 def _run_demo(workdir: Path, shot: Path, env: dict[str, str]) -> dict:

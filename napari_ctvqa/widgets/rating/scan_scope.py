@@ -15,7 +15,6 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QCheckBox
 
 from napari_ctvqa.widgets.chat.history import volume_name_of
-from napari_ctvqa.widgets.rating.scan_layer import LAYER_NAME
 from napari_ctvqa.widgets.reading.geometry import is_scan
 
 if TYPE_CHECKING:
@@ -27,7 +26,7 @@ if TYPE_CHECKING:
 def selected_scan_name(viewer: napari.viewer.Viewer) -> str | None:
     """The store's name of the scan selected in the viewer (None: no scan, or the rating layer)."""
     active = viewer.layers.selection.active
-    if active is None or active.name == LAYER_NAME or not is_scan(active):
+    if active is None or not is_scan(active):  # the rating layer is not a scan (reading.geometry)
         return None
     return volume_name_of(active)
 
