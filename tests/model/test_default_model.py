@@ -62,11 +62,12 @@ def _phantom(findings: dict[str, tuple[float, ...]], size: tuple[int, int, int],
 
 
 # The findings the shipped model reads (model/default/README.md), from a pleural fluid layer and an
-# enlarged heart down to a collapsed segment, a lobar consolidation, a thin pericardial rim and a
-# catheter, each drawn into the same fixed phantom and left out of it: each existence question must be
-# answered right. (Nodules, nodes and calcifications are not read yet.)
+# enlarged heart down to a collapsed segment, a lobar consolidation, a thin pericardial rim, a catheter,
+# dilated airways, enlarged nodes, a ground-glass opacity and a nodule, each drawn into the same fixed
+# phantom and left out of it: each existence question must be answered right. (Calcifications,
+# emphysema and fibrotic bands are not read yet.)
 SHIPPED_FINDINGS = ("Pleural effusion", "Cardiomegaly", "Pericardial effusion", "Medical material", "Consolidation",
-                    "Atelectasis", "Hiatal hernia")
+                    "Atelectasis", "Hiatal hernia", "Bronchiectasis", "Lymphadenopathy", "Lung opacity", "Lung nodule")
 PHANTOM_SIZE = (64, 192, 192)  # a size users meet (`ctvqa synth --size 64,192,192`)
 
 

@@ -67,8 +67,8 @@ class Recipe:
     vision_mlp: int = 512
     vision_stem: int = 16  # channels of the convolutional stem (0: M3D's linear patch embedding)
     vision_stem_depth: int = 1  # 1: six convolutions to a quarter of the token grid's stride (vision.ConvStem)
-    finding_readout: bool = False  # the stem's per-finding map added to the LM's image tokens (nets.findings)
-    stem_steps: int = 4000  # stage 0: the stem's detectors on lesion-centred crops (stage0.py); 0 = none
+    finding_readout: bool = True  # the stem's per-finding map added to the LM's image tokens (nets.findings)
+    stem_steps: int = 12000  # stage 0: the stem's detectors on lesion-centred crops (stage0.py); 0 = none
     stem_crop: tuple[int, int, int] = (16, 64, 64)  # crop of the model input (voxels)
     stem_images: int = 16  # crops per step
     stem_positive: float = 0.6  # share of crops centred on a lesion
