@@ -69,6 +69,9 @@ class LamedConfig(PreTrainedConfig):
         self.patch_size = [int(v) for v in self.patch_size]
         self.position_dims = [int(v) for v in self.position_dims]
         self.organ_names = [str(v) for v in self.organ_names]
+        if isinstance(self.vision_finding_names, str):  # a lone name would be read as its letters
+            raise ValueError(f"vision_finding_names must be a list of finding names, got the string "
+                             f"{self.vision_finding_names!r}")
         self.vision_finding_names = [str(v) for v in self.vision_finding_names]
         if self.vision_finding_names and (self.vision_family != "m3d" or not self.vision_stem_channels):
             raise ValueError("vision_finding_names needs the M3D family with a convolutional stem "

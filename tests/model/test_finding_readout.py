@@ -79,3 +79,9 @@ def test_stage2_cache_gives_the_models_own_features() -> None:
 def test_readout_without_a_stem_is_refused(overrides: dict) -> None:
     with pytest.raises(ValueError, match="vision_finding_names"):
         readout_config(**overrides)
+
+
+def test_a_lone_name_instead_of_a_list_is_refused() -> None:
+    """A hand-edited config with one name as a string would otherwise become one finding per letter."""
+    with pytest.raises(ValueError, match="list of finding names"):
+        readout_config(vision_finding_names="Lung nodule")
