@@ -160,7 +160,7 @@ def answer_batch(vlm: VLM, prepared: PreparedImage, questions: Sequence[Question
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     ids = [_question_ids(vlm, prepared, q) for q in questions]
     closed = [bool(prompts.listed_choices(q.choices)) for q in questions]
-    order = sorted(range(len(questions)), key=lambda k: (closed[k], len(ids[k]), k))
+    order = sorted(range(len(questions)), key=lambda k: (len(ids[k]), k))
     chunks = [chunk for kind in (False, True) for chunk in _chunks([k for k in order if closed[k] == kind], batch_size)]
     answers: list[Answer | None] = [None] * len(questions)
     for chunk in chunks:

@@ -278,7 +278,7 @@ class VisionEncoder(nn.Module):
     def tower(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """What the projector reads: the tower's tokens and the finding logits (None without a readout)."""
         tokens, features = self.vision_tower.encode(images)
-        return tokens, None if self.findings is None or features is None else self.findings(features)
+        return tokens, None if self.findings is None else self.findings(features)
 
     def project(self, tokens: torch.Tensor, findings: torch.Tensor | None = None) -> torch.Tensor:
         """LM-ready image features from `tower`'s outputs (stage 2 of training caches those)."""

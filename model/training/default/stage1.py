@@ -176,7 +176,7 @@ def train_alignment(model: Any, head: LabelHead, data: Dataset, valid_data: Data
         if findings is not None:  # the readout's maximum says whether the scan has the finding
             loss = loss + F.binary_cross_entropy_with_logits(findings.flatten(2).amax(-1), data.labels[volumes])
         if dense is not None:
-            logits = dense.logits()
+            logits = findings if findings is not None else dense.logits()  # with a readout: its head's map
             target = box_targets([data.boxes[v] for v in volumes], logits.shape[2:], logits.shape[1])
             loss = loss + recipe.dense_weight * F.binary_cross_entropy_with_logits(
                 logits, target, pos_weight=torch.full((logits.shape[1], 1, 1, 1), recipe.dense_pos_weight))
