@@ -85,3 +85,22 @@ def test_a_lone_name_instead_of_a_list_is_refused() -> None:
     """A hand-edited config with one name as a string would otherwise become one finding per letter."""
     with pytest.raises(ValueError, match="list of finding names"):
         readout_config(vision_finding_names="Lung nodule")
+
+
+def test_readout_auc_scores_each_scan_by_the_readouts_maximum() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from model.training.default.data import Dataset
+    from model.training.default.stage1 import readout_auc
+
+    torch.manual_seed(2)
+    model = LamedForCausalLM(readout_config()).eval()
+    pixels = torch.rand((8, 1, 16, 64, 64)).half()
+    labels = torch.tensor([[v % 2, v // 4, 0] for v in range(8)], dtype=torch.float)  # Emphysema never present
+    data = Dataset([f"v{v}" for v in range(8)], pixels, labels, FINDINGS, torch.zeros(8, 1, 3))
+    auc = readout_auc(model, data)
+    assert set(auc) == {"Lung nodule", "Cardiomegaly"}  # a finding absent everywhere has no AUC
+    with torch.no_grad():
+        maxima = model.vision.tower(pixels.float())[1].flatten(2).amax(-1)
+    assert auc["Cardiomegaly"] == round(float(roc_auc_score(labels[:, 1], maxima[:, 1])), 3)
+    assert readout_auc(LamedForCausalLM(readout_config(vision_finding_names=[])), data) == {}

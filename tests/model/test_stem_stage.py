@@ -117,3 +117,88 @@ def test_unseen_findings_keep_their_answer_frequency_and_are_never_balanced() ->
                 for e in sampler.questions(v, 1, ("existence_detection",), balanced=True, findings=["Cardiomegaly"])]
     assert all(e.finding == "Lung nodule" for e in balanced)
     assert sum(e.answer_class == "yes" for e in balanced) / len(balanced) < 0.26  # no balanced draw about it
+
+
+def test_static_temporal_answers_keep_their_own_frequency() -> None:
+    """A static temporal answer hangs on earlier scans the model never sees: drawn more often than
+    it happens, a rare answer becomes a prior the image cannot correct."""
+    from model.training.default.data import Example, Sampler
+
+    data = dataset(60)
+    for v in range(60):
+        rare = "A" if v % 10 == 0 else "D"
+        data.by_volume[v] = {"static_temporal_diagnosis": [
+            Example(v, "static_temporal_diagnosis", rare, [1], [2], ("a", "b", "c", "d"), "Lung nodule"),
+            Example(v, "static_temporal_diagnosis", "D", [1], [2], ("a", "b", "c", "d"), "Cardiomegaly")]}
+
+    def share_of_a(sampler: Sampler) -> float:
+        draws = [e for v in range(60) for _ in range(100)
+                 for e in sampler.questions(v, 1, ("static_temporal_diagnosis",))]
+        return sum(e.answer_class == "A" for e in draws) / len(draws)
+
+    assert 0.04 < share_of_a(Sampler(data, seed=0, own_frequency=("static_temporal_diagnosis",))) < 0.06
+    assert share_of_a(Sampler(data, seed=0)) > 0.07  # 1/sqrt(frequency) lifts it (about 0.081)
+
+
+def test_findings_seen_at_the_readout_count_as_seen() -> None:
+    from model.training.default.stage2 import seen_findings
+
+    names = ["Medical material", "Arterial wall calcification", "Emphysema", "Coronary artery wall calcification"]
+    label = {"Medical material": 1.0, "Arterial wall calcification": 0.63, "Emphysema": 0.58}
+    readout = {"Medical material": 1.0, "Arterial wall calcification": 0.89, "Emphysema": 0.74,
+               "Coronary artery wall calcification": 0.55}
+    assert seen_findings(names, 0.7, label) == ["Medical material"]
+    assert seen_findings(names, 0.7, label, readout) == names[:3]
+    assert seen_findings(names, 0.8, label, readout) == names[:2]
+
+
+def test_static_temporal_questions_about_seen_findings_balance_presence_now() -> None:
+    """Per scan, a seen finding present now (A refractory, C new) is asked about as often as the
+    seen findings that are not (B, D); unseen findings and scans without both kinds keep their own
+    frequency."""
+    from model.training.default.data import Example, Sampler
+
+    data = dataset(80)
+    names = ["Cardiomegaly", "Lung nodule", "Emphysema", "Atelectasis"]
+    for v in range(80):
+        answers = ["A" if v % 2 else "D", "C" if v % 4 == 1 else "D", "D", "B" if v % 8 == 3 else "D"]
+        data.by_volume[v] = {"static_temporal_diagnosis": [
+            Example(v, "static_temporal_diagnosis", a, [1], [2], ("a", "b", "c", "d"), f) for a, f in zip(answers, names)]}
+    sampler = Sampler(data, seed=0, seen=names[:3], own_frequency=("static_temporal_diagnosis",),
+                      balance_presence=True)
+    draws = {v: [sampler.questions(v, 1, ("static_temporal_diagnosis",))[0] for _ in range(400)] for v in (1, 3, 0)}
+    seen_of = {v: [e for e in d if e.finding in names[:3]] for v, d in draws.items()}
+    # scan 1: Cardiomegaly (A) and Lung nodule (C) present, Emphysema absent: half the seen draws present
+    assert 0.42 < sum(e.answer_class in "AC" for e in seen_of[1]) / len(seen_of[1]) < 0.58
+    present = [e for e in seen_of[1] if e.answer_class in "AC"]
+    assert 0.38 < sum(e.answer_class == "A" for e in present) / len(present) < 0.62  # A:C as on the scan, 1:1
+    # scan 3: only Cardiomegaly present of three seen: still half, not one in three
+    assert 0.42 < sum(e.answer_class == "A" for e in seen_of[3]) / len(seen_of[3]) < 0.58
+    # the seen findings keep their share (3 of 4) of the scan's draws; the unseen one its own
+    assert 0.68 < len(seen_of[3]) / len(draws[3]) < 0.82
+    # scan 0: nothing seen is present: every seen question draws at its own frequency
+    assert {e.answer_class for e in seen_of[0]} == {"D"}
+    plain = Sampler(data, seed=0, seen=names[:3], own_frequency=("static_temporal_diagnosis",))
+    scan3 = [plain.questions(3, 1, ("static_temporal_diagnosis",))[0] for _ in range(400)]
+    assert sum(e.answer_class == "A" for e in scan3) / len(scan3) < 0.33  # one of four, not balanced
+
+
+def test_recipe_records_round_trip_and_old_ones_keep_their_sampling(tmp_path) -> None:
+    """A session-6 training.json (before the static-temporal fields) reads back as the recipe it
+    trained with; a new one round-trips; a finished stage 1 serves a recipe that changes them."""
+    import json
+    from dataclasses import asdict, replace
+
+    from model.training.default.recipe import recipe_from_record
+
+    recipe = Recipe()
+    assert recipe_from_record(json.loads(json.dumps(asdict(recipe)))) == recipe
+    old = {k: v for k, v in json.loads(json.dumps(asdict(recipe))).items()
+           if k not in ("seen_readout", "own_frequency_tasks", "balance_presence", "finding_readout")}
+    again = recipe_from_record(old)
+    assert (again.own_frequency_tasks, again.balance_presence, again.seen_readout, again.finding_readout) == \
+        ((), False, False, False)
+    Checkpoints(tmp_path, recipe).save("stage1", {"step": 3, "finished": True})
+    changed = replace(recipe, own_frequency_tasks=(), balance_presence=False, seen_readout=True)
+    assert Checkpoints(tmp_path, changed).load("stage1")["step"] == 3
+    assert Checkpoints(tmp_path, replace(recipe, stem_steps=7)).load("stage1") is None

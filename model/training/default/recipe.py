@@ -89,7 +89,10 @@ class Recipe:
     stage2_images: int = 16  # many images per step: how the LM learns that answers depend on the image
     focus_steps: int = 400  # stage 2 starts on balanced existence questions so the LM must read the image
     seen_questions: int = 2  # afterwards, per image, so that reading is not unlearnt among the other tasks
-    seen_auc: float = 0.8  # ... about the findings the stage-1 tower sees this well (held-out label AUC)
+    seen_auc: float = 0.7  # ... about the findings the stage-1 tower sees this well (held-out label AUC)
+    seen_readout: bool = False  # ... or at the finding readout's maximum (stage1.readout_auc): tried, see the card
+    own_frequency_tasks: tuple[str, ...] = ("static_temporal_diagnosis",)  # answers drawn at their own frequency
+    balance_presence: bool = True  # ... but as often about a seen finding present now as absent (data.Sampler)
     questions_per_image: int = 3
     lr: float = 1e-3
     warmup_steps: int = 30
@@ -129,7 +132,11 @@ def recipe_from_record(stored: dict[str, Any]) -> Recipe:
     """The Recipe a training.json records (JSON turned its tuples into lists)."""
     def cohorts(rows: list) -> tuple[Cohort, ...]:
         return tuple((int(s), tuple(int(n) for n in size), int(p)) for s, size, p in rows)  # type: ignore[misc]
-    fixed = {k: tuple(stored[k]) for k in ("image_size", "patch_size", "stem_crop") if k in stored}
-    fixed.setdefault("finding_readout", stored.get("finding_readout", False))  # records from before it existed
+    fixed = {k: tuple(stored[k]) for k in ("image_size", "patch_size", "stem_crop", "own_frequency_tasks")
+             if k in stored}
+    # records from before these fields existed were trained without them
+    fixed.update({k: stored.get(k, v) for k, v in (("finding_readout", False), ("seen_readout", False),
+                                                         ("balance_presence", False))})
+    fixed.setdefault("own_frequency_tasks", ())
     fixed.update(cohorts=cohorts(stored["cohorts"]), heldout=cohorts(stored["heldout"]))
     return Recipe(**{**stored, **fixed})

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from model.training.default.checkpoint import Checkpoints, clone_state
 from model.training.default.data import Dataset, Sampler, validation_examples
 from model.training.default.recipe import TASK_WEIGHTS, Recipe
-from model.training.default.stage1 import train_alignment
+from model.training.default.stage1 import readout_auc, train_alignment
 from model.training.default.steps import (
     Clock,
     LabelHead,
@@ -43,7 +43,8 @@ def train_instruction(model: Any, head: LabelHead, tokenizer: Any, train_data: D
     trained = [*model.vision.mm_projector.parameters(), *embeddings, *model.language_model.parameters()]
     parameters = [*trained, *head.parameters()]
     optimiser = make_optimiser(trained, list(head.parameters()), recipe)
-    sampler = Sampler(train_data, recipe.seed, recipe.paired, seen)
+    sampler = Sampler(train_data, recipe.seed, recipe.paired, seen, recipe.own_frequency_tasks,
+                      recipe.balance_presence)
     checks = validation_examples(valid_data, recipe.validation_questions, recipe.seed)
     tasks = tuple(TASK_WEIGHTS)
     record: dict[str, Any] = {"log": [], "validation": []}
@@ -103,13 +104,22 @@ def train_instruction(model: Any, head: LabelHead, tokenizer: Any, train_data: D
 
 
 
+def seen_findings(names: Sequence[str], threshold: float, *aucs: dict[str, float]) -> list[str]:
+    """The findings whose held-out AUC reaches `threshold` at any of the tower's outputs (label head,
+    finding readout), in label order: those stage 2 asks about with balanced answers."""
+    return [name for name in names if max((auc.get(name, 0.0) for auc in aucs), default=0.0) >= threshold]
+
+
 def train(model: Any, tokenizer: Any, train_data: Dataset, valid_data: Dataset, recipe: Recipe,
           checkpoints: Checkpoints | None = None) -> dict[str, Any]:
     """Both stages; returns the training record (losses, validation checks, kept checkpoint)."""
     torch.manual_seed(recipe.seed)
     head = LabelHead(model.config.text_config.hidden_size, len(train_data.label_names), recipe.head_norm)
     alignment = train_alignment(model, head, train_data, valid_data, recipe, checkpoints)
-    seen = [name for name, auc in alignment["valid_label_auc"].items() if auc >= recipe.seen_auc]
+    alignment["valid_readout_auc"] = readout_auc(model, valid_data)
+    print(f"[check] held-out AUC of the finding readout's maximum: {alignment['valid_readout_auc']}", flush=True)
+    seen = seen_findings(train_data.label_names, recipe.seen_auc, alignment["valid_label_auc"],
+                         *([alignment["valid_readout_auc"]] if recipe.seen_readout else []))
     print(f"[train] stage 2 starts on existence questions about what the tower sees: {seen}", flush=True)
     instruction = train_instruction(model, head, tokenizer, train_data, valid_data, recipe, seen, checkpoints)
     for p in model.parameters():
