@@ -10,8 +10,9 @@
    recipe runs (cohorts included), which takes `make default-model`'s time.
 2. A synthetic cohort of other patients is imported into a fresh SQLite store (CT-RATE importer).
 3. A simulated curator rates every question about X (existence balanced: as many present as
-   absent) and a replay sample of every task's other pairs 5/5; the rest stays unrated, so the
-   3D-RAD filter drops it.
+   absent) and a replay of the other pairs 5/5: for existence, 10 present and 10 absent pairs
+   about every other finding (`--replay-per-finding`), for the other tasks a sample; the rest
+   stays unrated, so the 3D-RAD filter drops it.
 4. `annotation.training_set.run_finetune` trains from the database (patient-level split, LoRA;
    `--train-modules` also reaches the projector and a vision LoRA) and registers the new version.
 5. Base and finetuned model are evaluated on the held-out patients: per-finding balanced accuracy
@@ -79,37 +80,51 @@ def build_store(work: Path, patients: int, seed: int, size: tuple[int, int, int]
     return store, cohort
 
 
-def about(store, finding: str) -> dict[int, bool]:
-    """Pair id -> whether the pair asks about `finding` (by the label its question names)."""
+def asked_findings(store) -> dict[int, str | None]:
+    """Pair id -> the CT-RATE label its question names (None: no label)."""
     from model.evaluation.findings import finding_asked
 
     labels = sorted({name for scan in store.scans() for name in store.labels(scan.id)})
-    return {q.id: finding_asked(q.question, labels) == finding for q in store.qa_pairs()}
+    return {q.id: finding_asked(q.question, labels) for q in store.qa_pairs()}
 
 
-def curate(store, finding: str, replay_per_task: int, seed: int) -> int:
+def curate(store, finding: str, replay_per_task: int, seed: int, replay_per_finding: int = 0) -> int:
     """Rate every pair about `finding` (existence balanced by answer) and a replay sample of the
-    other pairs of each task 5/5; returns how many pairs about the finding were rated."""
+    other pairs of each task 5/5; returns how many pairs about the finding were rated.
+
+    `replay_per_finding`: the existence replay instead takes this many "Yes" and as many "No"
+    pairs about every other finding (fewer where the store has fewer). A plain sample is mostly
+    "No" (most scans lack most findings), and a finetune on it learnt to call the findings the
+    model read absent (docs/finetune.md)."""
     rng = random.Random(seed)
-    asks = about(store, finding)
+    names = asked_findings(store)
     chosen: list[int] = []
     for task in PRIMARY:
         pairs = store.qa_pairs(task=task)
-        new = [q for q in pairs if asks[q.id]]
+        new = [q for q in pairs if names[q.id] == finding]
         if task == "existence_detection":  # most scans lack the finding: "No" to all would otherwise pass
-            by_answer: dict[str, list[int]] = {}
-            for q in new:
-                by_answer.setdefault(q.answer, []).append(q.id)
-            n = min((len(g) for g in by_answer.values()), default=0)
-            new_ids = [i for g in by_answer.values() for i in rng.sample(g, n)]
+            new_ids = _balanced(rng, new, len(new))
         else:
             new_ids = [q.id for q in new]
-        others = [q.id for q in pairs if not asks[q.id]]
-        replay = rng.sample(others, min(max(replay_per_task, len(new_ids)), len(others)))
+        others = [q for q in pairs if names[q.id] != finding]
+        if task == "existence_detection" and replay_per_finding:
+            replay = [i for other in sorted({names[q.id] for q in others} - {None})
+                      for i in _balanced(rng, [q for q in others if names[q.id] == other], replay_per_finding)]
+        else:
+            replay = [q.id for q in rng.sample(others, min(max(replay_per_task, len(new_ids)), len(others)))]
         chosen += new_ids
         for qa_id in new_ids + replay:
             store.save_rating(CURATOR, qa_id, [5] * 5, consistent=True)
     return len(chosen)
+
+
+def _balanced(rng: random.Random, pairs: list, per_answer: int) -> list[int]:
+    """Ids of as many pairs of each answer as the rarest answer has, at most `per_answer` each."""
+    by_answer: dict[str, list[int]] = {}
+    for q in pairs:
+        by_answer.setdefault(q.answer, []).append(q.id)
+    n = min([len(g) for g in by_answer.values()] + [per_answer])
+    return [i for g in by_answer.values() for i in rng.sample(g, n)] if len(by_answer) > 1 else []
 
 
 def heldout_folder(store, patients: set[str], out: Path) -> Path:
@@ -181,6 +196,8 @@ def main() -> None:
     parser.add_argument("--size", default="64,192,192", help="cohort volume size z,y,x")
     parser.add_argument("--seed", type=int, default=7, help="cohort seed (the default model used 0-2)")
     parser.add_argument("--replay-per-task", type=int, default=80)
+    parser.add_argument("--replay-per-finding", type=int, default=10,
+                        help="existence replay: this many Yes and as many No pairs per other finding (0: a plain sample)")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--lora-r", type=int, default=16)
@@ -199,7 +216,7 @@ def main() -> None:
     shutil.rmtree(work / "run", ignore_errors=True)
     base = args.base or str(train_variant(work, args.finding, args.variant_steps, args.cohorts, args.default_work))
     store, cohort = build_store(work, args.patients, args.seed, tuple(int(v) for v in args.size.split(",")))
-    rated = curate(store, args.finding, args.replay_per_task, args.seed)
+    rated = curate(store, args.finding, args.replay_per_task, args.seed, args.replay_per_finding)
     print(f"[demo] {rated} pairs about {args.finding} rated; "
           f"{store.curation_preview(FilterRule(cap_per_question=None)).passed} pairs pass the filter", flush=True)
     train_start = time.perf_counter()
