@@ -108,8 +108,12 @@ def curate(store, finding: str, replay_per_task: int, seed: int, replay_per_find
             new_ids = [q.id for q in new]
         others = [q for q in pairs if names[q.id] != finding]
         if task == "existence_detection" and replay_per_finding:
-            replay = [i for other in sorted({names[q.id] for q in others} - {None})
-                      for i in _balanced(rng, [q for q in others if names[q.id] == other], replay_per_finding)]
+            by_finding: dict[str, list] = {}
+            for q in others:
+                if names[q.id] is not None:
+                    by_finding.setdefault(names[q.id], []).append(q)
+            replay = [i for other, group in sorted(by_finding.items()) if len({q.answer for q in group}) > 1
+                      for i in _balanced(rng, group, replay_per_finding)]
         else:
             replay = [q.id for q in rng.sample(others, min(max(replay_per_task, len(new_ids)), len(others)))]
         chosen += new_ids
@@ -124,7 +128,7 @@ def _balanced(rng: random.Random, pairs: list, per_answer: int) -> list[int]:
     for q in pairs:
         by_answer.setdefault(q.answer, []).append(q.id)
     n = min([len(g) for g in by_answer.values()] + [per_answer])
-    return [i for g in by_answer.values() for i in rng.sample(g, n)] if len(by_answer) > 1 else []
+    return [i for g in by_answer.values() for i in rng.sample(g, n)]
 
 
 def heldout_folder(store, patients: set[str], out: Path) -> Path:
