@@ -77,6 +77,11 @@ def measure_speed(vlm, tokens: int, plain: bool) -> dict:
     cold = vlm.answer(volume(1, size), QUESTION, max_new_tokens=tokens, min_new_tokens=tokens)
     warm = [vlm.answer(volume(1, size), f"{QUESTION} ({i})", max_new_tokens=tokens, min_new_tokens=tokens)
             for i in range(3)]
+    # what the chat panel does when a scan is opened: encode it and fill its image prefix, then wait
+    ahead = vlm.prepare(volume(2, size))
+    vlm.prefix_cache(ahead)
+    out["ttft_read_ahead_s"] = vlm.answer(ahead, QUESTION, max_new_tokens=tokens,
+                                          min_new_tokens=tokens).latency_first_token_s
     out["ttft_cold_s"] = cold.latency_first_token_s
     out["ttft_warm_s"] = statistics.median(a.latency_first_token_s for a in warm)
     out["ttft_chat4_mean_s"] = (cold.latency_first_token_s + sum(a.latency_first_token_s for a in warm)) / 4
@@ -133,7 +138,9 @@ def report(results: dict[str, dict]) -> None:
     for name, r in results.items():
         line = (f"{name:>4} ({r['runtime']}): load {r['load_s']:.0f} s, peak RSS {r['peak_rss_gib']:.1f} GiB; "
                 f"first token on a new scan {r['ttft_cold_s']:.1f} s ({r['ttft_cold_s'] / plain:.2f}x plain, target "
-                f"<= 0.6), follow-up {r['ttft_warm_s']:.2f} s ({r['ttft_warm_s'] / plain:.2f}x), 4-question chat mean "
+                f"<= 0.6), first question on a scan the chat read when it was opened {r['ttft_read_ahead_s']:.2f} s "
+                f"({r['ttft_read_ahead_s'] / plain:.2f}x), follow-up {r['ttft_warm_s']:.2f} s "
+                f"({r['ttft_warm_s'] / plain:.2f}x), 4-question chat mean "
                 f"{r['ttft_chat4_mean_s']:.1f} s ({r['ttft_chat4_mean_s'] / plain:.2f}x); {r['tokens_per_s']:.2f} tokens/s "
                 f"({r['tokens_per_s'] / bf16['tokens_per_s']:.2f}x bf16)")
         if "top1_agreement" in r:

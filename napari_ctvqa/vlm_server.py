@@ -8,6 +8,7 @@ Requests (tuples, first item the kind):
   ("load", path_or_None[, {"device", "dtype", "quantize"}])   (model.inference.devices options)
   ("ask", request_id, scan_key, volume_or_None, question, choices, max_new_tokens[, slice_index_or_None])
   ("model_input", scan_key, volume_or_None)
+  ("prepare", scan_key, volume_or_None)   encode a scan and fill its image prefix ahead of the first question
   ("quit",)
 Replies:
   ("loaded", info) | ("load_failed", message)   info: path, settings, slice_questions (bool); a failed
@@ -18,6 +19,7 @@ Replies:
                                         "encoding_s": seconds spent encoding the scan, or None)
   ("failed", request_id, message)
   ("model_input", scan_key, uint8 array (D, H, W), scale, offset)  (InputGeometry, in CT voxels) | ("failed", None, message)
+  ("prepared", scan_key, seconds) | ("prepare_failed", scan_key, message)
 """
 from __future__ import annotations
 
@@ -64,6 +66,7 @@ class ChatServer:
         self.cancel_event = cancel_event
         self.vlm: Any = None
         self.scans: dict[str, Any] = {}  # scan key -> model.CTVolume, oldest first
+        self.read_ahead_s: dict[str, float] = {}  # scan key -> seconds _prepare spent, until it is asked about
 
     def handle(self, request: tuple) -> bool:
         """Serve one request; False means stop the loop."""
@@ -76,6 +79,8 @@ class ChatServer:
             self._ask(*request[1:])
         elif kind == "model_input":
             self._model_input(request[1], request[2])
+        elif kind == "prepare":
+            self._prepare(request[1], request[2])
         else:
             self.send(("failed", None, f"unknown request {kind!r}"))
         return True
@@ -92,6 +97,7 @@ class ChatServer:
             return
         self.vlm = vlm
         self.scans.clear()
+        self.read_ahead_s.clear()
         self.send(("loaded", {"path": path, "settings": dict(getattr(self.vlm, "settings", {}) or {}),
                               "slice_questions": bool(getattr(self.vlm, "supports_slices", False)),
                               "runtime": self.vlm.runtime, "devices": available_devices()}))
@@ -123,7 +129,9 @@ class ChatServer:
                 self.send(("status", request_id, "encoding..."))
             started = time.perf_counter()
             prepared = self.vlm.prepare(self._volume(key, payload), slice_index=slice_index)
-            encoding_s = time.perf_counter() - started if encoding else None
+            # a scan read ahead (_prepare) reports its encoding with its first question
+            encoding_s = (time.perf_counter() - started if encoding else
+                          self.read_ahead_s.pop(key, None) if slice_index is None else None)
             answer = {**self._generate(request_id, prepared, question, choices, max_new_tokens), "encoding_s": encoding_s}
         except Exception as exc:  # noqa: BLE001 - every failure becomes a panel message
             self.send(("failed", request_id, error_message(exc)))
@@ -151,6 +159,26 @@ class ChatServer:
             if self.cancel_event.wait(0.01):
                 self.vlm.cancel()
                 done.wait(0.01)
+
+    def _prepare(self, key: str, payload: VolumePayload | None) -> None:
+        """Encode a scan and run its image prefix through the language model as soon as the panel
+        shows it, while the reader looks and types: the first question then waits only for its
+        own tokens. A 4B-class checkpoint spends 15-30 s on a new scan on 2 CPU cores
+        (docs/devices.md), the same work a question would otherwise start with."""
+        try:
+            volume = self._volume(key, payload)
+            if self.vlm is None:
+                raise RuntimeError("no model is loaded; choose a model first")
+            fresh = payload is not None
+            started = time.perf_counter()
+            self.vlm.prefix_cache(self.vlm.prepare(volume))
+        except Exception as exc:  # noqa: BLE001 - the first question reports it again, as its own failure
+            self.send(("prepare_failed", key, error_message(exc)))
+            return
+        seconds = time.perf_counter() - started
+        if fresh:
+            self.read_ahead_s[key] = seconds
+        self.send(("prepared", key, seconds))
 
     def _model_input(self, key: str, payload: VolumePayload | None) -> None:
         try:

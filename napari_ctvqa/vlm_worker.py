@@ -63,6 +63,8 @@ class VLMWorker(QObject):
     finished = Signal(int, dict)
     failed = Signal(int, str)
     model_input_ready = Signal(str, object, tuple, tuple)
+    prepared = Signal(str, float)  # scan key, seconds spent encoding it and filling its image prefix
+    prepare_failed = Signal(str, str)
     error = Signal(str)
 
     def __init__(self, mode: str = "process", parent: QObject | None = None) -> None:
@@ -154,6 +156,12 @@ class VLMWorker(QObject):
         self._start()
         self._requests.put(("model_input", scan_key, volume))
 
+    def prepare(self, scan_key: str, volume: VolumePayload | None = None) -> None:
+        """Encode a scan ahead of its first question (emits prepared / prepare_failed); a question
+        asked meanwhile waits for it and then starts from the prepared prefix."""
+        self._start()
+        self._requests.put(("prepare", scan_key, volume))
+
     # -- replies ---------------------------------------------------------------------------
     def _drain(self) -> None:
         deadline = time.perf_counter() + _DRAIN_BUDGET_S
@@ -207,5 +215,9 @@ class VLMWorker(QObject):
             else:
                 self.busy_request = None
                 self.failed.emit(reply[1], reply[2])
+        elif kind == "prepared":
+            self.prepared.emit(reply[1], float(reply[2]))
+        elif kind == "prepare_failed":
+            self.prepare_failed.emit(reply[1], reply[2])
         elif kind == "model_input":
             self.model_input_ready.emit(reply[1], np.asarray(reply[2]), tuple(reply[3]), tuple(reply[4]))

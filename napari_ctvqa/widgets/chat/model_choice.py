@@ -43,6 +43,7 @@ class ModelChoice(QObject):
         self._loading: tuple[str, str | None] | None = None
         self._previous: tuple[str, str | None] | None = None  # the working model while another loads
         self._sent_scans: set[str] = set()
+        self._ready_text = ""
         self.box = QComboBox()
         self.status = QLabel()
         self.status.setWordWrap(True)
@@ -106,7 +107,7 @@ class ModelChoice(QObject):
         style = (info.get("settings") or {}).get("prompt_style", "m3d")
         self.runtime = info.get("runtime")
         where = f" on {self.runtime}" if self.runtime else ""
-        self.status.setText(f"Ready: {self.name}{where} (prompt style {style})")
+        self._set_ready(f"Ready: {self.name}{where} (prompt style {style})")
 
     def failed(self) -> str | None:
         """The load failed: back to the model that worked (its name), else no model (None)."""
@@ -118,8 +119,17 @@ class ModelChoice(QObject):
         self.ready = True
         self.progress.setVisible(False)
         self._select(self.name)
-        self.status.setText(f"Ready: {self.name} (kept: the chosen model could not be loaded)")
+        self._set_ready(f"Ready: {self.name} (kept: the chosen model could not be loaded)")
         return self.name
+
+    def _set_ready(self, text: str) -> None:
+        self._ready_text = text
+        self.status.setText(text)
+
+    def scan_note(self, note: str) -> None:
+        """Say how reading the current scan ahead of its first question goes, after the model's line."""
+        if self.ready:
+            self.status.setText(f"{self._ready_text} · {note}" if note else self._ready_text)
 
     def lost(self) -> None:
         """No model any more (its process died, or the load failed)."""

@@ -149,6 +149,7 @@ class ChatWidget(QWidget):
             (w.status, self.transcript.show_status), (w.piece, self.transcript.append_piece),
             (w.finished, self._on_finished), (w.failed, self._on_failed),
             (w.model_input_ready, self._on_model_input), (w.error, self._on_worker_error),
+            (w.prepared, self._on_prepared), (w.prepare_failed, self._on_prepare_failed),
         ]
         for signal, slot in self._worker_links:
             signal.connect(slot)
@@ -202,6 +203,28 @@ class ChatWidget(QWidget):
         if scan is not None:
             for record in self.history.turns(scan.id):
                 self.transcript.add_turn(TurnState.from_record(record))
+        self._prepare_scan()
+
+    def _prepare_scan(self) -> None:
+        """Have the model read the chosen scan now, while the reader looks at it, rather than when
+        the first question comes (vlm_server.ChatServer._prepare)."""
+        layer = self.ct_layer
+        if layer is None or not self.model_ready:
+            return
+        payload = self.models.payload(layer)
+        if payload is None:  # the model holds this scan already
+            self.models.scan_note("")
+            return
+        self.worker.prepare(scan_key(layer), payload)
+        self.models.scan_note("reading the scan...")
+
+    def _on_prepared(self, key: str, seconds: float) -> None:
+        if self.ct_layer is not None and scan_key(self.ct_layer) == key:
+            self.models.scan_note(f"scan read in {seconds:.2f} s")
+
+    def _on_prepare_failed(self, key: str, message: str) -> None:
+        if self.ct_layer is not None and scan_key(self.ct_layer) == key:
+            self.models.scan_note(f"could not read this scan: {message}")
 
     def load_model(self, path: str | None, name: str | None) -> None:
         """Load a model in the background: None = the embedded default; `name` as stored with turns."""
@@ -218,6 +241,7 @@ class ChatWidget(QWidget):
         self.runtime.set_devices(info.get("devices", []))
         self._update_buttons()
         self._update_banner()
+        self._prepare_scan()
 
     def _update_banner(self) -> None:
         self.banner.update_for(self.models.name if self.models.ready else None, DEFAULT_MODEL_NAME, self.ct_layer)
