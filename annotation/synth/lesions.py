@@ -274,10 +274,14 @@ def paint_lesion(vol: np.ndarray, an: Anatomy, lesion: Lesion, scale: float) -> 
         return None
     box, mask = merged
     record = measure(an, lesion, box, mask)
+    parts = [m for m in (_union([p]) for p in pieces) if m is not None and m[1].any()]
     if lesion.kind == "lymphadenopathy":  # the largest node is the one reported
-        nodes = [m for m in (_union([p]) for p in pieces) if m is not None and m[1].any()]
-        largest = max(nodes, key=lambda m: m[1].sum())
+        largest = max(parts, key=lambda m: m[1].sum())
         record["size_mm"] = measure(an, lesion, *largest)["size_mm"]
+    if len(parts) > 1:
+        # Why: the box of scattered spots, clusters or bands is mostly normal tissue (the coronary
+        # calcifications' box is 99 % myocardium and fat); a detector trained on it learns the region
+        record["parts_bbox_voxel"] = [[*lo, *hi] for lo, hi in (bounding_box(m, b) for b, m in parts)]
     return Painted(lesion, box, mask, record)
 
 

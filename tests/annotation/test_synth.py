@@ -132,3 +132,24 @@ def test_timelines_produce_all_four_temporal_categories_often() -> None:
     total = sum(counts.values())
     assert set(counts) == {"A", "B", "C"}  # findings that exist at some scan; D comes from absent labels
     assert all(counts[k] / total > 0.1 for k in "ABC"), counts
+
+
+def test_a_lesion_drawn_in_parts_records_each_parts_box(sick) -> None:
+    """Calcified spots and the like are where their part boxes say, inside the whole box, and the
+    parts cover far less of it than the box does: what the stem's dense targets read."""
+    scan = sick.scans[0]
+    many = {p.lesion.kind: p for p in scan.painted if "parts_bbox_voxel" in p.record}
+    assert {"coronary_calcification", "arterial_calcification"} <= set(many)
+    for painted in scan.painted:
+        parts = painted.record.get("parts_bbox_voxel")
+        if parts is None:
+            continue
+        whole = painted.record["bbox_voxel"]
+        assert len(parts) > 1
+        assert [min(p[n] for p in parts) for n in range(3)] == whole[:3]  # the parts span the whole box
+        assert [max(p[n + 3] for p in parts) for n in range(3)] == whole[3:]
+        if painted.lesion.kind.endswith("calcification"):
+            volume = np.prod(np.subtract(whole[3:], whole[:3]))
+            assert sum(np.prod(np.subtract(p[3:], p[:3])) for p in parts) < 0.5 * volume
+            bright = [scan.hu[z1:z2, y1:y2, x1:x2].max() > 300 for z1, y1, x1, z2, y2, x2 in parts]
+            assert sum(bright) > len(parts) / 2  # a spot's box holds it (unless a later lesion painted over it)

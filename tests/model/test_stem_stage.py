@@ -202,3 +202,29 @@ def test_recipe_records_round_trip_and_old_ones_keep_their_sampling(tmp_path) ->
     changed = replace(recipe, own_frequency_tasks=(), balance_presence=False, seen_readout=True)
     assert Checkpoints(tmp_path, changed).load("stage1")["step"] == 3
     assert Checkpoints(tmp_path, replace(recipe, stem_steps=7)).load("stage1") is None
+
+
+def test_a_checkpoint_from_before_a_new_option_resumes_while_the_option_is_off(tmp_path) -> None:
+    """An hour of stage 0 or 1 is not discarded because the recipe gained an option that is off."""
+    from dataclasses import asdict, replace
+
+    from model.training.default.checkpoint import _plain
+
+    recipe = Recipe()
+    before = {k: v for k, v in _plain(asdict(recipe)).items() if k != "dense_parts"}
+    torch.save({"step": 5, "finished": True, "recipe": before}, tmp_path / "stage1.pt")
+    torch.save({"step": 7, "recipe": {**before, "seen_auc": 0.9}}, tmp_path / "stage0.pt")  # stage 2 field
+    assert Checkpoints(tmp_path, recipe).load("stage1")["step"] == 5
+    assert Checkpoints(tmp_path, recipe).load("stage0")["step"] == 7
+    assert Checkpoints(tmp_path, replace(recipe, dense_parts=True)).load("stage1") is None  # on: retrain
+    torch.save({"step": 1, "recipe": {**before, "from_the_future": 1}}, tmp_path / "stage2.pt")
+    assert Checkpoints(tmp_path, recipe).load("stage2") is None
+
+
+def test_dense_targets_take_each_part_of_a_many_part_lesion_when_asked() -> None:
+    from model.training.default.data import lesion_boxes
+
+    spots = {"bbox_voxel": [0, 0, 0, 10, 40, 40], "parts_bbox_voxel": [[0, 0, 0, 2, 4, 4], [8, 36, 36, 10, 40, 40]]}
+    assert lesion_boxes(spots, parts=True) == spots["parts_bbox_voxel"]
+    assert lesion_boxes(spots, parts=False) == [spots["bbox_voxel"]]
+    assert lesion_boxes({"bbox_voxel": [1, 2, 3, 4, 5, 6]}, parts=True) == [[1, 2, 3, 4, 5, 6]]  # one piece

@@ -13,14 +13,23 @@ from typing import Any
 
 import torch
 
-from model.training.default.recipe import Recipe
+from model.training.default.recipe import Recipe, recipe_from_record
 
-# Recipe fields stage 1 does not read: a finished stage 1 serves every recipe that differs only in
+# Recipe fields stages 0 and 1 do not read: a finished stage 1 serves every recipe that differs only in
 # these (a held-out-finding variant reuses the default model's vision tower instead of retraining it).
 STAGE2_FIELDS = ("stage2_steps", "stage2_images", "focus_steps", "seen_questions", "seen_auc",
                  "seen_readout", "own_frequency_tasks", "balance_presence",
                  "questions_per_image", "validate_every", "validation_questions", "eval_limit", "stage2_minutes",
                  "held_out_finding", "aux_weight", "heldout", "checkpoint_every")
+
+
+def _as_now(stored: dict[str, Any] | None) -> dict[str, Any]:
+    """A checkpoint's recipe with the fields added since it was written set as that code ran
+    (recipe_from_record): a new option that is off does not discard an hour of training."""
+    try:
+        return _plain(asdict(recipe_from_record(stored))) if stored else {}
+    except (TypeError, KeyError, ValueError):  # written by a newer or foreign recipe
+        return dict(stored or {})
 
 
 class Checkpoints:
@@ -39,8 +48,8 @@ class Checkpoints:
         if path is None or not path.is_file():
             return None
         state = torch.load(path, weights_only=True)
-        ignored = STAGE2_FIELDS if stage == "stage1" else ()
-        if {k: v for k, v in (state.get("recipe") or {}).items() if k not in ignored} != \
+        ignored = STAGE2_FIELDS if stage in ("stage0", "stage1") else ()
+        if {k: v for k, v in _as_now(state.get("recipe")).items() if k not in ignored} != \
                 {k: v for k, v in self.recipe.items() if k not in ignored}:
             print(f"[resume] {path} was written by another recipe: starting {stage} afresh", flush=True)
             return None

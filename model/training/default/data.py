@@ -164,6 +164,13 @@ def encode_example(tokenizer: Any, volume: int, task: str, question: str, answer
 
 
 
+def lesion_boxes(lesion: dict[str, Any], parts: bool) -> list[list[int]]:
+    """Where a lesion is, as the stem's dense targets see it: with `parts`, each painted part of a
+    lesion drawn in several (ground_truth.json's parts_bbox_voxel: spots, clusters, bands), else
+    (and for one-piece lesions) its whole box."""
+    return (lesion.get("parts_bbox_voxel") if parts else None) or [lesion["bbox_voxel"]]
+
+
 def build_dataset(cohort_dir: Path, split: str, tokenizer: Any, recipe: Recipe) -> Dataset:
     """One cohort split's volumes (model inputs), their 18 labels, and their QA, box and caption
     examples; box answers are the ground-truth box in the model input's 0-1 coordinates, as
@@ -182,8 +189,11 @@ def build_dataset(cohort_dir: Path, split: str, tokenizer: Any, recipe: Recipe) 
     pixels, geometries = load_model_inputs(cohort_dir, split, names, recipe.image_size)
     truth = json.loads((cohort_dir / "ground_truth.json").read_text())["volumes"]
     grid = [i // p for i, p in zip(recipe.image_size, recipe.patch_size)]
-    boxes = [[(label_names.index(l["label"]), to_normalized(l["bbox_voxel"], g)) for l in truth[n]["lesions"]]
-             for n, g in zip(names, geometries)]
+    boxes = [[(label_names.index(l["label"]), to_normalized(box, g)) for l in truth[n]["lesions"]
+              for box in lesion_boxes(l, recipe.dense_parts)] for n, g in zip(names, geometries)]
+    if recipe.dense_parts and not any("parts_bbox_voxel" in l for n in names for l in truth[n]["lesions"]):
+        print(f"[data] {cohort_dir.name}: its ground truth has no per-part boxes (made before they were written): "
+              "the lesions' whole boxes are the dense targets; regenerate it with `ctvqa synth`", flush=True)
     patches = box_targets(boxes, grid, len(label_names), margin=0).flatten(2).transpose(1, 2)
     data = Dataset([f"{cohort_dir.name}/{n}" for n in names], pixels, labels, label_names, patches, boxes=boxes)
     for name, k in index.items():

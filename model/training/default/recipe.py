@@ -85,6 +85,9 @@ class Recipe:
     paired: bool = True  # every step's volumes are pairs of one patient's scans (data.paired_volumes)
     dense_weight: float = 1.0  # stage-1 per-label lesion-box targets on the stem's feature map (stage1.DenseHead)
     dense_pos_weight: float = 10.0  # lesion cells are rare: each counts this many times
+    # stages 0-1 dense targets on each part of a many-part lesion (data.lesion_boxes), not its whole box, which for
+    # calcified spots is mostly normal tissue; needs cohorts made with per-part boxes; not yet trained (docs/synthetic_cohort.md)
+    dense_parts: bool = False
     pair_weight: float = 1.0  # stage-1 rank loss within those pairs (stage1.pair_rank_loss)
     stage2_images: int = 16  # many images per step: how the LM learns that answers depend on the image
     focus_steps: int = 400  # stage 2 starts on balanced existence questions so the LM must read the image
