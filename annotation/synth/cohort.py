@@ -147,7 +147,7 @@ def write_cohort(out_dir: str | Path, patients: int, seed: int = 0,
         "coordinates": "voxel indices (z, y, x) of the canonical array (z inferior->superior, y anterior->posterior, "
                        "x patient right->left); *_mm = index * spacing; bbox = [z1, y1, x1, z2, y2, x2], stop exclusive; "
                        "bbox_norm = bbox / shape; parts_bbox_voxel = the bbox of each painted part of a lesion drawn in "
-                       "several (calcified spots, emphysema clusters, fibrotic bands, nodes, bronchi)",
+                       "several (e.g. calcified spots, emphysema clusters, fibrotic bands, nodes, a device and its lead)",
         "volumes": truth,
     }
     (out / "ground_truth.json").write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
