@@ -10,10 +10,10 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-import pytest
 
 from annotation.qa_templates import TEMPORAL_LABELS
 from napari_ctvqa.widgets.chat.banner import TEXT as BANNER_TEXT
+from napari_ctvqa.widgets.chat.ct_choice import scan_key
 from tests.napari_ctvqa.test_chat import (  # noqa: F401 - fixtures
     TIMEOUT_MS,
     chat,
@@ -114,15 +114,18 @@ def test_an_opened_scan_is_read_before_the_first_question(chat, qtbot, viewer_wi
     """Encoding and the image prefix run when the scan is shown: the first question then waits only
     for its own tokens, and still reports the encoding it was spared."""
     viewer, first_scan = viewer_with_ct
+    read: list[tuple[str, float]] = []
+    chat.worker.prepared.connect(lambda key, seconds: read.append((key, seconds)))
     array = np.array(first_scan.data, dtype=np.float32)
     array[5:9, 20:30, 8:14] = 200.0  # other content: nothing of it is cached yet
-    viewer.add_image(array, name="train_5_a_1", scale=first_scan.scale, metadata={"ct_meta": {}})
-    qtbot.waitUntil(lambda: "scan read in" in chat.models.status.text(), timeout=60000)
-    read_s = float(chat.models.status.text().rsplit("scan read in ", 1)[1].split(" s")[0])
-    assert read_s > 0
+    scan = viewer.add_image(array, name="train_5_a_1", scale=first_scan.scale, metadata={"ct_meta": {}})
+    key = scan_key(scan)
+    qtbot.waitUntil(lambda: any(k == key for k, _ in read), timeout=TIMEOUT_MS)
+    seconds = next(s for k, s in read if k == key)
+    assert seconds > 0 and "scan read in" in chat.models.status.text()
     first = chat.ask("What is seen in the lungs?")
     wait_done(qtbot, first)
-    assert first.state.encoding_s == pytest.approx(read_s, abs=0.006)
+    assert first.state.encoding_s == seconds  # the model reports what it spent when the scan was shown
     assert "encoding" in first.meta_label.text()
     follow_up = chat.ask("And the heart?")
     wait_done(qtbot, follow_up)
