@@ -7,9 +7,9 @@ Every prompt about a volume starts with the same BOS + image tokens, so their KV
   a question's choices of the mean log-likelihood of its target tokens). When that pass shows
   greedy decoding would write one of the choices and stop, that is the answer's text, with no
   generation (most closed answers).
-- Open (and closed) answers: greedy `generate` over the batch with the question parts padded on
+- Open (and closed) answers: greedy decoding over the batch with the question parts padded on
   the left, between the shared image prefix and the question, masked out; position ids follow the
-  mask, so every row sees the positions it would see alone.
+  mask, so every row sees the positions it would see alone; a row that has ended leaves the batch.
 The figures equal one-question-at-a-time answers up to float rounding in the batched matrix
 products (the tests check the metrics come out identical).
 """
@@ -50,19 +50,43 @@ def _prefix(vlm: VLM, prepared: PreparedImage, rows: int) -> tuple[object, torch
 
 def generate_batch(vlm: VLM, prepared: PreparedImage, question_ids: Sequence[list[int]],
                    max_new_tokens: int) -> list[list[int]]:
-    """Greedy new token ids per question (EOS and padding included, as `generate` returns them)."""
+    """Greedy new token ids per question, its end token included (what `VLM.decode_answer` reads).
+
+    A row leaves the batch as soon as it writes an end token, its cache rows with it: `generate`
+    computes every row until the batch's longest answer ends, and the open answers of one batch
+    differ by tens of tokens (a measurement against an anomaly description)."""
     width = max(len(q) for q in question_ids)
     pad = vlm.pad_token_id
     cache, prefix = _prefix(vlm, prepared, len(question_ids))
     body = torch.tensor([[pad] * (width - len(q)) + q for q in question_ids], dtype=torch.long, device=vlm.device)
     mask = torch.tensor([[0] * (width - len(q)) + [1] * len(q) for q in question_ids], dtype=torch.long,
                         device=vlm.device)
-    ids = torch.cat([prefix, body], dim=1)
     attention = torch.cat([torch.ones_like(prefix), mask], dim=1)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, prefix.shape[1]:]
+    eos = set(vlm.eos_ids())
+    written: list[list[int]] = [[] for _ in question_ids]
+    alive = list(range(len(question_ids)))
     with torch.inference_mode():
-        out = vlm.model.generate(input_ids=ids, attention_mask=attention, past_key_values=cache,
-                                 generation_config=vlm.generation_config(max_new_tokens))
-    return out[:, ids.shape[1]:].tolist()
+        logits = vlm.model(input_ids=body, attention_mask=attention, position_ids=positions, past_key_values=cache,
+                           logits_to_keep=1).logits[:, -1]
+        last = positions[:, -1]
+        for step in range(max_new_tokens):
+            tokens = logits.argmax(-1)
+            for row, token in zip(alive, tokens.tolist()):
+                written[row].append(token)
+            keep = [k for k, token in enumerate(tokens.tolist()) if token not in eos]
+            if not keep or step == max_new_tokens - 1:
+                break
+            if len(keep) < len(alive):
+                index = torch.tensor(keep, device=vlm.device)
+                cache.reorder_cache(index)
+                attention, last, tokens = attention[index], last[index], tokens[index]
+                alive = [alive[k] for k in keep]
+            last = last + 1
+            attention = torch.cat([attention, attention.new_ones((len(alive), 1))], dim=1)
+            logits = vlm.model(input_ids=tokens[:, None], attention_mask=attention, position_ids=last[:, None],
+                               past_key_values=cache).logits[:, -1]
+    return written
 
 
 def score_choices_batch(vlm: VLM, prepared: PreparedImage, question_ids: Sequence[list[int]],
@@ -153,9 +177,9 @@ def answer_batch(vlm: VLM, prepared: PreparedImage, questions: Sequence[Question
     pads little; choice scoring at most `batch_size` rows, or one question's choices, per forward
     pass); answers in input order.
 
-    Why closed and open apart: `generate` computes every row until the longest answer of its batch
-    ends, and a closed answer ("A. Yes") is a few tokens where an open one is dozens, so in a mixed
-    batch most of the arithmetic went into rows that had already finished."""
+    Why closed and open apart: most closed answers are read off the scoring pass and need no
+    decoding, and the rest are a few tokens where an open one is dozens; batched apart, each kind's
+    batches are full of rows alike."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     ids = [_question_ids(vlm, prepared, q) for q in questions]
