@@ -102,6 +102,10 @@ class ChatServer:
                               "slice_questions": bool(getattr(self.vlm, "supports_slices", False)),
                               "runtime": self.vlm.runtime, "devices": available_devices()}))
 
+    def _require_model(self) -> None:
+        if self.vlm is None:
+            raise RuntimeError("no model is loaded; choose a model first")
+
     def _volume(self, key: str, payload: VolumePayload | None) -> Any:
         """The CTVolume of a scan: rebuilt from the payload when one comes, else the kept one.
 
@@ -122,8 +126,7 @@ class ChatServer:
              choices: list[str] | None, max_new_tokens: int, slice_index: int | None = None) -> None:
         self.cancel_event.clear()
         try:
-            if self.vlm is None:
-                raise RuntimeError("no model is loaded; choose a model first")
+            self._require_model()
             encoding = payload is not None or key not in self.scans
             if encoding:
                 self.send(("status", request_id, "encoding..."))
@@ -163,12 +166,12 @@ class ChatServer:
     def _prepare(self, key: str, payload: VolumePayload | None) -> None:
         """Encode a scan and run its image prefix through the language model as soon as the panel
         shows it, while the reader looks and types: the first question then waits only for its
-        own tokens. A 4B-class checkpoint in bf16 spends about 4 s of its 5.7 s first token on a new scan on 2 CPU cores
-        (docs/devices.md), the same work a question would otherwise start with."""
+        own tokens. A 4B-class checkpoint in bf16 spends about 4 s of its 5.7 s first token on a
+        new scan on 2 CPU cores (docs/devices.md), the same work a question would otherwise start
+        with."""
         try:
             volume = self._volume(key, payload)
-            if self.vlm is None:
-                raise RuntimeError("no model is loaded; choose a model first")
+            self._require_model()
             fresh = payload is not None
             started = time.perf_counter()
             self.vlm.prefix_cache(self.vlm.prepare(volume))
@@ -182,8 +185,7 @@ class ChatServer:
 
     def _model_input(self, key: str, payload: VolumePayload | None) -> None:
         try:
-            if self.vlm is None:
-                raise RuntimeError("no model is loaded; choose a model first")
+            self._require_model()
             prepared = self.vlm.prepare(self._volume(key, payload))
             if prepared.geometry is None:
                 raise ValueError("this scan was given as a ready model input; there is nothing to overlay")
