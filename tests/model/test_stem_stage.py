@@ -228,3 +228,19 @@ def test_dense_targets_take_each_part_of_a_many_part_lesion_when_asked() -> None
     assert lesion_boxes(spots, parts=True) == spots["parts_bbox_voxel"]
     assert lesion_boxes(spots, parts=False) == [spots["bbox_voxel"]]
     assert lesion_boxes({"bbox_voxel": [1, 2, 3, 4, 5, 6]}, parts=True) == [[1, 2, 3, 4, 5, 6]]  # one piece
+
+
+def test_a_many_part_lesion_is_drawn_as_often_as_a_one_part_lesion() -> None:
+    """Forty calcified spots are one lesion: crop centres follow lesions, not parts, or spots would
+    take nearly every lesion-centred crop."""
+    spot = [(0, (0.1 + 0.02 * k, 0.1, 0.1, 0.12 + 0.02 * k, 0.12, 0.12)) for k in range(40)]
+    nodule = [(1, (0.7, 0.7, 0.7, 0.8, 0.8, 0.8))]
+    pixels = torch.zeros((2, 1, *IMAGE), dtype=torch.float16)
+    data = Dataset(["spots", "nodule"], pixels, torch.eye(2), LABELS, torch.zeros(2, 1, 2), boxes=[spot, nodule],
+                   box_lesions=[[0] * 40, [0]])
+    plan = crop_plan(random.Random(0), data, (4, 8, 8), (2, 4, 4), 400, positive=1.0)
+    on_spots = sum(v == 0 for v, _ in plan)
+    assert 150 < on_spots < 250
+    assert len({o for v, o in plan if v == 0}) > 1  # different spots centre different crops
+    parts = Dataset(["spots", "nodule"], pixels, torch.eye(2), LABELS, torch.zeros(2, 1, 2), boxes=[spot, nodule])
+    assert sum(v == 0 for v, _ in crop_plan(random.Random(0), parts, (4, 8, 8), (2, 4, 4), 400, 1.0)) > 350

@@ -60,6 +60,9 @@ class Dataset:
     patch_labels: torch.Tensor  # (V, n_patches, n_labels): the label's lesion overlaps the patch
     by_volume: dict[int, dict[str, list[Example]]] = field(default_factory=dict)
     boxes: list[list[tuple[int, tuple[float, ...]]]] = field(default_factory=list)  # per volume: (label, 0-1 box)
+    # per volume, the lesion each of its boxes belongs to (a many-part lesion has several boxes:
+    # stage 0 then centres crops on lesions, not parts); empty: every box is its own lesion
+    box_lesions: list[list[int]] = field(default_factory=list)
 
 
 
@@ -171,6 +174,11 @@ def lesion_boxes(lesion: dict[str, Any], parts: bool) -> list[list[int]]:
     return (lesion.get("parts_bbox_voxel") if parts else None) or [lesion["bbox_voxel"]]
 
 
+def lesion_ids(data: Dataset) -> list[list[int]]:
+    """Per volume, the lesion of each box (`Dataset.box_lesions`, or each box its own)."""
+    return data.box_lesions or [list(range(len(b))) for b in data.boxes]
+
+
 def build_dataset(cohort_dir: Path, split: str, tokenizer: Any, recipe: Recipe) -> Dataset:
     """One cohort split's volumes (model inputs), their 18 labels, and their QA, box and caption
     examples; box answers are the ground-truth box in the model input's 0-1 coordinates, as
@@ -191,11 +199,14 @@ def build_dataset(cohort_dir: Path, split: str, tokenizer: Any, recipe: Recipe) 
     grid = [i // p for i, p in zip(recipe.image_size, recipe.patch_size)]
     boxes = [[(label_names.index(l["label"]), to_normalized(box, g)) for l in truth[n]["lesions"]
               for box in lesion_boxes(l, recipe.dense_parts)] for n, g in zip(names, geometries)]
+    box_lesions = [[k for k, l in enumerate(truth[n]["lesions"]) for _ in lesion_boxes(l, recipe.dense_parts)]
+                   for n in names]
     if recipe.dense_parts and not any("parts_bbox_voxel" in l for n in names for l in truth[n]["lesions"]):
         print(f"[data] {cohort_dir.name}: its ground truth has no per-part boxes (made before they were written): "
               "the lesions' whole boxes are the dense targets; regenerate it with `ctvqa synth`", flush=True)
     patches = box_targets(boxes, grid, len(label_names), margin=0).flatten(2).transpose(1, 2)
-    data = Dataset([f"{cohort_dir.name}/{n}" for n in names], pixels, labels, label_names, patches, boxes=boxes)
+    data = Dataset([f"{cohort_dir.name}/{n}" for n in names], pixels, labels, label_names, patches, boxes=boxes,
+                   box_lesions=box_lesions)
     for name, k in index.items():
         data.by_volume[k] = {"caption": [encode_example(
             tokenizer, k, "caption", CAPTION_QUESTION, reports[name]["Impressions_EN"], None, None)]}
@@ -222,7 +233,8 @@ def join_datasets(parts: Sequence[Dataset]) -> Dataset:
         raise ValueError("cohorts with different label columns cannot be joined")
     joined = Dataset([n for p in parts for n in p.names], torch.cat([p.pixels for p in parts]),
                      torch.cat([p.labels for p in parts]), first.label_names,
-                     torch.cat([p.patch_labels for p in parts]), boxes=[b for p in parts for b in p.boxes])
+                     torch.cat([p.patch_labels for p in parts]), boxes=[b for p in parts for b in p.boxes],
+                     box_lesions=[b for p in parts for b in lesion_ids(p)])
     offset = 0
     for part in parts:
         for k, tasks in part.by_volume.items():
@@ -244,7 +256,8 @@ def without_finding(data: Dataset, label: str, tokenizer: Any) -> Dataset:
         text = tokenizer.decode(e.prompt_ids + e.target_ids).lower()
         return e.finding == label or word in text
 
-    kept = Dataset(data.names, data.pixels, data.labels, data.label_names, data.patch_labels, boxes=data.boxes)
+    kept = Dataset(data.names, data.pixels, data.labels, data.label_names, data.patch_labels, boxes=data.boxes,
+                   box_lesions=data.box_lesions)
     for k, tasks in data.by_volume.items():
         kept.by_volume[k] = {t: [e for e in examples if not mentions(e)] for t, examples in tasks.items()}
         kept.by_volume[k] = {t: v for t, v in kept.by_volume[k].items() if v}

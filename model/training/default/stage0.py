@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.training.default.checkpoint import Checkpoints
-from model.training.default.data import Dataset, box_targets
+from model.training.default.data import Dataset, box_targets, lesion_ids
 from model.training.default.recipe import Recipe
 from model.training.default.steps import Clock, lr_factor, optimiser_step, set_lr
 
@@ -27,13 +27,19 @@ from model.training.default.steps import Clock, lr_factor, optimiser_step, set_l
 def crop_plan(rng: random.Random, data: Dataset, grid: tuple[int, int, int], crop: tuple[int, int, int],
               count: int, positive: float) -> list[tuple[int, tuple[int, int, int]]]:
     """(volume, crop origin in feature-map cells) for `count` crops: a share `positive` centred
-    (give or take a third of the crop) on a lesion drawn uniformly from all lesions, the rest
-    anywhere."""
-    lesions = [(v, box) for v, boxes in enumerate(data.boxes) for _, box in boxes]
+    (give or take a third of the crop) on a lesion drawn uniformly from all lesions (then on one of
+    its parts, so that a cluster of forty calcified spots is drawn no more often than a nodule),
+    the rest anywhere."""
+    grouped: dict[tuple[int, int], list[tuple[float, ...]]] = {}
+    for v, (boxes, ids) in enumerate(zip(data.boxes, lesion_ids(data))):
+        for (_, box), lesion in zip(boxes, ids):
+            grouped.setdefault((v, lesion), []).append(box)
+    lesions = list(grouped.items())
     plan = []
     for _ in range(count):
         if lesions and rng.random() < positive:
-            volume, box = lesions[rng.randrange(len(lesions))]
+            (volume, _), parts = lesions[rng.randrange(len(lesions))]
+            box = parts[rng.randrange(len(parts))] if len(parts) > 1 else parts[0]
             centre = [(box[i] + box[i + 3]) / 2 * grid[i] for i in range(3)]
             origin = tuple(min(max(0, int(centre[i] - crop[i] / 2 + rng.uniform(-crop[i] / 3, crop[i] / 3))),
                                grid[i] - crop[i]) for i in range(3))
