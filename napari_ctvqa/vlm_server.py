@@ -20,13 +20,16 @@ Replies:
   ("failed", request_id, message)
   ("model_input", scan_key, uint8 array (D, H, W), scale, offset)  (InputGeometry, in CT voxels) | ("failed", None, message)
   ("prepared", scan_key, seconds) | ("prepare_failed", scan_key, message)
+  ("prepare_skipped", scan_key)         a later request was already waiting: the scan is kept, not read
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +43,9 @@ log = logging.getLogger(__name__)
 #: How many scans the worker keeps (the VLM caches their encodings); a chat rarely switches
 #: between more, and each holds its CT array.
 MAX_SCANS = 4
+#: Requests after which a waiting read-ahead is not worth its encoding: the reader has moved on
+#: (another scan shown, a question asked, a model chosen) and would wait for it.
+SUPERSEDES_PREPARE = frozenset({"prepare", "ask", "load"})
 
 
 @dataclass
@@ -67,6 +73,7 @@ class ChatServer:
         self.vlm: Any = None
         self.scans: dict[str, Any] = {}  # scan key -> model.CTVolume, oldest first
         self.read_ahead_s: dict[str, float] = {}  # scan key -> seconds _prepare spent, until it is asked about
+        self.unread: set[str] = set()  # scans kept by skip_prepare: their first question encodes them
 
     def handle(self, request: tuple) -> bool:
         """Serve one request; False means stop the loop."""
@@ -98,6 +105,7 @@ class ChatServer:
         self.vlm = vlm
         self.scans.clear()
         self.read_ahead_s.clear()
+        self.unread.clear()
         self.send(("loaded", {"path": path, "settings": dict(getattr(self.vlm, "settings", {}) or {}),
                               "slice_questions": bool(getattr(self.vlm, "supports_slices", False)),
                               "runtime": self.vlm.runtime, "devices": available_devices()}))
@@ -127,7 +135,8 @@ class ChatServer:
         self.cancel_event.clear()
         try:
             self._require_model()
-            encoding = payload is not None or key not in self.scans
+            encoding = payload is not None or key not in self.scans or key in self.unread
+            self.unread.discard(key)
             if encoding:
                 self.send(("status", request_id, "encoding..."))
             started = time.perf_counter()
@@ -172,7 +181,8 @@ class ChatServer:
         try:
             volume = self._volume(key, payload)
             self._require_model()
-            fresh = payload is not None
+            fresh = payload is not None or key in self.unread
+            self.unread.discard(key)
             started = time.perf_counter()
             self.vlm.prefix_cache(self.vlm.prepare(volume))
         except Exception as exc:  # noqa: BLE001 - the first question reports it again, as its own failure
@@ -182,6 +192,18 @@ class ChatServer:
         if fresh:
             self.read_ahead_s[key] = seconds
         self.send(("prepared", key, seconds))
+
+    def skip_prepare(self, key: str, payload: VolumePayload | None) -> None:
+        """Keep a scan whose read-ahead was overtaken, without encoding it: a reader flicking
+        through four scans must not wait for four encodings before the question about the last."""
+        try:
+            self._volume(key, payload)
+        except Exception as exc:  # noqa: BLE001 - as _prepare: said now, the question says it again
+            self.send(("prepare_failed", key, error_message(exc)))
+            return
+        if payload is not None:
+            self.unread.add(key)
+        self.send(("prepare_skipped", key))
 
     def _model_input(self, key: str, payload: VolumePayload | None) -> None:
         try:
@@ -196,14 +218,24 @@ class ChatServer:
 
 
 def serve(requests: Any, replies: Any, cancel_event: Any) -> None:
-    """The loop: one request at a time until "quit" (or the queue's owner goes away)."""
+    """The loop: one request at a time until "quit" (or the queue's owner goes away); a read-ahead
+    with a later request already waiting behind it is skipped (ChatServer.skip_prepare)."""
     server = ChatServer(replies.put, cancel_event)
+    waiting: deque[tuple] = deque()
     while True:
         try:
-            request = requests.get()
+            if not waiting:
+                waiting.append(requests.get())
+            while True:
+                waiting.append(requests.get_nowait())
+        except queue.Empty:
+            pass
         except (EOFError, OSError):
             return
-        if not server.handle(request):
+        request = waiting.popleft()
+        if request[0] == "prepare" and any(later[0] in SUPERSEDES_PREPARE for later in waiting):
+            server.skip_prepare(request[1], request[2])
+        elif not server.handle(request):
             return
 
 

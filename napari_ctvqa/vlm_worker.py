@@ -65,6 +65,7 @@ class VLMWorker(QObject):
     model_input_ready = Signal(str, object, tuple, tuple)
     prepared = Signal(str, float)  # scan key, seconds spent encoding it and filling its image prefix
     prepare_failed = Signal(str, str)
+    prepare_skipped = Signal(str)  # scan key: a later request came first, the scan was kept unread
     error = Signal(str)
 
     def __init__(self, mode: str = "process", parent: QObject | None = None) -> None:
@@ -158,7 +159,8 @@ class VLMWorker(QObject):
 
     def prepare(self, scan_key: str, volume: VolumePayload | None = None) -> None:
         """Encode a scan ahead of its first question (emits prepared / prepare_failed); a question
-        asked meanwhile waits for it and then starts from the prepared prefix."""
+        asked meanwhile waits for it and then starts from the prepared prefix. One still waiting
+        when a later request comes is skipped (prepare_skipped)."""
         self._start()
         self._requests.put(("prepare", scan_key, volume))
 
@@ -219,5 +221,7 @@ class VLMWorker(QObject):
             self.prepared.emit(reply[1], float(reply[2]))
         elif kind == "prepare_failed":
             self.prepare_failed.emit(reply[1], reply[2])
+        elif kind == "prepare_skipped":
+            self.prepare_skipped.emit(reply[1])
         elif kind == "model_input":
             self.model_input_ready.emit(reply[1], np.asarray(reply[2]), tuple(reply[3]), tuple(reply[4]))

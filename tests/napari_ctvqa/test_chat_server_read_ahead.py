@@ -56,3 +56,46 @@ def test_a_scan_that_cannot_be_read_ahead_is_said_and_the_question_fails_on_its_
     chat.handle(("ask", 3, "tiny", None, "What is seen?", None, 4))
     failed = replies_of(replies)[-1]
     assert failed[0] == "failed" and failed[1] == 3
+
+
+def test_read_aheads_overtaken_by_later_requests_are_skipped_and_the_question_times_its_encoding(
+        tiny_vlm_dir: Path) -> None:  # noqa: F811
+    """A reader flicking through three scans and asking about the last waits for one encoding,
+    not three, and the question then reports that encoding as its own."""
+    from napari_ctvqa.vlm_server import serve
+
+    requests: queue.Queue = queue.Queue()
+    replies: queue.Queue = queue.Queue()
+    for request in [("load", str(tiny_vlm_dir), {"device": "cpu"}), ("prepare", "a", payload(1)),
+                    ("prepare", "b", payload(2)), ("prepare", "c", payload(3)),
+                    ("ask", 7, "c", None, "Is there a nodule?", ["Yes", "No"], 4),
+                    ("ask", 8, "a", None, "And the heart?", None, 4), ("quit",)]:
+        requests.put(request)
+    serve(requests, replies, threading.Event())
+    got = replies_of(replies)
+    kinds = [r[0] for r in got]
+    assert kinds[0] == "loaded" and "prepared" not in kinds
+    assert [r[1] for r in got if r[0] == "prepare_skipped"] == ["a", "b", "c"]
+    done = {r[1]: r[2] for r in got if r[0] == "done"}
+    assert set(done) == {7, 8}  # the kept scans answer without their payload being sent again
+    assert done[7]["encoding_s"] > 0 and done[8]["encoding_s"] > 0
+    assert [r[1] for r in got if r[0] == "status"] == [7, 8]  # each said "encoding..."
+
+
+def test_a_read_ahead_with_nothing_waiting_behind_it_still_reads(tiny_vlm_dir: Path) -> None:  # noqa: F811
+    from napari_ctvqa.vlm_server import serve
+
+    requests: queue.Queue = queue.Queue()
+    replies: queue.Queue = queue.Queue()
+    requests.put(("load", str(tiny_vlm_dir), {"device": "cpu"}))
+    requests.put(("prepare", "a", payload(1)))
+    thread = threading.Thread(target=serve, args=(requests, replies, threading.Event()))
+    thread.start()
+    try:
+        first = replies.get(timeout=60)
+        assert first[0] == "loaded"
+        assert replies.get(timeout=60)[:2] == ("prepared", "a")
+    finally:
+        requests.put(("quit",))
+        thread.join(timeout=60)
+    assert not thread.is_alive()

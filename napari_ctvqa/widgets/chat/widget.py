@@ -150,6 +150,7 @@ class ChatWidget(QWidget):
             (w.finished, self._on_finished), (w.failed, self._on_failed),
             (w.model_input_ready, self._on_model_input), (w.error, self._on_worker_error),
             (w.prepared, self._on_prepared), (w.prepare_failed, self._on_prepare_failed),
+            (w.prepare_skipped, self._on_prepare_skipped),
         ]
         for signal, slot in self._worker_links:
             signal.connect(slot)
@@ -221,6 +222,10 @@ class ChatWidget(QWidget):
     def _on_prepared(self, key: str, seconds: float) -> None:
         if self.ct_layer is not None and scan_key(self.ct_layer) == key:
             self.models.scan_note(f"scan read in {seconds:.2f} s")
+
+    def _on_prepare_skipped(self, key: str) -> None:
+        if self.ct_layer is not None and scan_key(self.ct_layer) == key:
+            self.models.scan_note("")  # the question already waiting reads it
 
     def _on_prepare_failed(self, key: str, message: str) -> None:
         if self.ct_layer is not None and scan_key(self.ct_layer) == key:
