@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from model.inference import prompts
+from model.inference.locate import located_answer
 from model.inference.vlm import VLM, Answer, PreparedImage
 
 
@@ -182,11 +183,11 @@ def answer_batch(vlm: VLM, prepared: PreparedImage, questions: Sequence[Question
     batches are full of rows alike."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    answers: list[Answer | None] = [located_answer(vlm, prepared, q.text) for q in questions]
     ids = [_question_ids(vlm, prepared, q) for q in questions]
     closed = [bool(prompts.listed_choices(q.choices)) for q in questions]
-    order = sorted(range(len(questions)), key=lambda k: (len(ids[k]), k))
+    order = sorted((k for k in range(len(questions)) if answers[k] is None), key=lambda k: (len(ids[k]), k))
     chunks = [chunk for kind in (False, True) for chunk in _chunks([k for k in order if closed[k] == kind], batch_size)]
-    answers: list[Answer | None] = [None] * len(questions)
     for chunk in chunks:
         scored: dict[int, dict[str, float]] = {}
         written: dict[int, list[int]] = {}  # greedy answers the scoring pass already shows

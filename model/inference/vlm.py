@@ -25,6 +25,7 @@ from model.ct.modality import require_ct
 from model.ct.preprocess import InputGeometry, masks_to_input, slice_input_with_crop, to_model_input_with_crop
 from model.ct.rois import rois_for
 from model.inference import boxes, prompts
+from model.inference.locate import located_answer
 from model.inference.devices import describe
 from model.inference.quantize import is_quantized
 
@@ -61,6 +62,7 @@ class PreparedImage:
     prefix_cache: Any = field(default=None, repr=False)
     slice_index: int | None = None  # the axial slice asked about; None = the whole scan
     organ_masks: torch.Tensor | None = None  # (1, organs, D, H, W) on the input grid (OmniCT family)
+    boxes: dict[str, tuple[float, ...]] | None = None  # the box head's box per located finding, once asked
 
     @property
     def num_tokens(self) -> int:
@@ -392,6 +394,10 @@ class VLM:
                slice_index: int | None = None, **sampling: Any) -> Iterator[str]:
         """Yield the answer's text pieces as they are generated (closing the iterator cancels);
         `slice_index` asks about that axial slice of the volume instead of the whole scan."""
+        located = None if slice_index is not None else located_answer(self, self.prepare(volume_or_tensor), question)
+        if located is not None:
+            yield located.text
+            return
         run = self._run(volume_or_tensor, question, choices, priors, max_new_tokens, prior_label, sampling, slice_index)
         for piece, _ in run:
             if piece:
@@ -424,6 +430,11 @@ class VLM:
         `on_text` receives the text pieces as they come (streaming and the full result in one call);
         `slice_index` asks about that axial slice instead of the whole scan (OmniCT family)."""
         start = time.perf_counter()
+        located = None if slice_index is not None else located_answer(self, self.prepare(volume_or_tensor), question)
+        if located is not None:  # a box the box head reads off the image (model.inference.locate)
+            if on_text is not None:
+                on_text(located.text)
+            return located
         final: dict[str, Any] = {}
         for piece, state in self._run(volume_or_tensor, question, choices, priors, max_new_tokens, prior_label,
                                       sampling, slice_index):

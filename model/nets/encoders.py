@@ -62,7 +62,9 @@ def vision_encoder_from_config(config: Any) -> nn.Module:
                              pooling_size=config.proj_pooling_size, proj_layer_num=config.proj_layer_num,
                              stem_channels=config.vision_stem_channels,
                              stem_depth=config.vision_stem_depth,
-                             n_findings=len(config.vision_finding_names))
+                             n_findings=len(config.vision_finding_names),
+                             box_findings=[list(config.vision_finding_names).index(n)
+                                           for n in config.vision_box_findings])
     return OmniCTEncoder(**sizes, image_size=config.image_size, patch_size=config.patch_size,
                          unshuffle=config.token_unshuffle, position_dims=config.position_dims,
                          organs=config.organ_names, tokens_per_organ=config.organ_tokens)

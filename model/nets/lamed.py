@@ -56,6 +56,7 @@ class LamedConfig(PreTrainedConfig):
     vision_stem_channels: int = 0  # M3D family: 0 = M3D's linear patch embedding, else a conv stem (vision.ConvStem)
     vision_stem_depth: int = 0  # 1: the conv stem goes two scales deeper before the tokens (vision.ConvStem)
     vision_finding_names: list[str] | tuple[str, ...] = ()  # findings the stem's map is read out for (nets.findings)
+    vision_box_findings: list[str] | tuple[str, ...] = ()  # of those, the ones a box head locates (FindingBoxes)
     token_unshuffle: int = 2
     position_dims: list[int] | tuple[int, ...] = (32, 32, 32)
     organ_names: list[str] | tuple[str, ...] = DEFAULT_ORGANS
@@ -73,6 +74,13 @@ class LamedConfig(PreTrainedConfig):
             raise ValueError(f"vision_finding_names must be a list of finding names, got the string "
                              f"{self.vision_finding_names!r}")
         self.vision_finding_names = [str(v) for v in self.vision_finding_names]
+        if isinstance(self.vision_box_findings, str):
+            raise ValueError(f"vision_box_findings must be a list of finding names, got the string "
+                             f"{self.vision_box_findings!r}")
+        self.vision_box_findings = [str(v) for v in self.vision_box_findings]
+        unknown = [n for n in self.vision_box_findings if n not in self.vision_finding_names]
+        if unknown:
+            raise ValueError(f"vision_box_findings {unknown} are not in vision_finding_names")
         if self.vision_finding_names and (self.vision_family != "m3d" or not self.vision_stem_channels):
             raise ValueError("vision_finding_names needs the M3D family with a convolutional stem "
                              f"(vision_stem_channels > 0), got {self.vision_family!r} with {self.vision_stem_channels}")

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.nets.findings import FindingReadout
+from model.nets.findings import FindingBoxes, FindingReadout, box_from_map
 
 
 def grid_shape(image_size: Sequence[int], patch_size: Sequence[int]) -> tuple[int, int, int]:
@@ -258,6 +258,7 @@ class VisionEncoder(nn.Module):
         stem_channels: int = 0,
         stem_depth: int = 0,
         n_findings: int = 0,
+        box_findings: Sequence[int] = (),
     ) -> None:
         super().__init__()
         self.vision_tower = ViT3D(image_size, patch_size, hidden_size, num_layers, num_heads, mlp_dim,
@@ -274,6 +275,19 @@ class VisionEncoder(nn.Module):
             self.findings = FindingReadout(
                 stem.feature_channels, n_findings, [int(i) // s for i, s in zip(image_size, stem.shrink)],
                 [g // int(pooling_size) for g in grid_shape(image_size, patch_size)], out_dim)
+        self.box_findings: tuple[int, ...] = ()  # readout findings the box head locates
+        self.boxes: FindingBoxes | None = None
+        if box_findings:
+            self.add_boxes(box_findings)
+
+    def add_boxes(self, findings: Sequence[int]) -> FindingBoxes:
+        """A new box head for these readout findings (training adds it once the stem is final)."""
+        n = 0 if self.findings is None else self.findings.head.out_channels
+        if not findings or not all(0 <= int(k) < n for k in findings):
+            raise ValueError(f"box findings {tuple(findings)} must be findings of the readout ({n})")
+        self.box_findings = tuple(int(k) for k in findings)
+        self.boxes = FindingBoxes(self.findings.head.in_channels, len(self.box_findings))  # type: ignore[union-attr]
+        return self.boxes
 
     def tower(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """What the projector reads: the tower's tokens and the finding logits (None without a readout)."""
@@ -287,3 +301,14 @@ class VisionEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.project(*self.tower(images))
+
+    @torch.no_grad()
+    def locate(self, images: torch.Tensor) -> dict[int, tuple[float, ...]]:
+        """(1,1,D,H,W) input to the box (0-1 over the input) of every finding the box head
+        locates, by readout index: one pass of the stem, whether or not the finding is there
+        (the readout says that; a box question presumes it)."""
+        if self.boxes is None or self.findings is None:
+            return {}
+        features = self.vision_tower.encode(images)[1]
+        logits, distances = self.findings(features)[0], self.boxes(features)[0]
+        return {k: box_from_map(logits[k], distances[j]) for j, k in enumerate(self.box_findings)}

@@ -154,9 +154,14 @@ def model_card(recipe: Recipe, record: dict[str, Any], report: dict[str, Any] | 
         f"{recipe.valid_frac:.0%} of the patients kept out to pick the checkpoint), preprocessed to the model input "
         "once (tensor cache).",
         (f"- Stage 0 (the stem's detectors): the convolutional stem and a per-label head on its feature map learn "
-           f"where each finding is from the lesion boxes, on crops of {'x'.join(map(str, recipe.stem_crop))} voxels "
+           f"where each finding is from the lesion boxes"
+           + (" (for a lesion drawn in several pieces, such as calcified spots, emphysema bullae or fibrotic bands, "
+              "each piece's own box: the whole box of a coronary calcification is over 99 % normal tissue)"
+              if recipe.dense_parts else "")
+           + f", on crops of {'x'.join(map(str, recipe.stem_crop))} voxels "
            f"of the model input, {recipe.stem_positive:.0%} of them centred on a lesion drawn from all lesions "
-           f"(the rest anywhere), {recipe.stem_steps} steps x {recipe.stem_images} crops, lr {recipe.stem_lr}"
+           + ("(then on one of its pieces) " if recipe.dense_parts else "")
+           + f"(the rest anywhere), {recipe.stem_steps} steps x {recipe.stem_images} crops, lr {recipe.stem_lr}"
            + (f", {stage1['stem']['seconds'] / 60:.1f} min" if stage1.get("stem") else "") + ". Why: on whole "
            "volumes the small findings are a few hundred of half a million voxels and every step teaches them "
            "little (see what was tried); on lesion-centred crops they are large and every step shows several.\n"
@@ -190,6 +195,13 @@ def model_card(recipe: Recipe, record: dict[str, Any], report: dict[str, Any] | 
               if recipe.balance_presence else "") if recipe.own_frequency_tasks else "")
         + ". Box questions (\"where is "
         "...? give the box\") are answered with the ground-truth box in the input's 0-1 coordinates.",
+        *([f"- Stage 3 (the box head): on the frozen stem's features, every cell the readout marks for a lesion of "
+           f"{', '.join(record['boxes']['findings'])} learns the offset to the lesion's centre and its log size "
+           f"(at most {recipe.box_cells} cells per lesion, {record['boxes']['cells']} in all), {recipe.box_steps} steps. "
+           "Box questions about those findings are answered by it, not written by the language model (which reads 32 "
+           "coarse tokens: nets.findings.FindingBoxes); held-out boxes found with IoU >= 0.5 at the end: "
+           + ", ".join(f"{k} {v} %" for k, v in record['boxes']['valid_iou_at_50'].items()) + "."]
+          if record.get("boxes") else []),
         f"- AdamW lr {recipe.lr}, warm-up {recipe.warmup_steps} steps, cosine to 10%. Steps run: "
         f"{stage1['steps_done']} + {stage2['steps_done']}; checkpoint kept: stage-2 step {stage2['best_step']} "
         f"(best closed validation accuracy {stage2['best_closed_accuracy']}% on class-balanced held-out questions).",

@@ -21,6 +21,8 @@ STAGE2_FIELDS = ("stage2_steps", "stage2_images", "focus_steps", "seen_questions
                  "seen_readout", "own_frequency_tasks", "balance_presence",
                  "questions_per_image", "validate_every", "validation_questions", "eval_limit", "stage2_minutes",
                  "held_out_finding", "aux_weight", "heldout", "checkpoint_every")
+# Fields only stage 3 (the box head, trained last on the frozen stem) reads: changing them retrains it alone.
+STAGE3_FIELDS = ("box_steps", "box_cells")
 
 
 def _as_now(stored: dict[str, Any] | None) -> dict[str, Any]:
@@ -48,7 +50,8 @@ class Checkpoints:
         if path is None or not path.is_file():
             return None
         state = torch.load(path, weights_only=True)
-        ignored = STAGE2_FIELDS if stage in ("stage0", "stage1") else ()
+        ignored = {"stage0": STAGE2_FIELDS + STAGE3_FIELDS, "stage1": STAGE2_FIELDS + STAGE3_FIELDS,
+                   "stage2": STAGE3_FIELDS}.get(stage, ())
         if {k: v for k, v in _as_now(state.get("recipe")).items() if k not in ignored} != \
                 {k: v for k, v in self.recipe.items() if k not in ignored}:
             print(f"[resume] {path} was written by another recipe: starting {stage} afresh", flush=True)

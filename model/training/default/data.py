@@ -63,6 +63,7 @@ class Dataset:
     # per volume, the lesion each of its boxes belongs to (a many-part lesion has several boxes:
     # stage 0 then centres crops on lesions, not parts); empty: every box is its own lesion
     box_lesions: list[list[int]] = field(default_factory=list)
+    lesions: list[list[tuple[int, tuple[float, ...]]]] = field(default_factory=list)  # per volume: whole boxes
 
 
 
@@ -201,12 +202,14 @@ def build_dataset(cohort_dir: Path, split: str, tokenizer: Any, recipe: Recipe) 
               for box in lesion_boxes(l, recipe.dense_parts)] for n, g in zip(names, geometries)]
     box_lesions = [[k for k, l in enumerate(truth[n]["lesions"]) for _ in lesion_boxes(l, recipe.dense_parts)]
                    for n in names]
+    lesions = [[(label_names.index(l["label"]), to_normalized(l["bbox_voxel"], g)) for l in truth[n]["lesions"]]
+               for n, g in zip(names, geometries)]  # what box questions ask for (stage3)
     if recipe.dense_parts and not any("parts_bbox_voxel" in l for n in names for l in truth[n]["lesions"]):
         print(f"[data] {cohort_dir.name}: its ground truth has no per-part boxes (made before they were written): "
               "the lesions' whole boxes are the dense targets; regenerate it with `ctvqa synth`", flush=True)
     patches = box_targets(boxes, grid, len(label_names), margin=0).flatten(2).transpose(1, 2)
     data = Dataset([f"{cohort_dir.name}/{n}" for n in names], pixels, labels, label_names, patches, boxes=boxes,
-                   box_lesions=box_lesions)
+                   box_lesions=box_lesions, lesions=lesions)
     for name, k in index.items():
         data.by_volume[k] = {"caption": [encode_example(
             tokenizer, k, "caption", CAPTION_QUESTION, reports[name]["Impressions_EN"], None, None)]}
@@ -234,7 +237,7 @@ def join_datasets(parts: Sequence[Dataset]) -> Dataset:
     joined = Dataset([n for p in parts for n in p.names], torch.cat([p.pixels for p in parts]),
                      torch.cat([p.labels for p in parts]), first.label_names,
                      torch.cat([p.patch_labels for p in parts]), boxes=[b for p in parts for b in p.boxes],
-                     box_lesions=[b for p in parts for b in lesion_ids(p)])
+                     box_lesions=[b for p in parts for b in lesion_ids(p)], lesions=[b for p in parts for b in p.lesions])
     offset = 0
     for part in parts:
         for k, tasks in part.by_volume.items():
@@ -257,7 +260,7 @@ def without_finding(data: Dataset, label: str, tokenizer: Any) -> Dataset:
         return e.finding == label or word in text
 
     kept = Dataset(data.names, data.pixels, data.labels, data.label_names, data.patch_labels, boxes=data.boxes,
-                   box_lesions=data.box_lesions)
+                   box_lesions=data.box_lesions, lesions=data.lesions)
     for k, tasks in data.by_volume.items():
         kept.by_volume[k] = {t: [e for e in examples if not mentions(e)] for t, examples in tasks.items()}
         kept.by_volume[k] = {t: v for t, v in kept.by_volume[k].items() if v}

@@ -13,6 +13,7 @@ from model.training.default.checkpoint import Checkpoints, clone_state
 from model.training.default.data import Dataset, Sampler, validation_examples
 from model.training.default.recipe import TASK_WEIGHTS, Recipe
 from model.training.default.stage1 import readout_auc, train_alignment
+from model.training.default.stage3 import train_boxes
 from model.training.default.steps import (
     Clock,
     LabelHead,
@@ -122,9 +123,10 @@ def train(model: Any, tokenizer: Any, train_data: Dataset, valid_data: Dataset, 
                          *([alignment["valid_readout_auc"]] if recipe.seen_readout else []))
     print(f"[train] stage 2 starts on existence questions about what the tower sees: {seen}", flush=True)
     instruction = train_instruction(model, head, tokenizer, train_data, valid_data, recipe, seen, checkpoints)
+    boxes = train_boxes(model, train_data, valid_data, recipe, checkpoints or Checkpoints(None, recipe))
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()
-    return {"alignment": alignment, "instruction": instruction, "seen_findings": seen,
+    return {"alignment": alignment, "instruction": instruction, "seen_findings": seen, "boxes": boxes,
             "train_seconds": (alignment.get("stem") or {}).get("seconds", 0) + alignment["seconds"]
-            + instruction["seconds"]}
+            + instruction["seconds"] + (boxes or {}).get("seconds", 0)}

@@ -1,0 +1,47 @@
+"""Box questions answered by the model's box head (nets.findings.FindingBoxes) rather than by its
+language model, for the findings the head locates: the LM reads 32 coarse image tokens and cannot
+place a nodule; the finding readout marks it at eight times their resolution in plane.
+
+A model without a box head (every published checkpoint) answers box questions as before, in text.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from model.evaluation.findings import finding_asked
+from model.inference import boxes
+from model.inference.answer_checks import asks_for_box
+from model.inference.prompts import BOX_END, BOX_START
+
+
+def box_findings(model: Any) -> list[str]:
+    """The findings a model's box head locates (none without one)."""
+    return list(getattr(model.config, "vision_box_findings", None) or [])
+
+
+def located_answer(vlm: Any, prepared: Any, question: str) -> Any | None:
+    """The Answer to `question` read off the box head, or None when the question asks for no box,
+    names no finding the head locates, or is about one axial slice."""
+    from model.inference.vlm import Answer  # deferred: vlm imports this module
+
+    names = box_findings(vlm.model)
+    if not names or prepared.slice_index is not None or not asks_for_box(question):
+        return None
+    finding = finding_asked(question, names)
+    if finding is None:
+        return None
+    start = time.perf_counter()
+    if prepared.boxes is None:  # every located finding at once: one pass of the stem
+        readout = list(vlm.model.config.vision_finding_names)
+        weight = next(vlm.model.vision.parameters())
+        with torch.inference_mode():
+            found = vlm.model.vision.locate(prepared.pixels.to(device=weight.device, dtype=weight.dtype))
+        prepared.boxes = {readout[k]: box for k, box in found.items()}
+    normalized = prepared.boxes[finding]
+    text = boxes.format_box(normalized).removeprefix(BOX_START).removesuffix(BOX_END)
+    voxels = boxes.to_voxels(normalized, prepared.geometry) if prepared.geometry is not None else None
+    seconds = time.perf_counter() - start
+    return Answer(text=text, box=voxels, box_normalized=normalized, latency_first_token_s=seconds, total_s=seconds)

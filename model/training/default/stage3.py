@@ -1,0 +1,139 @@
+"""Stage 3, the box head: where each box-question finding is, read off the final stem's map.
+
+The stem and its finding readout are final after stage 1 (stage 2 trains the projector and the
+language model only), so the box head (nets.findings.FindingBoxes) learns on their frozen
+features: every cell the readout is taught to mark for a lesion (its box grown by one cell)
+learns the offset to the lesion's centre and its log size. At most `box_cells` cells per
+lesion, so a pleural effusion of a thousand cells does not drown a nodule of one. Cheap: one
+stem pass per volume, then a small MLP on cached feature vectors.
+"""
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from model.training.default.checkpoint import Checkpoints
+from model.training.default.data import Dataset
+from model.training.default.recipe import Recipe
+from model.training.default.steps import Clock, lr_factor, optimiser_step, set_lr
+
+
+def box_findings(data: Dataset) -> list[str]:
+    """The findings the training data asks box questions about, in label order (a variant that
+    never hears of a finding is not taught to locate it either)."""
+    asked = {e.finding for tasks in data.by_volume.values() for e in tasks.get("box", [])}
+    return [name for name in data.label_names if name in asked]
+
+
+def cell_samples(features: torch.Tensor, lesions: Sequence[tuple[int, Sequence[float]]], slots: dict[int, int],
+                 rng: random.Random, per_lesion: int) -> tuple[list[torch.Tensor], list[int], list[list[float]]]:
+    """Feature vectors (C,) of one volume's cells around each lesion of a located finding, their
+    slot in the box head, and their targets (centre offset, log size, in cells)."""
+    grid = features.shape[1:]
+    vectors, slot_of, targets = [], [], []
+    for label, box in lesions:
+        if label not in slots:
+            continue
+        lo = [min(max(0, int(box[i] * grid[i]) - 1), grid[i] - 1) for i in range(3)]
+        hi = [min(grid[i], max(lo[i] + 1, math.ceil(box[i + 3] * grid[i])) + 1) for i in range(3)]
+        cells = [(z, y, x) for z in range(lo[0], hi[0]) for y in range(lo[1], hi[1]) for x in range(lo[2], hi[2])]
+        centre = [(box[i] + box[i + 3]) / 2 * grid[i] for i in range(3)]
+        size = [max((box[i + 3] - box[i]) * grid[i], 1e-3) for i in range(3)]
+        for z, y, x in rng.sample(cells, min(per_lesion, len(cells))):
+            vectors.append(features[:, z, y, x])
+            slot_of.append(slots[label])
+            targets.append([centre[0] - z - 0.5, centre[1] - y - 0.5, centre[2] - x - 0.5, *map(math.log, size)])
+    return vectors, slot_of, targets
+
+
+def _samples(model: Any, data: Dataset, slots: dict[int, int], rng: random.Random, per_lesion: int
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    vectors, slot_of, targets = [], [], []
+    tower = model.vision.vision_tower
+    with torch.no_grad():
+        for start in range(0, len(data.names), 16):
+            batch = [v for v in range(start, min(start + 16, len(data.names))) if data.lesions[v]]
+            if not batch:
+                continue
+            features = tower.encode(data.pixels[batch].float())[1]
+            for k, v in enumerate(batch):
+                got = cell_samples(features[k], data.lesions[v], slots, rng, per_lesion)
+                vectors += got[0]
+                slot_of += got[1]
+                targets += got[2]
+    if not vectors:
+        raise ValueError("no lesion of a box-question finding in the training data: nothing to locate")
+    return torch.stack(vectors), torch.tensor(slot_of), torch.tensor(targets)
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """IoU of two (z1, y1, x1, z2, y2, x2) boxes."""
+    inter = math.prod(max(0.0, min(a[i + 3], b[i + 3]) - max(a[i], b[i])) for i in range(3))
+    union = math.prod(a[i + 3] - a[i] for i in range(3)) + math.prod(b[i + 3] - b[i] for i in range(3)) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def located_iou(model: Any, data: Dataset, names: Sequence[str]) -> dict[str, float]:
+    """Share (%) of `data`'s lesions of each located finding whose box the model's own `locate`
+    finds with IoU >= 0.5 (in the model input's 0-1 coordinates, as box questions are scored)."""
+    index = {name: data.label_names.index(name) for name in names}
+    readout = list(model.config.vision_finding_names)
+    hits: dict[str, list[bool]] = {name: [] for name in names}
+    model.vision.eval()
+    for v, lesions in enumerate(data.lesions):
+        wanted = [(name, box) for name in names for label, box in lesions if label == index[name]]
+        if not wanted:
+            continue
+        found = model.vision.locate(data.pixels[v:v + 1].float())
+        for name, box in wanted:
+            hits[name].append(box_iou(found[readout.index(name)], box) >= 0.5)
+    return {name: round(100.0 * sum(h) / len(h), 1) for name, h in hits.items() if h}
+
+
+def train_boxes(model: Any, train_data: Dataset, valid_data: Dataset, recipe: Recipe,
+                checkpoints: Checkpoints) -> dict[str, Any] | None:
+    """Stage 3 in place: adds the model's box head and trains it (None when the recipe has none)."""
+    names = box_findings(train_data) if recipe.box_steps else []
+    if not names:
+        return None
+    readout = list(model.config.vision_finding_names)
+    head = model.vision.add_boxes([readout.index(n) for n in names])
+    model.config.vision_box_findings = names
+    saved = checkpoints.load("stage3")
+    if saved is not None and saved.get("finished"):
+        head.load_state_dict(saved["head"])
+        return saved["result"]
+    torch.manual_seed(recipe.seed + 3)
+    rng = random.Random(recipe.seed + 3)
+    clock = Clock("boxes", recipe.box_steps, recipe.stage2_minutes, 0.0)
+    slots = {train_data.label_names.index(n): k for k, n in enumerate(names)}
+    vectors, slot_of, targets = _samples(model, train_data, slots, rng, recipe.box_cells)
+    print(f"[train] stage 3 (the box head) on {len(vectors)} cells of {len(names)} findings: {names}", flush=True)
+    optimiser = torch.optim.AdamW([{"params": list(head.parameters()), "base_lr": recipe.stem_lr}],
+                                  lr=recipe.stem_lr, weight_decay=1e-4)
+    generator = torch.Generator().manual_seed(recipe.seed + 3)
+    log = []
+    head.train()
+    for step in range(1, recipe.box_steps + 1):
+        set_lr(optimiser, lr_factor(step - 1, recipe.box_steps, recipe.warmup_steps))
+        pick = torch.randint(len(vectors), (min(1024, len(vectors)),), generator=generator)
+        out = head(vectors[pick][:, :, None, None, None])[:, :, :, 0, 0, 0]  # (N, findings, 6)
+        predicted = out[torch.arange(len(pick)), slot_of[pick]]
+        loss = F.smooth_l1_loss(predicted[:, :3], targets[pick, :3]) + F.l1_loss(predicted[:, 3:], targets[pick, 3:])
+        optimiser_step(optimiser, loss, list(head.parameters()))
+        if step == 1 or step % 100 == 0 or step == recipe.box_steps:
+            log.append({"step": step, "box": round(loss.item(), 4)})
+        if step % 500 == 0 or step == recipe.box_steps:
+            clock.show(step, box=loss.item())
+    head.eval()
+    result = {"findings": names, "cells": len(vectors), "steps_done": recipe.box_steps, "log": log,
+              "valid_iou_at_50": located_iou(model, valid_data, names), "seconds": round(clock.elapsed())}
+    print(f"[check] held-out boxes found with IoU >= 0.5 (%): {result['valid_iou_at_50']}", flush=True)
+    checkpoints.save("stage3", {"step": recipe.box_steps, "finished": True, "head": head.state_dict(),
+                                "result": result})
+    return result
