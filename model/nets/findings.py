@@ -69,6 +69,16 @@ class FindingBoxes(nn.Module):
         self.net = nn.Sequential(nn.Conv3d(feature_channels, hidden, 1), nn.GELU(),
                                  nn.Conv3d(hidden, 6 * n_findings, 1))
 
+    def keep(self, slots: Sequence[int]) -> FindingBoxes:
+        """A head for these of its findings only, with their trained weights."""
+        kept = FindingBoxes(self.net[0].in_channels, len(slots), self.net[0].out_channels)
+        rows = torch.tensor([6 * s + k for s in slots for k in range(6)])
+        with torch.no_grad():
+            kept.net[0].load_state_dict(self.net[0].state_dict())
+            kept.net[2].weight.copy_(self.net[2].weight[rows])
+            kept.net[2].bias.copy_(self.net[2].bias[rows])
+        return kept
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(B, C, d, h, w) stem features to (B, findings, 6, d, h, w): centre offset (z, y, x),
         then log size (z, y, x), in cells."""

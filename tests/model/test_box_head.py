@@ -37,7 +37,7 @@ def test_config_refuses_box_findings_the_readout_does_not_have() -> None:
         readout_config(vision_box_findings="Lung nodule")
 
 
-def _dataset(volumes: int = 12) -> Dataset:
+def _dataset(tokenizer, volumes: int = 12) -> Dataset:
     """Noise volumes with one bright nodule (label 0) each, at a known box, and box questions."""
     generator = torch.Generator().manual_seed(0)
     pixels = torch.rand((volumes, 1, 16, 64, 64), generator=generator).half() * 0.1
@@ -52,38 +52,66 @@ def _dataset(volumes: int = 12) -> Dataset:
     data = Dataset([f"v{v}" for v in range(volumes)], pixels, labels, FINDINGS, torch.zeros(volumes, 1, 3),
                    boxes=lesions, lesions=lesions)
     for v in range(volumes):
-        data.by_volume[v] = {"box": [Example(v, "box", "open", [1], [2], (), "Lung nodule")]}
+        question = tokenizer(" Where is the lung nodule? Give the box.", add_special_tokens=False)["input_ids"]
+        data.by_volume[v] = {"box": [Example(v, "box", "open", question, [2], (), "Lung nodule")]}
     return data
 
 
-def test_stage3_adds_a_box_head_that_finds_what_it_was_taught(tmp_path: Path) -> None:
+def test_stage3_teaches_the_head_where_a_finding_is_and_keeps_it_only_where_it_beats_the_lm(tmp_path: Path) -> None:
+    from model.nets.findings import FindingBoxes
     from model.training.default.checkpoint import Checkpoints
     from model.training.default.recipe import Recipe
-    from model.training.default.stage3 import box_findings, box_iou, train_boxes
+    from model.training.default.stage3 import (
+        box_findings,
+        box_iou,
+        cell_vectors,
+        fit_head,
+        train_boxes,
+    )
+    from model.training.default.steps import Clock
+    from tests.model.conftest import build_tokenizer, tiny_text_config
 
+    tokenizer = build_tokenizer()
     torch.manual_seed(0)
-    model = LamedForCausalLM(readout_config()).eval()
-    data = _dataset()
+    model = LamedForCausalLM(readout_config(text_config=tiny_text_config(tokenizer))).eval()
+    data = _dataset(tokenizer)
     assert box_findings(data) == ["Lung nodule"]
     recipe = Recipe(box_steps=300, box_cells=16, warmup_steps=5, stem_lr=3e-3)
+    vectors, slots, targets = cell_vectors(model, data, {0: 0}, random.Random(0), recipe.box_cells)
+    assert len(vectors) == 12 * 16 and set(slots.tolist()) == {0}
+    head = FindingBoxes(vectors.shape[1], 1)
+    log = fit_head(head, vectors, slots, targets, recipe, Clock("boxes", 300, 5.0))
+    assert log[-1]["box"] < log[0]["box"] / 2
+    with torch.no_grad():  # the sizes it gives from the lesions' cells are about right
+        sizes = head(vectors[:, :, None, None, None])[:, 0, 3:, 0, 0, 0].exp()
+    assert float((sizes / targets[:, 3:].exp() - 1).abs().median()) < 0.3
+    assert box_iou((0, 0, 0, 1, 1, 1), (0, 0, 0, 1, 1, 0.5)) == pytest.approx(0.5)
+
     before = model.vision.vision_tower.state_dict()
-    result = train_boxes(model, data, data, recipe, Checkpoints(tmp_path, recipe))
-    assert model.config.vision_box_findings == ["Lung nodule"] and result["findings"] == ["Lung nodule"]
-    assert result["log"][-1]["box"] < result["log"][0]["box"] / 2
+    result = train_boxes(model, tokenizer, data, data, recipe, Checkpoints(tmp_path, recipe))
+    assert result["findings"] == ["Lung nodule"] and set(result["valid_written_iou_at_50"]) == {"Lung nodule"}
+    beats = result["valid_iou_at_50"]["Lung nodule"] > result["valid_written_iou_at_50"]["Lung nodule"]
+    assert result["kept"] == (["Lung nodule"] if beats else [])
+    assert model.config.vision_box_findings == result["kept"] and (model.vision.boxes is not None) == beats
     for key, value in model.vision.vision_tower.state_dict().items():  # the stem stays as it was
         torch.testing.assert_close(value, before[key])
-    # the head's size from a cell of the nodule is right even where the peak is not learnt
-    features = model.vision.vision_tower.encode(data.pixels[:1].float())[1]
-    box = data.lesions[0][0][1]
-    cell = [int((box[i] + box[i + 3]) / 2 * features.shape[2 + i]) for i in range(3)]
+    again_model = LamedForCausalLM(readout_config(text_config=tiny_text_config(tokenizer))).eval()
+    again = train_boxes(again_model, tokenizer, data, data, recipe, Checkpoints(tmp_path, recipe))
+    assert again == result and again_model.config.vision_box_findings == result["kept"]  # resumed
+    if beats:
+        torch.testing.assert_close(again_model.vision.boxes.state_dict(), model.vision.boxes.state_dict())
+    assert train_boxes(model, tokenizer, data, data, Recipe(box_steps=0), Checkpoints(None, recipe)) is None
+
+
+def test_a_head_keeps_the_trained_weights_of_the_findings_it_keeps() -> None:
+    from model.nets.findings import FindingBoxes
+
+    torch.manual_seed(4)
+    head = FindingBoxes(8, 3).eval()
+    features = torch.rand((1, 8, 2, 3, 3))
+    kept = head.keep([2, 0])
     with torch.no_grad():
-        out = model.vision.boxes(features)[0, 0, :, cell[0], cell[1], cell[2]]
-    sizes = [(box[i + 3] - box[i]) * features.shape[2 + i] for i in range(3)]
-    assert out[3:].exp().tolist() == pytest.approx(sizes, rel=0.5)
-    again = train_boxes(LamedForCausalLM(readout_config()).eval(), data, data, recipe, Checkpoints(tmp_path, recipe))
-    assert again == result  # resumed from its checkpoint
-    assert box_iou((0, 0, 0, 1, 1, 1), (0, 0, 0, 1, 1, 0.5)) == pytest.approx(0.5)
-    assert train_boxes(model, data, data, Recipe(box_steps=0), Checkpoints(None, recipe)) is None
+        torch.testing.assert_close(kept(features), head(features)[:, [2, 0]])
 
 
 @pytest.fixture

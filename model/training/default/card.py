@@ -153,8 +153,8 @@ def model_card(recipe: Recipe, record: dict[str, Any], report: dict[str, Any] | 
         + f" ({cohort.get('train_volumes', '?')} training volumes; {cohort.get('valid_volumes', '?')} volumes of "
         f"{recipe.valid_frac:.0%} of the patients kept out to pick the checkpoint), preprocessed to the model input "
         "once (tensor cache).",
-        (f"- Stage 0 (the stem's detectors): the convolutional stem and a per-label head on its feature map learn "
-           f"where each finding is from the lesion boxes"
+        ("- Stage 0 (the stem's detectors): the convolutional stem and a per-label head on its feature map learn "
+           "where each finding is from the lesion boxes"
            + (" (for a lesion drawn in several pieces, such as calcified spots, emphysema bullae or fibrotic bands, "
               "each piece's own box: the whole box of a coronary calcification is over 99 % normal tissue)"
               if recipe.dense_parts else "")
@@ -198,10 +198,12 @@ def model_card(recipe: Recipe, record: dict[str, Any], report: dict[str, Any] | 
         *([f"- Stage 3 (the box head): on the frozen stem's features, every cell the readout marks for a lesion of "
            f"{', '.join(record['boxes']['findings'])} learns the offset to the lesion's centre and its log size "
            f"(at most {recipe.box_cells} cells per lesion, {record['boxes']['cells']} in all), {recipe.box_steps} steps. "
-           "Box questions about those findings are answered by it, not written by the language model (which reads 32 "
-           "coarse tokens: nets.findings.FindingBoxes); held-out boxes found with IoU >= 0.5 at the end: "
-           + ", ".join(f"{k} {v} %" for k, v in record['boxes']['valid_iou_at_50'].items()) + "."]
-          if record.get("boxes") else []),
+           "Validation boxes found with IoU >= 0.5 by the head / written by the language model (which reads 32 "
+           "coarse tokens): " + ", ".join(f"{k} {v} / {record['boxes']['valid_written_iou_at_50'].get(k, '-')} %"
+                                          for k, v in record['boxes']['valid_iou_at_50'].items())
+           + ". Box questions about the findings the head locates better ("
+           + (", ".join(record['boxes']['kept']) or "none") + ") are answered by it; the language model writes "
+           "the rest."] if record.get("boxes") else []),
         f"- AdamW lr {recipe.lr}, warm-up {recipe.warmup_steps} steps, cosine to 10%. Steps run: "
         f"{stage1['steps_done']} + {stage2['steps_done']}; checkpoint kept: stage-2 step {stage2['best_step']} "
         f"(best closed validation accuracy {stage2['best_closed_accuracy']}% on class-balanced held-out questions).",

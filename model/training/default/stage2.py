@@ -123,7 +123,7 @@ def train(model: Any, tokenizer: Any, train_data: Dataset, valid_data: Dataset, 
                          *([alignment["valid_readout_auc"]] if recipe.seen_readout else []))
     print(f"[train] stage 2 starts on existence questions about what the tower sees: {seen}", flush=True)
     instruction = train_instruction(model, head, tokenizer, train_data, valid_data, recipe, seen, checkpoints)
-    boxes = train_boxes(model, train_data, valid_data, recipe, checkpoints or Checkpoints(None, recipe))
+    boxes = train_boxes(model, tokenizer, train_data, valid_data, recipe, checkpoints or Checkpoints(None, recipe))
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()

@@ -6,6 +6,10 @@ features: every cell the readout is taught to mark for a lesion (its box grown b
 learns the offset to the lesion's centre and its log size. At most `box_cells` cells per
 lesion, so a pleural effusion of a thousand cells does not drown a nodule of one. Cheap: one
 stem pass per volume, then a small MLP on cached feature vectors.
+
+The head then answers only the findings whose validation boxes it finds more often than the
+language model's own written boxes (a large effusion's extent is read better from the whole
+image than from the cells around one peak); for the rest the language model keeps writing them.
 """
 from __future__ import annotations
 
@@ -51,7 +55,7 @@ def cell_samples(features: torch.Tensor, lesions: Sequence[tuple[int, Sequence[f
     return vectors, slot_of, targets
 
 
-def _samples(model: Any, data: Dataset, slots: dict[int, int], rng: random.Random, per_lesion: int
+def cell_vectors(model: Any, data: Dataset, slots: dict[int, int], rng: random.Random, per_lesion: int
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     vectors, slot_of, targets = [], [], []
     tower = model.vision.vision_tower
@@ -95,25 +99,30 @@ def located_iou(model: Any, data: Dataset, names: Sequence[str]) -> dict[str, fl
     return {name: round(100.0 * sum(h) / len(h), 1) for name, h in hits.items() if h}
 
 
-def train_boxes(model: Any, train_data: Dataset, valid_data: Dataset, recipe: Recipe,
-                checkpoints: Checkpoints) -> dict[str, Any] | None:
-    """Stage 3 in place: adds the model's box head and trains it (None when the recipe has none)."""
-    names = box_findings(train_data) if recipe.box_steps else []
-    if not names:
-        return None
-    readout = list(model.config.vision_finding_names)
-    head = model.vision.add_boxes([readout.index(n) for n in names])
-    model.config.vision_box_findings = names
-    saved = checkpoints.load("stage3")
-    if saved is not None and saved.get("finished"):
-        head.load_state_dict(saved["head"])
-        return saved["result"]
-    torch.manual_seed(recipe.seed + 3)
-    rng = random.Random(recipe.seed + 3)
-    clock = Clock("boxes", recipe.box_steps, recipe.stage2_minutes, 0.0)
-    slots = {train_data.label_names.index(n): k for k, n in enumerate(names)}
-    vectors, slot_of, targets = _samples(model, train_data, slots, rng, recipe.box_cells)
-    print(f"[train] stage 3 (the box head) on {len(vectors)} cells of {len(names)} findings: {names}", flush=True)
+def written_iou(model: Any, tokenizer: Any, data: Dataset, names: Sequence[str]) -> dict[str, float]:
+    """As `located_iou`, for the boxes the language model writes in answer to `data`'s box
+    questions (the model without a box head, as the chat would ask it)."""
+    from model.inference.batched import Question, answer_batch
+    from model.inference.vlm import VLM
+
+    vlm = VLM(model, tokenizer)
+    hits: dict[str, list[bool]] = {name: [] for name in names}
+    for v, tasks in data.by_volume.items():
+        asked = [e for e in tasks.get("box", []) if e.finding in hits]
+        if not asked:
+            continue
+        questions = [Question(tokenizer.decode(e.prompt_ids).strip()) for e in asked]
+        for e, answer in zip(asked, answer_batch(vlm, vlm.prepare(data.pixels[v].float()), questions, 48)):
+            truth = [box for label, box in data.lesions[v] if data.label_names[label] == e.finding]
+            hits[e.finding].append(bool(truth) and answer.box_normalized is not None
+                                   and box_iou(answer.box_normalized, truth[0]) >= 0.5)
+    vlm.clear_cache()
+    return {name: round(100.0 * sum(h) / len(h), 1) for name, h in hits.items() if h}
+
+
+def fit_head(head: Any, vectors: torch.Tensor, slot_of: torch.Tensor, targets: torch.Tensor, recipe: Recipe,
+             clock: Clock) -> list[dict[str, Any]]:
+    """`recipe.box_steps` steps of 1024 sampled cells: smooth L1 on the centre offset, L1 on the log size."""
     optimiser = torch.optim.AdamW([{"params": list(head.parameters()), "base_lr": recipe.stem_lr}],
                                   lr=recipe.stem_lr, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(recipe.seed + 3)
@@ -131,9 +140,45 @@ def train_boxes(model: Any, train_data: Dataset, valid_data: Dataset, recipe: Re
         if step % 500 == 0 or step == recipe.box_steps:
             clock.show(step, box=loss.item())
     head.eval()
-    result = {"findings": names, "cells": len(vectors), "steps_done": recipe.box_steps, "log": log,
-              "valid_iou_at_50": located_iou(model, valid_data, names), "seconds": round(clock.elapsed())}
-    print(f"[check] held-out boxes found with IoU >= 0.5 (%): {result['valid_iou_at_50']}", flush=True)
-    checkpoints.save("stage3", {"step": recipe.box_steps, "finished": True, "head": head.state_dict(),
-                                "result": result})
+    return log
+
+
+def train_boxes(model: Any, tokenizer: Any, train_data: Dataset, valid_data: Dataset, recipe: Recipe,
+                checkpoints: Checkpoints) -> dict[str, Any] | None:
+    """Stage 3 in place: adds the model's box head, trains it and keeps it for the findings it
+    locates better than the language model writes (None when the recipe has no stage 3)."""
+    names = box_findings(train_data) if recipe.box_steps else []
+    if not names:
+        return None
+    readout = list(model.config.vision_finding_names)
+    saved = checkpoints.load("stage3")
+    if saved is not None and saved.get("finished"):
+        kept = saved["result"]["kept"]
+        if kept:
+            model.vision.add_boxes([readout.index(n) for n in kept]).load_state_dict(saved["head"])
+        model.config.vision_box_findings = kept
+        return saved["result"]
+    written = written_iou(model, tokenizer, valid_data, names)
+    head = model.vision.add_boxes([readout.index(n) for n in names])
+    torch.manual_seed(recipe.seed + 3)
+    rng = random.Random(recipe.seed + 3)
+    clock = Clock("boxes", recipe.box_steps, recipe.stage2_minutes, 0.0)
+    slots = {train_data.label_names.index(n): k for k, n in enumerate(names)}
+    vectors, slot_of, targets = cell_vectors(model, train_data, slots, rng, recipe.box_cells)
+    print(f"[train] stage 3 (the box head) on {len(vectors)} cells of {len(names)} findings: {names}", flush=True)
+    log = fit_head(head, vectors, slot_of, targets, recipe, clock)
+    located = located_iou(model, valid_data, names)
+    kept = [n for n in names if located.get(n, 0.0) > written.get(n, 0.0)]
+    if kept:
+        model.vision.add_boxes([readout.index(n) for n in kept]).load_state_dict(
+            head.keep([names.index(n) for n in kept]).state_dict())
+    else:
+        model.vision.box_findings, model.vision.boxes = (), None
+    model.config.vision_box_findings = kept
+    result = {"findings": names, "kept": kept, "cells": len(vectors), "steps_done": recipe.box_steps, "log": log,
+              "valid_iou_at_50": located, "valid_written_iou_at_50": written, "seconds": round(clock.elapsed())}
+    print(f"[check] validation boxes with IoU >= 0.5 (%), box head {located}, written by the language model "
+          f"{written}: the head answers {kept or 'none'}", flush=True)
+    checkpoints.save("stage3", {"step": recipe.box_steps, "finished": True, "result": result,
+                                "head": model.vision.boxes.state_dict() if kept else {}})
     return result
