@@ -153,3 +153,17 @@ def test_a_box_question_about_a_located_finding_is_answered_by_the_head_in_every
     assert batched[2].n_tokens > 0  # a finding the head does not locate: the language model writes
     plain = vlm.answer(volume, "Is there a lung nodule?", choices=["Yes", "No"])
     assert plain.choice in ("A", "B") and plain.n_tokens > 0
+
+
+def test_a_folder_whose_box_head_tensors_are_missing_is_refused(located_vlm, tmp_path: Path) -> None:
+    """A config that names box findings with no head in the weights would answer boxes at random."""
+    from safetensors.torch import load_file, save_file
+
+    from model.inference.loading import CheckpointError, load_vlm
+
+    weights = tmp_path / "model.safetensors"
+    tensors = load_file(weights)
+    assert any(k.startswith("vision.boxes.") for k in tensors)
+    save_file({k: v for k, v in tensors.items() if not k.startswith("vision.boxes.")}, weights, metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="vision.boxes"):
+        load_vlm(str(tmp_path), device="cpu")
