@@ -112,7 +112,7 @@ def written_iou(model: Any, tokenizer: Any, data: Dataset, names: Sequence[str])
         if not asked:
             continue
         questions = [Question(tokenizer.decode(e.prompt_ids).strip()) for e in asked]
-        for e, answer in zip(asked, answer_batch(vlm, vlm.prepare(data.pixels[v].float()), questions, 48)):
+        for e, answer in zip(asked, answer_batch(vlm, vlm.prepare(data.pixels[v].float()), questions, 64)):
             truth = [box for label, box in data.lesions[v] if data.label_names[label] == e.finding]
             hits[e.finding].append(bool(truth) and answer.box_normalized is not None
                                    and box_iou(answer.box_normalized, truth[0]) >= 0.5)
