@@ -189,3 +189,24 @@ def test_training_script_end_to_end_is_deterministic(tmp_path: Path) -> None:
                         choices=["Yes", "No", "-", "-"], max_new_tokens=4)
     assert answer.choice in ("A", "B")
     assert "synthetic" in (tmp_path / "a" / "README.md").read_text()
+
+
+@pytest.mark.parametrize(("finding", "question", "least_iou"), [
+    ("Consolidation", "Where is the consolidation? Give the box.", 0.5),
+    ("Cardiomegaly", "Where is the cardiomegaly? Draw its bounding box.", 0.5),
+    ("Lung nodule", "Where is the lung nodule? Give the box.", 0.2),  # a box on the nodule, too coarse (card)
+])
+def test_box_questions_about_located_findings_are_answered_by_the_box_head(default_vlm, finding, question,
+                                                                          least_iou) -> None:
+    """The same fixed phantom, each finding drawn into it: the box comes from the box head (no
+    token written) and lies on the painted lesion."""
+    from model.training.default.stage3 import box_iou
+
+    assert finding in default_vlm.model.config.vision_box_findings
+    scan = _phantom({finding: (1.0,)}, PHANTOM_SIZE, seed=2026)
+    truth = next(p.record["bbox_voxel"] for p in scan.painted if p.record["label"] == finding)
+    answer = default_vlm.answer(scan.hu, question)
+    assert answer.n_tokens == 0 and answer.box is not None, answer
+    centre = [(answer.box[i] + answer.box[i + 3]) / 2 for i in range(3)]
+    assert all(truth[i] <= centre[i] <= truth[i + 3] for i in range(3)), (answer.box, truth)
+    assert box_iou(answer.box, truth) >= least_iou, (answer.box, truth)
