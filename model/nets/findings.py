@@ -61,17 +61,21 @@ class FindingBoxes(nn.Module):
     and hearts, which fill whole tokens). The finding readout marks the finding's cells at eight
     times the tokens' resolution in plane; the box is read off the cells around its peak."""
 
-    def __init__(self, feature_channels: int, n_findings: int, hidden: int = 64) -> None:
+    def __init__(self, feature_channels: int, n_findings: int, hidden: int = 64, context: int = 0) -> None:
+        """`context` 1: each cell also reads its 26 neighbours (a 3x3x3 first layer), which tell
+        where within the cell a finding smaller than one cell lies."""
         super().__init__()
         if n_findings < 1:
             raise ValueError(f"a box head needs at least one finding, got {n_findings}")
-        self.n_findings = n_findings
-        self.net = nn.Sequential(nn.Conv3d(feature_channels, hidden, 1), nn.GELU(),
+        if context not in (0, 1):
+            raise ValueError(f"a box head's context is 0 or 1 cells, got {context}")
+        self.n_findings, self.context = n_findings, context
+        self.net = nn.Sequential(nn.Conv3d(feature_channels, hidden, 1 + 2 * context, padding=context), nn.GELU(),
                                  nn.Conv3d(hidden, 6 * n_findings, 1))
 
     def keep(self, slots: Sequence[int]) -> FindingBoxes:
         """A head for these of its findings only, with their trained weights."""
-        kept = FindingBoxes(self.net[0].in_channels, len(slots), self.net[0].out_channels)
+        kept = FindingBoxes(self.net[0].in_channels, len(slots), self.net[0].out_channels, self.context)
         rows = torch.tensor([6 * s + k for s in slots for k in range(6)])
         with torch.no_grad():
             kept.net[0].load_state_dict(self.net[0].state_dict())

@@ -57,6 +57,7 @@ class LamedConfig(PreTrainedConfig):
     vision_stem_depth: int = 0  # 1: the conv stem goes two scales deeper before the tokens (vision.ConvStem)
     vision_finding_names: list[str] | tuple[str, ...] = ()  # findings the stem's map is read out for (nets.findings)
     vision_box_findings: list[str] | tuple[str, ...] = ()  # of those, the ones a box head locates (FindingBoxes)
+    vision_box_context: int = 0  # 1: the box head's first layer reads each cell's 3x3x3 neighbourhood
     token_unshuffle: int = 2
     position_dims: list[int] | tuple[int, ...] = (32, 32, 32)
     organ_names: list[str] | tuple[str, ...] = DEFAULT_ORGANS

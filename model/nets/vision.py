@@ -259,6 +259,7 @@ class VisionEncoder(nn.Module):
         stem_depth: int = 0,
         n_findings: int = 0,
         box_findings: Sequence[int] = (),
+        box_context: int = 0,
     ) -> None:
         super().__init__()
         self.vision_tower = ViT3D(image_size, patch_size, hidden_size, num_layers, num_heads, mlp_dim,
@@ -278,15 +279,16 @@ class VisionEncoder(nn.Module):
         self.box_findings: tuple[int, ...] = ()  # readout findings the box head locates
         self.boxes: FindingBoxes | None = None
         if box_findings:
-            self.add_boxes(box_findings)
+            self.add_boxes(box_findings, box_context)
 
-    def add_boxes(self, findings: Sequence[int]) -> FindingBoxes:
+    def add_boxes(self, findings: Sequence[int], context: int = 0) -> FindingBoxes:
         """A new box head for these readout findings (training adds it once the stem is final)."""
         n = 0 if self.findings is None else self.findings.head.out_channels
         if not findings or not all(0 <= int(k) < n for k in findings):
             raise ValueError(f"box findings {tuple(findings)} must be findings of the readout ({n})")
         self.box_findings = tuple(int(k) for k in findings)
-        self.boxes = FindingBoxes(self.findings.head.in_channels, len(self.box_findings))  # type: ignore[union-attr]
+        self.boxes = FindingBoxes(self.findings.head.in_channels, len(self.box_findings),  # type: ignore[union-attr]
+                                  context=context)
         return self.boxes
 
     def tower(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -83,7 +83,7 @@ def test_stage3_teaches_the_head_where_a_finding_is_and_keeps_it_only_where_it_b
     log = fit_head(head, vectors, slots, targets, recipe, Clock("boxes", 300, 5.0))
     assert log[-1]["box"] < log[0]["box"] / 2
     with torch.no_grad():  # the sizes it gives from the lesions' cells are about right
-        sizes = head(vectors[:, :, None, None, None])[:, 0, 3:, 0, 0, 0].exp()
+        sizes = head(vectors)[:, 0, 3:, 0, 0, 0].exp()
     assert float((sizes / targets[:, 3:].exp() - 1).abs().median()) < 0.3
     assert box_iou((0, 0, 0, 1, 1, 1), (0, 0, 0, 1, 1, 0.5)) == pytest.approx(0.5)
 
@@ -167,3 +167,24 @@ def test_a_folder_whose_box_head_tensors_are_missing_is_refused(located_vlm, tmp
     save_file({k: v for k, v in tensors.items() if not k.startswith("vision.boxes.")}, weights, metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match="vision.boxes"):
         load_vlm(str(tmp_path), device="cpu")
+
+
+def test_a_context_head_trains_on_exactly_what_it_reads_on_the_whole_map() -> None:
+    """With context 1 a sampled cell's 3x3x3 patch (zero beyond the map) gives the head the same
+    output there as the whole map does, edges included."""
+    from model.nets.findings import FindingBoxes
+    from model.training.default.stage3 import cell_samples
+
+    torch.manual_seed(5)
+    features = torch.rand((8, 4, 6, 6))
+    head = FindingBoxes(8, 2, hidden=16, context=1).eval()
+    lesions = [(0, (0.0, 0.0, 0.0, 0.2, 0.3, 0.3)), (1, (0.5, 0.5, 0.5, 1.0, 1.0, 1.0))]
+    vectors, slots, _ = cell_samples(features, lesions, {0: 0, 1: 1}, random.Random(0), 200, context=1)
+    assert all(v.shape == (8, 3, 3, 3) for v in vectors) and set(slots) == {0, 1}
+    with torch.no_grad():
+        whole = head(features[None])[0]  # (2, 6, 4, 6, 6)
+        patches = head(torch.stack(vectors))[..., 1, 1, 1]  # (N, 2, 6)
+    found = 0
+    for patch in patches:  # every patch's output is the whole map's output at some cell
+        found += bool(((whole.flatten(2) - patch[..., None]).abs().amax(dim=(0, 1)) < 1e-5).any())
+    assert found == len(vectors)

@@ -113,6 +113,7 @@ class Recipe:
     held_out_finding: str | None = None  # a variant never asked about this label (the feedback demonstration)
     box_steps: int = 3000  # stage 3: the box head on the final stem's features (stage3.py); 0 = the LM writes boxes
     box_cells: int = 48  # cells sampled per lesion for it
+    box_context: int = 0  # 1: the head reads each cell's 3x3x3 neighbourhood of stem features (FindingBoxes)
     stage1_minutes: float = 45.0  # wall-clock caps: a slow machine stops early with the best so far
     stage2_minutes: float = 35.0
 
@@ -142,7 +143,7 @@ def recipe_from_record(stored: dict[str, Any]) -> Recipe:
     # records from before these fields existed were trained without them
     fixed.update({k: stored.get(k, v) for k, v in (("finding_readout", False), ("seen_readout", False),
                                                          ("balance_presence", False), ("dense_parts", False),
-                                                         ("box_steps", 0))})
+                                                         ("box_steps", 0), ("box_context", 0))})
     fixed.setdefault("own_frequency_tasks", ())
     fixed.update(cohorts=cohorts(stored["cohorts"]), heldout=cohorts(stored["heldout"]))
     return Recipe(**{**stored, **fixed})

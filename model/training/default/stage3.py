@@ -35,10 +35,14 @@ def box_findings(data: Dataset) -> list[str]:
 
 
 def cell_samples(features: torch.Tensor, lesions: Sequence[tuple[int, Sequence[float]]], slots: dict[int, int],
-                 rng: random.Random, per_lesion: int) -> tuple[list[torch.Tensor], list[int], list[list[float]]]:
-    """Feature vectors (C,) of one volume's cells around each lesion of a located finding, their
-    slot in the box head, and their targets (centre offset, log size, in cells)."""
+                 rng: random.Random, per_lesion: int, context: int = 0
+                 ) -> tuple[list[torch.Tensor], list[int], list[list[float]]]:
+    """Features (C, k, k, k), k = 1 + 2 * context, of one volume's cells around each lesion of a
+    located finding (zero beyond the map, as the head's padding sees it), their slot in the box
+    head, and their targets (centre offset, log size, in cells)."""
     grid = features.shape[1:]
+    padded = F.pad(features, (context,) * 6)
+    k = 1 + 2 * context
     vectors, slot_of, targets = [], [], []
     for label, box in lesions:
         if label not in slots:
@@ -49,14 +53,14 @@ def cell_samples(features: torch.Tensor, lesions: Sequence[tuple[int, Sequence[f
         centre = [(box[i] + box[i + 3]) / 2 * grid[i] for i in range(3)]
         size = [max((box[i + 3] - box[i]) * grid[i], 1e-3) for i in range(3)]
         for z, y, x in rng.sample(cells, min(per_lesion, len(cells))):
-            vectors.append(features[:, z, y, x])
+            vectors.append(padded[:, z:z + k, y:y + k, x:x + k])
             slot_of.append(slots[label])
             targets.append([centre[0] - z - 0.5, centre[1] - y - 0.5, centre[2] - x - 0.5, *map(math.log, size)])
     return vectors, slot_of, targets
 
 
-def cell_vectors(model: Any, data: Dataset, slots: dict[int, int], rng: random.Random, per_lesion: int
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def cell_vectors(model: Any, data: Dataset, slots: dict[int, int], rng: random.Random, per_lesion: int,
+                 context: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     vectors, slot_of, targets = [], [], []
     tower = model.vision.vision_tower
     with torch.no_grad():
@@ -66,7 +70,7 @@ def cell_vectors(model: Any, data: Dataset, slots: dict[int, int], rng: random.R
                 continue
             features = tower.encode(data.pixels[batch].float())[1]
             for k, v in enumerate(batch):
-                got = cell_samples(features[k], data.lesions[v], slots, rng, per_lesion)
+                got = cell_samples(features[k], data.lesions[v], slots, rng, per_lesion, context)
                 vectors += got[0]
                 slot_of += got[1]
                 targets += got[2]
@@ -131,7 +135,9 @@ def fit_head(head: Any, vectors: torch.Tensor, slot_of: torch.Tensor, targets: t
     for step in range(1, recipe.box_steps + 1):
         set_lr(optimiser, lr_factor(step - 1, recipe.box_steps, recipe.warmup_steps))
         pick = torch.randint(len(vectors), (min(1024, len(vectors)),), generator=generator)
-        out = head(vectors[pick][:, :, None, None, None])[:, :, :, 0, 0, 0]  # (N, findings, 6)
+        out = head(vectors[pick])  # (N, findings, 6, k, k, k): the middle cell is the sampled one
+        middle = out.shape[-1] // 2
+        out = out[..., middle, middle, middle]
         predicted = out[torch.arange(len(pick)), slot_of[pick]]
         loss = F.smooth_l1_loss(predicted[:, :3], targets[pick, :3]) + F.l1_loss(predicted[:, 3:], targets[pick, 3:])
         optimiser_step(optimiser, loss, list(head.parameters()))
@@ -155,26 +161,28 @@ def train_boxes(model: Any, tokenizer: Any, train_data: Dataset, valid_data: Dat
     if saved is not None and saved.get("finished"):
         kept = saved["result"]["kept"]
         if kept:
-            model.vision.add_boxes([readout.index(n) for n in kept]).load_state_dict(saved["head"])
+            model.vision.add_boxes([readout.index(n) for n in kept], recipe.box_context).load_state_dict(saved["head"])
         model.config.vision_box_findings = kept
+        model.config.vision_box_context = recipe.box_context
         return saved["result"]
     written = written_iou(model, tokenizer, valid_data, names)
-    head = model.vision.add_boxes([readout.index(n) for n in names])
+    head = model.vision.add_boxes([readout.index(n) for n in names], recipe.box_context)
     torch.manual_seed(recipe.seed + 3)
     rng = random.Random(recipe.seed + 3)
     clock = Clock("boxes", recipe.box_steps, recipe.stage2_minutes, 0.0)
     slots = {train_data.label_names.index(n): k for k, n in enumerate(names)}
-    vectors, slot_of, targets = cell_vectors(model, train_data, slots, rng, recipe.box_cells)
+    vectors, slot_of, targets = cell_vectors(model, train_data, slots, rng, recipe.box_cells, recipe.box_context)
     print(f"[train] stage 3 (the box head) on {len(vectors)} cells of {len(names)} findings: {names}", flush=True)
     log = fit_head(head, vectors, slot_of, targets, recipe, clock)
     located = located_iou(model, valid_data, names)
     kept = [n for n in names if located.get(n, 0.0) > written.get(n, 0.0)]
     if kept:
-        model.vision.add_boxes([readout.index(n) for n in kept]).load_state_dict(
+        model.vision.add_boxes([readout.index(n) for n in kept], recipe.box_context).load_state_dict(
             head.keep([names.index(n) for n in kept]).state_dict())
     else:
         model.vision.box_findings, model.vision.boxes = (), None
     model.config.vision_box_findings = kept
+    model.config.vision_box_context = recipe.box_context
     result = {"findings": names, "kept": kept, "cells": len(vectors), "steps_done": recipe.box_steps, "log": log,
               "valid_iou_at_50": located, "valid_written_iou_at_50": written, "seconds": round(clock.elapsed())}
     print(f"[check] validation boxes with IoU >= 0.5 (%), box head {located}, written by the language model "
