@@ -183,7 +183,8 @@ def answer_batch(vlm: VLM, prepared: PreparedImage, questions: Sequence[Question
     batches are full of rows alike."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    answers: list[Answer | None] = [located_answer(vlm, prepared, q.text) for q in questions]
+    located = [located_answer(vlm, prepared, q.text) for q in questions]
+    answers: list[Answer | None] = [None if fields is None else Answer(**fields) for fields in located]
     ids = [_question_ids(vlm, prepared, q) for q in questions]
     closed = [bool(prompts.listed_choices(q.choices)) for q in questions]
     order = sorted((k for k in range(len(questions)) if answers[k] is None), key=lambda k: (len(ids[k]), k))

@@ -22,11 +22,9 @@ def box_findings(model: Any) -> list[str]:
     return list(getattr(model.config, "vision_box_findings", None) or [])
 
 
-def located_answer(vlm: Any, prepared: Any, question: str) -> Any | None:
-    """The Answer to `question` read off the box head, or None when the question asks for no box,
-    names no finding the head locates, or is about one axial slice."""
-    from model.inference.vlm import Answer  # deferred: vlm imports this module
-
+def located_answer(vlm: Any, prepared: Any, question: str) -> dict[str, Any] | None:
+    """The answer to `question` read off the box head, as `Answer`'s fields, or None when the
+    question asks for no box, names no finding the head locates, or is about one axial slice."""
     names = box_findings(vlm.model)
     if not names or prepared.slice_index is not None or not asks_for_box(question):
         return None
@@ -44,4 +42,5 @@ def located_answer(vlm: Any, prepared: Any, question: str) -> Any | None:
     text = boxes.format_box(normalized).removeprefix(BOX_START).removesuffix(BOX_END)
     voxels = boxes.to_voxels(normalized, prepared.geometry) if prepared.geometry is not None else None
     seconds = time.perf_counter() - start
-    return Answer(text=text, box=voxels, box_normalized=normalized, latency_first_token_s=seconds, total_s=seconds)
+    return {"text": text, "box": voxels, "box_normalized": normalized, "latency_first_token_s": seconds,
+            "total_s": seconds}

@@ -396,7 +396,7 @@ class VLM:
         `slice_index` asks about that axial slice of the volume instead of the whole scan."""
         located = None if slice_index is not None else located_answer(self, self.prepare(volume_or_tensor), question)
         if located is not None:
-            yield located.text
+            yield located["text"]
             return
         run = self._run(volume_or_tensor, question, choices, priors, max_new_tokens, prior_label, sampling, slice_index)
         for piece, _ in run:
@@ -433,8 +433,8 @@ class VLM:
         located = None if slice_index is not None else located_answer(self, self.prepare(volume_or_tensor), question)
         if located is not None:  # a box the box head reads off the image (model.inference.locate)
             if on_text is not None:
-                on_text(located.text)
-            return located
+                on_text(located["text"])
+            return Answer(**located)
         final: dict[str, Any] = {}
         for piece, state in self._run(volume_or_tensor, question, choices, priors, max_new_tokens, prior_label,
                                       sampling, slice_index):

@@ -113,7 +113,7 @@ class Recipe:
     held_out_finding: str | None = None  # a variant never asked about this label (the feedback demonstration)
     box_steps: int = 3000  # stage 3: the box head on the final stem's features (stage3.py); 0 = the LM writes boxes
     box_cells: int = 48  # cells sampled per lesion for it
-    box_context: int = 0  # 1: the head reads each cell's 3x3x3 neighbourhood of stem features (FindingBoxes)
+    box_context: int = 1  # 1: the head reads each cell's 3x3x3 neighbourhood of stem features (FindingBoxes)
     stage1_minutes: float = 45.0  # wall-clock caps: a slow machine stops early with the best so far
     stage2_minutes: float = 35.0
 

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from model.inference.batched import Question, answer_batch
+from model.inference.vlm import VLM
 from model.training.default.checkpoint import Checkpoints
 from model.training.default.data import Dataset
 from model.training.default.recipe import Recipe
@@ -106,9 +108,6 @@ def located_iou(model: Any, data: Dataset, names: Sequence[str]) -> dict[str, fl
 def written_iou(model: Any, tokenizer: Any, data: Dataset, names: Sequence[str]) -> dict[str, float]:
     """As `located_iou`, for the boxes the language model writes in answer to `data`'s box
     questions (the model without a box head, as the chat would ask it)."""
-    from model.inference.batched import Question, answer_batch
-    from model.inference.vlm import VLM
-
     vlm = VLM(model, tokenizer)
     hits: dict[str, list[bool]] = {name: [] for name in names}
     for v, tasks in data.by_volume.items():
