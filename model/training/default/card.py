@@ -197,7 +197,8 @@ def model_card(recipe: Recipe, record: dict[str, Any], report: dict[str, Any] | 
         "...? give the box\") are answered with the ground-truth box in the input's 0-1 coordinates.",
         *([f"- Stage 3 (the box head): on the frozen stem's features, every cell the readout marks for a lesion of "
            f"{', '.join(record['boxes']['findings'])} learns the offset to the lesion's centre and its log size "
-           f"(at most {recipe.box_cells} cells per lesion, {record['boxes']['cells']} in all), {recipe.box_steps} steps. "
+           + ("from its own and its 26 neighbours' features " if recipe.box_context else "")
+           + f"(at most {recipe.box_cells} cells per lesion, {record['boxes']['cells']} in all), {recipe.box_steps} steps. "
            "Validation boxes found with IoU >= 0.5 by the head / written by the language model (which reads 32 "
            "coarse tokens): " + ", ".join(f"{k} {v} / {record['boxes']['valid_written_iou_at_50'].get(k, '-')} %"
                                           for k, v in record['boxes']['valid_iou_at_50'].items())
