@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from model.inference import prompts
-from model.inference.locate import located_answer
+from model.inference.locate import located_answer, located_finding
 from model.inference.vlm import VLM, Answer, PreparedImage
 
 
@@ -183,8 +183,8 @@ def answer_batch(vlm: VLM, prepared: PreparedImage, questions: Sequence[Question
     batches are full of rows alike."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    located = [located_answer(vlm, prepared, q.text) for q in questions]
-    answers: list[Answer | None] = [None if fields is None else Answer(**fields) for fields in located]
+    findings = [None if prepared.slice_index is not None else located_finding(vlm.model, q.text) for q in questions]
+    answers: list[Answer | None] = [None if f is None else Answer(**located_answer(vlm, prepared, f)) for f in findings]
     ids = [_question_ids(vlm, prepared, q) for q in questions]
     closed = [bool(prompts.listed_choices(q.choices)) for q in questions]
     order = sorted((k for k in range(len(questions)) if answers[k] is None), key=lambda k: (len(ids[k]), k))

@@ -17,20 +17,19 @@ from model.inference.answer_checks import asks_for_box
 from model.inference.prompts import BOX_END, BOX_START
 
 
-def box_findings(model: Any) -> list[str]:
-    """The findings a model's box head locates (none without one)."""
-    return list(getattr(model.config, "vision_box_findings", None) or [])
+def located_finding(model: Any, question: str) -> str | None:
+    """The finding a box question names that the model's box head locates, else None (no head,
+    no box asked for, or a finding the head does not locate). Cheap: it reads the text only, so
+    a model without a head pays nothing per question."""
+    names = list(getattr(model.config, "vision_box_findings", None) or [])
+    if not names or not asks_for_box(question):
+        return None
+    return finding_asked(question, names)
 
 
-def located_answer(vlm: Any, prepared: Any, question: str) -> dict[str, Any] | None:
-    """The answer to `question` read off the box head, as `Answer`'s fields, or None when the
-    question asks for no box, names no finding the head locates, or is about one axial slice."""
-    names = box_findings(vlm.model)
-    if not names or prepared.slice_index is not None or not asks_for_box(question):
-        return None
-    finding = finding_asked(question, names)
-    if finding is None:
-        return None
+def located_answer(vlm: Any, prepared: Any, finding: str) -> dict[str, Any]:
+    """The box head's answer about `finding` (from `located_finding`) for a prepared whole scan,
+    as `Answer`'s fields; the head's boxes of every located finding are kept on `prepared`."""
     start = time.perf_counter()
     if prepared.boxes is None:  # every located finding at once: one pass of the stem
         readout = list(vlm.model.config.vision_finding_names)

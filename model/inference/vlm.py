@@ -25,8 +25,8 @@ from model.ct.modality import require_ct
 from model.ct.preprocess import InputGeometry, masks_to_input, slice_input_with_crop, to_model_input_with_crop
 from model.ct.rois import rois_for
 from model.inference import boxes, prompts
-from model.inference.locate import located_answer
 from model.inference.devices import describe
+from model.inference.locate import located_answer, located_finding
 from model.inference.quantize import is_quantized
 
 DEFAULT_SETTINGS: dict[str, Any] = {"prompt_style": "m3d", "window": None}
@@ -394,9 +394,9 @@ class VLM:
                slice_index: int | None = None, **sampling: Any) -> Iterator[str]:
         """Yield the answer's text pieces as they are generated (closing the iterator cancels);
         `slice_index` asks about that axial slice of the volume instead of the whole scan."""
-        located = None if slice_index is not None else located_answer(self, self.prepare(volume_or_tensor), question)
-        if located is not None:
-            yield located["text"]
+        finding = None if slice_index is not None else located_finding(self.model, question)
+        if finding is not None:
+            yield located_answer(self, self.prepare(volume_or_tensor), finding)["text"]
             return
         run = self._run(volume_or_tensor, question, choices, priors, max_new_tokens, prior_label, sampling, slice_index)
         for piece, _ in run:
@@ -430,11 +430,12 @@ class VLM:
         `on_text` receives the text pieces as they come (streaming and the full result in one call);
         `slice_index` asks about that axial slice instead of the whole scan (OmniCT family)."""
         start = time.perf_counter()
-        located = None if slice_index is not None else located_answer(self, self.prepare(volume_or_tensor), question)
-        if located is not None:  # a box the box head reads off the image (model.inference.locate)
+        finding = None if slice_index is not None else located_finding(self.model, question)
+        if finding is not None:  # a box the box head reads off the image (model.inference.locate)
+            located = Answer(**located_answer(self, self.prepare(volume_or_tensor), finding))
             if on_text is not None:
-                on_text(located["text"])
-            return Answer(**located)
+                on_text(located.text)
+            return located
         final: dict[str, Any] = {}
         for piece, state in self._run(volume_or_tensor, question, choices, priors, max_new_tokens, prior_label,
                                       sampling, slice_index):

@@ -58,12 +58,12 @@ def _dataset(tokenizer, volumes: int = 12) -> Dataset:
 
 
 def test_stage3_teaches_the_head_where_a_finding_is_and_keeps_it_only_where_it_beats_the_lm(tmp_path: Path) -> None:
+    from model.evaluation.measures import box_iou
     from model.nets.findings import FindingBoxes
     from model.training.default.checkpoint import Checkpoints
     from model.training.default.recipe import Recipe
     from model.training.default.stage3 import (
         box_findings,
-        box_iou,
         cell_vectors,
         fit_head,
         train_boxes,

@@ -200,7 +200,7 @@ def test_box_questions_about_located_findings_are_answered_by_the_box_head(defau
                                                                           least_iou) -> None:
     """The same fixed phantom, each finding drawn into it: the box comes from the box head (no
     token written) and lies on the painted lesion."""
-    from model.training.default.stage3 import box_iou
+    from model.evaluation.measures import box_iou
 
     assert finding in default_vlm.model.config.vision_box_findings
     scan = _phantom({finding: (1.0,)}, PHANTOM_SIZE, seed=2026)

@@ -134,10 +134,17 @@ def box_targets(boxes: Sequence[Sequence[tuple[int, Sequence[float]]]], grid: Se
     target = torch.zeros((len(boxes), n_labels, *grid))
     for k, volume in enumerate(boxes):
         for label, box in volume:
-            lo = [min(max(0, int(box[i] * grid[i]) - margin), grid[i] - 1) for i in range(3)]
-            hi = [min(grid[i], max(lo[i] + 1, math.ceil(box[i + 3] * grid[i])) + margin) for i in range(3)]
+            lo, hi = box_cells(box, grid, margin)
             target[k, label, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = 1.0
     return target
+
+
+def box_cells(box: Sequence[float], grid: Sequence[int], margin: int) -> tuple[list[int], list[int]]:
+    """The cells (start, stop per axis) a 0-1 box overlaps on `grid`, grown by `margin` cells and
+    never empty: what the dense targets mark for a lesion."""
+    lo = [min(max(0, int(box[i] * grid[i]) - margin), grid[i] - 1) for i in range(3)]
+    hi = [min(grid[i], max(lo[i] + 1, math.ceil(box[i + 3] * grid[i])) + margin) for i in range(3)]
+    return lo, hi
 
 
 

@@ -86,7 +86,7 @@ class Recipe:
     dense_weight: float = 1.0  # stage-1 per-label lesion-box targets on the stem's feature map (stage1.DenseHead)
     dense_pos_weight: float = 10.0  # lesion cells are rare: each counts this many times
     # stages 0-1 dense targets on each part of a many-part lesion (data.lesion_boxes), not its whole box, which for
-    # calcified spots is mostly normal tissue; needs cohorts made with per-part boxes; not yet trained (docs/synthetic_cohort.md)
+    # calcified spots is mostly normal tissue; needs cohorts made with per-part boxes; tried, not kept (docs/synthetic_cohort.md)
     dense_parts: bool = False
     pair_weight: float = 1.0  # stage-1 rank loss within those pairs (stage1.pair_rank_loss)
     stage2_images: int = 16  # many images per step: how the LM learns that answers depend on the image

@@ -21,10 +21,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from model.evaluation.measures import IOU_HIT, box_iou
 from model.inference.batched import Question, answer_batch
 from model.inference.vlm import VLM
 from model.training.default.checkpoint import Checkpoints
-from model.training.default.data import Dataset
+from model.training.default.data import Dataset, box_cells
 from model.training.default.recipe import Recipe
 from model.training.default.steps import Clock, lr_factor, optimiser_step, set_lr
 
@@ -49,8 +50,7 @@ def cell_samples(features: torch.Tensor, lesions: Sequence[tuple[int, Sequence[f
     for label, box in lesions:
         if label not in slots:
             continue
-        lo = [min(max(0, int(box[i] * grid[i]) - 1), grid[i] - 1) for i in range(3)]
-        hi = [min(grid[i], max(lo[i] + 1, math.ceil(box[i + 3] * grid[i])) + 1) for i in range(3)]
+        lo, hi = box_cells(box, grid, margin=1)
         cells = [(z, y, x) for z in range(lo[0], hi[0]) for y in range(lo[1], hi[1]) for x in range(lo[2], hi[2])]
         centre = [(box[i] + box[i + 3]) / 2 * grid[i] for i in range(3)]
         size = [max((box[i + 3] - box[i]) * grid[i], 1e-3) for i in range(3)]
@@ -81,13 +81,6 @@ def cell_vectors(model: Any, data: Dataset, slots: dict[int, int], rng: random.R
     return torch.stack(vectors), torch.tensor(slot_of), torch.tensor(targets)
 
 
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """IoU of two (z1, y1, x1, z2, y2, x2) boxes."""
-    inter = math.prod(max(0.0, min(a[i + 3], b[i + 3]) - max(a[i], b[i])) for i in range(3))
-    union = math.prod(a[i + 3] - a[i] for i in range(3)) + math.prod(b[i + 3] - b[i] for i in range(3)) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def located_iou(model: Any, data: Dataset, names: Sequence[str]) -> dict[str, float]:
     """Share (%) of `data`'s lesions of each located finding whose box the model's own `locate`
     finds with IoU >= 0.5 (in the model input's 0-1 coordinates, as box questions are scored)."""
@@ -101,7 +94,7 @@ def located_iou(model: Any, data: Dataset, names: Sequence[str]) -> dict[str, fl
             continue
         found = model.vision.locate(data.pixels[v:v + 1].float())
         for name, box in wanted:
-            hits[name].append(box_iou(found[readout.index(name)], box) >= 0.5)
+            hits[name].append(box_iou(found[readout.index(name)], box) >= IOU_HIT)
     return {name: round(100.0 * sum(h) / len(h), 1) for name, h in hits.items() if h}
 
 
@@ -117,8 +110,7 @@ def written_iou(model: Any, tokenizer: Any, data: Dataset, names: Sequence[str])
         questions = [Question(tokenizer.decode(e.prompt_ids).strip()) for e in asked]
         for e, answer in zip(asked, answer_batch(vlm, vlm.prepare(data.pixels[v].float()), questions, 64)):
             truth = [box for label, box in data.lesions[v] if data.label_names[label] == e.finding]
-            hits[e.finding].append(bool(truth) and answer.box_normalized is not None
-                                   and box_iou(answer.box_normalized, truth[0]) >= 0.5)
+            hits[e.finding].append(bool(truth) and box_iou(answer.box_normalized, truth[0]) >= IOU_HIT)
     vlm.clear_cache()
     return {name: round(100.0 * sum(h) / len(h), 1) for name, h in hits.items() if h}
 
@@ -148,6 +140,18 @@ def fit_head(head: Any, vectors: torch.Tensor, slot_of: torch.Tensor, targets: t
     return log
 
 
+def _attach(model: Any, kept: Sequence[str], context: int, state: dict[str, Any]) -> None:
+    """The model's box head for the `kept` findings only, with their trained `state` (no head
+    when none is kept), and the config that rebuilds it at load."""
+    readout = list(model.config.vision_finding_names)
+    if kept:
+        model.vision.add_boxes([readout.index(n) for n in kept], context).load_state_dict(state)
+    else:
+        model.vision.box_findings, model.vision.boxes = (), None
+    model.config.vision_box_findings = list(kept)
+    model.config.vision_box_context = context
+
+
 def train_boxes(model: Any, tokenizer: Any, train_data: Dataset, valid_data: Dataset, recipe: Recipe,
                 checkpoints: Checkpoints) -> dict[str, Any] | None:
     """Stage 3 in place: adds the model's box head, trains it and keeps it for the findings it
@@ -158,11 +162,7 @@ def train_boxes(model: Any, tokenizer: Any, train_data: Dataset, valid_data: Dat
     readout = list(model.config.vision_finding_names)
     saved = checkpoints.load("stage3")
     if saved is not None and saved.get("finished"):
-        kept = saved["result"]["kept"]
-        if kept:
-            model.vision.add_boxes([readout.index(n) for n in kept], recipe.box_context).load_state_dict(saved["head"])
-        model.config.vision_box_findings = kept
-        model.config.vision_box_context = recipe.box_context
+        _attach(model, saved["result"]["kept"], recipe.box_context, saved["head"])
         return saved["result"]
     written = written_iou(model, tokenizer, valid_data, names)
     head = model.vision.add_boxes([readout.index(n) for n in names], recipe.box_context)
@@ -175,13 +175,7 @@ def train_boxes(model: Any, tokenizer: Any, train_data: Dataset, valid_data: Dat
     log = fit_head(head, vectors, slot_of, targets, recipe, clock)
     located = located_iou(model, valid_data, names)
     kept = [n for n in names if located.get(n, 0.0) > written.get(n, 0.0)]
-    if kept:
-        model.vision.add_boxes([readout.index(n) for n in kept], recipe.box_context).load_state_dict(
-            head.keep([names.index(n) for n in kept]).state_dict())
-    else:
-        model.vision.box_findings, model.vision.boxes = (), None
-    model.config.vision_box_findings = kept
-    model.config.vision_box_context = recipe.box_context
+    _attach(model, kept, recipe.box_context, head.keep([names.index(n) for n in kept]).state_dict() if kept else {})
     result = {"findings": names, "kept": kept, "cells": len(vectors), "steps_done": recipe.box_steps, "log": log,
               "valid_iou_at_50": located, "valid_written_iou_at_50": written, "seconds": round(clock.elapsed())}
     print(f"[check] validation boxes with IoU >= 0.5 (%), box head {located}, written by the language model "

@@ -219,16 +219,20 @@ class ChatWidget(QWidget):
         self.worker.prepare(scan_key(layer), payload)
         self.models.scan_note("reading the scan...")
 
+    def _shows(self, key: str) -> bool:
+        """Whether the panel's scan is the one a read-ahead reply is about (it may have moved on)."""
+        return self.ct_layer is not None and scan_key(self.ct_layer) == key
+
     def _on_prepared(self, key: str, seconds: float) -> None:
-        if self.ct_layer is not None and scan_key(self.ct_layer) == key:
+        if self._shows(key):
             self.models.scan_note(f"scan read in {seconds:.2f} s")
 
     def _on_prepare_skipped(self, key: str) -> None:
-        if self.ct_layer is not None and scan_key(self.ct_layer) == key:
+        if self._shows(key):
             self.models.scan_note("")  # the question already waiting reads it
 
     def _on_prepare_failed(self, key: str, message: str) -> None:
-        if self.ct_layer is not None and scan_key(self.ct_layer) == key:
+        if self._shows(key):
             self.models.scan_note(f"could not read this scan: {message}")
 
     def load_model(self, path: str | None, name: str | None) -> None:
