@@ -157,19 +157,25 @@ def test_compare_with_prior_opens_the_registered_prior_scrolling_in_step(room, q
     assert [p.volume_name for p in room.priors] == ["train_5_a_1.nii.gz"]
     assert room.compare_button.isEnabled()
     # the prior's viewer is built once the scan has a prior, so the click does not pay for it
-    qtbot.waitUntil(lambda: room.compare_view is not None, timeout=TIMEOUT_MS)
-    assert "Prior" not in room._docks  # built, not shown before the click
+    # and docked beside it (the window is laid out then, not at the click), with its two layers
+    # hidden (holding the current scan until a registered prior comes) and a title saying so
+    qtbot.waitUntil(lambda: room.compare_view is not None and len(room.compare_view.model.layers) == 2,
+                    timeout=TIMEOUT_MS)
+    assert room._docks["Prior"].isVisible()
+    assert "Compare with prior" in room.compare_view.title.text()
+    prior_layer, difference = room.compare_view.model.layers
+    assert not prior_layer.visible and not difference.visible
 
     room.difference_check.setChecked(True)
     room.compare_button.click()
     assert room.cancel_button.isEnabled() and not room.compare_button.isEnabled()
     # registration runs in a process of its own (SimpleITK holds the GIL for long stretches)
     assert room.comparison.process is not None and room.comparison.process.pid != os.getpid()
-    qtbot.waitUntil(lambda: room.compare_view is not None and len(room.compare_view.model.layers) == 2,
-                    timeout=TIMEOUT_MS)
-    prior_layer, difference = room.compare_view.model.layers
+    qtbot.waitUntil(lambda: not room.comparison.running and room.compare_button.isEnabled(), timeout=TIMEOUT_MS)
+    assert room._docks["Prior"].isVisible()
+    assert list(room.compare_view.model.layers) == [prior_layer, difference]  # the same two layers
     assert prior_layer.data.shape == layer.data.shape and tuple(prior_layer.scale) == tuple(layer.scale)
-    assert difference.visible
+    assert prior_layer.visible and difference.visible and prior_layer.data is not layer.data
     residual = np.abs(difference.data[layer.data > -500]).mean()
     unregistered = np.abs(current.array - np.asarray(__import__("model.ct.io", fromlist=["read_ct"])
                                                      .read_ct(prior_path).array))[layer.data > -500].mean()
@@ -192,6 +198,14 @@ def test_compare_with_prior_opens_the_registered_prior_scrolling_in_step(room, q
     assert list(room.compare_view.model.layers) == [prior_layer, difference]
     assert difference.data is not before and np.abs(difference.data - before).mean() < 5.0  # same registration
     assert room.compare_view.model.dims.point[0] == pytest.approx(20 * SPACING[0])
+
+    # another patient's scan, with no prior: the pane goes; back to this one: it waits for a click
+    add_phantom(viewer, marker_phantom(), "unknown scan")
+    assert not room._docks["Prior"].isVisible()
+    room.scans.widget.setCurrentRow(0)
+    qtbot.waitUntil(lambda: room._docks["Prior"].isVisible(), timeout=TIMEOUT_MS)
+    assert not prior_layer.visible, "a prior registered to the scan shown before is not shown as this one's"
+    assert "Compare with prior" in room.compare_view.title.text()
 
 
 def test_a_scan_without_priors_says_why_compare_is_off(room, store, tmp_path):
@@ -219,3 +233,38 @@ def test_switching_scans_leaves_one_window_follower_per_shown_view(room, tmp_pat
     assert all(source is first for source, _ in room.views._following)
     first.contrast_limits = (-500.0, 500.0)
     assert all(tuple(m.layers[first.name].contrast_limits) == (-500.0, 500.0) for m in room.views.models.values())
+
+
+def crosshair_pixels(shot: np.ndarray) -> np.ndarray:
+    """(row, col) of the crosshair's yellow pixels in a screenshot."""
+    r, g, b = (shot[..., c].astype(int) for c in range(3))
+    return np.argwhere((r > 180) & (g > 150) & (b < 110) & (r - b > 100))
+
+
+def test_the_crosshair_is_drawn_through_the_point_in_every_view_and_follows_it(room):
+    viewer = room.viewer
+    add_phantom(viewer, marker_phantom(), "phantom")
+    room.fit()
+    assert [layer.name for layer in viewer.layers] == ["phantom"], "the crosshair is not a layer to skip"
+    lines = {}
+    for marker in ("superior", "anterior"):
+        viewer.dims.set_point(range(3), world_of(marker))
+        room.views.flush()
+        for _ in range(5):
+            QApplication.processEvents()
+        for view in ("axial", "coronal", "sagittal"):
+            shot = (viewer.screenshot(canvas_only=True, flash=False) if view == "axial"
+                    else room.views.qt_viewers[view].screenshot(flash=False))
+            yellow = crosshair_pixels(shot)
+            assert len(yellow) > 100, f"no crosshair drawn in the {view} view"
+            rows, cols = np.bincount(yellow[:, 0]).argmax(), np.bincount(yellow[:, 1]).argmax()
+            found, _ = bright_centre(shot)
+            if view == "axial" or marker == "superior":  # the marker lies on this view's slice
+                assert abs(rows - found[0]) < 4 and abs(cols - found[1]) < 4, f"{view}: crosshair off the marker"
+            lines[marker, view] = (rows, cols)
+    for view in ("axial", "coronal", "sagittal"):
+        assert lines["superior", view] != lines["anterior", view], f"the {view} crosshair did not follow"
+    viewer.dims.ndisplay = 3
+    assert not room.views.crosshairs["axial"].shown, "two flat lines floating in a 3-D rendering"
+    viewer.dims.ndisplay = 2
+    assert room.views.crosshairs["axial"].shown

@@ -169,16 +169,38 @@ class CompareView(QObject):
         for emitter, callback in self._links:
             emitter.connect(callback)
 
+    def waiting(self, title: str) -> None:
+        """No registered prior of the shown scan yet: its layers hidden, `title` says what to do."""
+        self.title.setText(title)
+        for layer in self.model.layers:
+            layer.visible = False
+
+    def prepare(self, current_layer: Any) -> None:
+        """Add the prior's two layers, hidden, holding the current scan's array (shared, not copied)
+        until a registered prior replaces it: adding a napari layer holds the GUI thread for tens
+        of ms, so it is done in turns of the event loop of their own before the Compare click,
+        and the comparison only hands its arrays to layers already there (issue 20)."""
+        if len(self.model.layers):
+            return
+        place = {"scale": tuple(current_layer.scale), "translate": tuple(current_layer.translate),
+                 "visible": False}
+        self.model.add_image(current_layer.data, name="prior", colormap="gray",
+                             contrast_limits=tuple(current_layer.contrast_limits), **place)
+        QTimer.singleShot(0, lambda: None if self.qt_viewer is None or len(self.model.layers) != 1
+                          else self.model.add_image(current_layer.data, name="difference (current - prior)",
+                                                    colormap="twilight_shifted",
+                                                    contrast_limits=DIFFERENCE_LIMITS, **place))
+
     def show(self, current_layer: Any, comparison: Comparison, with_difference: bool) -> None:
         """Show the registered prior at the current scan's place and window (and the difference).
 
-        The viewer must not stall here (issue 20): a later comparison gives its data to the two
-        layers already there (removing layers makes napari collect garbage, half a second), and the
-        first one adds its two layers in two turns of the event loop."""
+        The viewer must not stall here (issue 20): the arrays go to the two layers `prepare` added
+        (removing layers makes napari collect garbage, half a second; adding them costs tens of
+        ms each); a comparison that ends before those were added adds them in two turns."""
         self.comparison = comparison
         place = {"scale": tuple(current_layer.scale), "translate": tuple(current_layer.translate)}
         prior = {"data": comparison.prior.array, "name": f"prior: {comparison.name}",
-                 "contrast_limits": tuple(current_layer.contrast_limits), **place}
+                 "contrast_limits": tuple(current_layer.contrast_limits), "visible": True, **place}
         difference = {"data": comparison.difference, "name": "difference (current - prior)",
                       "contrast_limits": DIFFERENCE_LIMITS, "visible": with_difference, **place}
         if len(self.model.layers) == 2:
@@ -187,7 +209,7 @@ class CompareView(QObject):
                     setattr(layer, key, value)
             self._shown()
             return
-        if len(self.model.layers):  # a half-shown earlier comparison (never clear an empty list: same cost)
+        if len(self.model.layers):  # half prepared (never clear an empty list: same cost)
             self.model.layers.clear()
         self.model.add_image(colormap="gray", **prior)
 

@@ -14,7 +14,7 @@ from model.ct.volume import CTVolume, canonical_affine
 
 #: Layers the panels add themselves start with these and are never treated as scans (the last is
 #: the rating panel's own layer, `widgets.rating.LAYER_NAME`: it swaps scans as the rater moves on).
-OWN_PREFIXES = ("model input", "crosshair", "ruler", "prior", "difference", "ct (rating)")
+OWN_PREFIXES = ("model input", "ruler", "prior", "difference", "ct (rating)")
 
 
 def is_scan(layer: Any) -> bool:

@@ -71,10 +71,16 @@ class ReadingRoom(QWidget):
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
         self.progress.setMaximumHeight(12)
-        self.progress.hide()
         self.message = QLabel()
         self.message.setWordWrap(True)
-        self.message.hide()
+        self.message.setMinimumHeight(2 * self.message.fontMetrics().lineSpacing())
+        # Their place is kept while hidden: showing one re-laid out the window and resized and
+        # repainted every canvas in it, 60 ms of the Compare click (issue 20).
+        for widget in (self.progress, self.message):
+            policy = widget.sizePolicy()
+            policy.setRetainSizeWhenHidden(True)
+            widget.setSizePolicy(policy)
+            widget.hide()
 
         self._scan_box = QVBoxLayout()
         tools = QHBoxLayout()
@@ -142,21 +148,38 @@ class ReadingRoom(QWidget):
         window = getattr(self.viewer, "window", None)
         if window is None:
             return None
+        if name in self._docks and self._docks[name].isVisible():
+            return self._docks[name]  # shown already: no re-layout of the window
         if name not in self._docks:
             self._docks[name] = window.add_dock_widget(widget, name=name, area=area, add_vertical_stretch=False)
         self._docks[name].setVisible(True)
+        self._side_by_side()
         self.fit()
         return self._docks[name]
 
+    def _side_by_side(self) -> None:
+        """The prior beside the coronal and sagittal views, not stacked with them: stacked in one
+        column, the prior's axial view was left a strip too thin to read."""
+        prior, views = self._docks.get("Prior"), self._docks.get("Coronal and sagittal")
+        if prior is not None and views is not None and prior.isVisible() and views.isVisible():
+            self.viewer.window._qt_window.splitDockWidget(prior, views, Qt.Orientation.Horizontal)
+
     def fit(self, width: int = VIEW_WIDTH) -> None:
         """Give the docked views the width of a view, not the width Qt starts a dock with (call
-        again after resizing the window), and fit each scan into its canvas."""
+        again after resizing the window), and fit each scan into its canvas (the axial one too:
+        a dock shown beside it narrows it)."""
         window = getattr(self.viewer, "window", None)
         docks = [dock for dock in self._docks.values() if dock.isVisible()]
         if window is None or not docks:
             return
         window._qt_window.resizeDocks(docks, [width] * len(docks), Qt.Orientation.Horizontal)
-        for model in (*self.views.models.values(), *([self.compare_view.model] if self.compare_view else [])):
+        self._fit_scans()
+        QTimer.singleShot(0, self._fit_scans)  # again once Qt has laid out the new dock sizes
+
+    def _fit_scans(self) -> None:
+        if self._closed:
+            return
+        for model in (self.viewer, *self.views.models.values(), *([self.compare_view.model] if self.compare_view else [])):
             if len(model.layers):
                 model.reset_view()
 
@@ -194,8 +217,10 @@ class ReadingRoom(QWidget):
         for prior in self._priors:
             self.prior_box.addItem(f"{prior.volume_name}" + (f" ({prior.study_date})" if prior.study_date else ""))
         self.compare_button.setEnabled(bool(self._priors) and not self.comparison.running)
-        if self._priors and self.compare_view is None:
+        if self._priors:
             QTimer.singleShot(0, self._prepare_compare_view)
+        elif "Prior" in self._docks:
+            self._docks["Prior"].setVisible(False)
         if layer is not None and scan is None:
             self.compare_button.setToolTip("This scan is not in the database: import its cohort to find its priors")
         elif layer is not None and not self._priors:
@@ -226,19 +251,35 @@ class ReadingRoom(QWidget):
         QTimer.singleShot(0, lambda: self._open_compare_view(prior.volume_name))
 
     def _prepare_compare_view(self) -> None:
-        """The prior's viewer, built but not shown, once the shown scan has a prior: building a
-        napari canvas holds the GUI thread for about 0.1 s, which the Compare click should not."""
-        if self.compare_view is None and not self._closed:
+        """Once the shown scan has a prior, the prior's pane is built, docked beside the current
+        scan (as a hanging protocol shows a prior: the window is laid out once, here) and given its
+        two layers, each in a turn of the event loop of its own: building a napari canvas holds
+        the GUI thread for about 0.1 s, laying out and repainting the window's canvases and
+        adding each layer for tens of ms, and none of that should fall on the Compare click or on
+        the prior's arrival (issue 20)."""
+        if self._closed or not self._priors:
+            return
+        if self.compare_view is None:
             self.compare_view = CompareView(self.viewer, parent=self)
+            QTimer.singleShot(0, self._prepare_compare_view)
+            return
+        name = self._priors[max(0, self.prior_box.currentIndex())].volume_name
+        if not self.comparison.running:  # a scan shown anew: its prior is not compared yet
+            self.compare_view.waiting(f"<b>Prior</b> {name}: <i>Compare with prior</i> registers it and shows it here")
+        if "Prior" not in self._docks or not self._docks["Prior"].isVisible():
+            self._dock("Prior", self.compare_view.widget, "right")
+            QTimer.singleShot(0, self._prepare_compare_view)
+            return
+        if self.current is not None:
+            self.compare_view.prepare(self.current)
 
     def _open_compare_view(self, name: str) -> None:
         if self._closed:
             return
-        self._prepare_compare_view()
-        if "Prior" not in self._docks:
-            QTimer.singleShot(0, lambda: None if self._closed
-                              else self._dock("Prior", self.compare_view.widget, "right"))
-        self.compare_view.title.setText(f"<b>Prior</b> {name}: registering...")
+        if self.compare_view is None:  # a click before the pane was prepared
+            self.compare_view = CompareView(self.viewer, parent=self)
+        QTimer.singleShot(0, lambda: None if self._closed else self._dock("Prior", self.compare_view.widget, "right"))
+        self.compare_view.waiting(f"<b>Prior</b> {name}: registering...")
 
     def _end_compare(self) -> None:
         self.progress.hide()
@@ -254,10 +295,7 @@ class ReadingRoom(QWidget):
         if self.compare_view is None:  # a registration faster than the click's two turns of the event loop
             self._open_compare_view(comparison.name)
         self.compare_view.show(layer, comparison, self.difference_check.isChecked())
-        if "Prior" in self._docks:  # docked at the click already: no re-layout of the window now
-            self._docks["Prior"].setVisible(True)
-        else:
-            self._dock("Prior", self.compare_view.widget, "right")
+        self._dock("Prior", self.compare_view.widget, "right")  # shown since the scan opened, as a rule
         self.show_message(f"{comparison.name}: {comparison.description}.", error=False)
 
     def _on_compare_failed(self, message: str) -> None:

@@ -25,38 +25,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import QLabel, QSplitter, QVBoxLayout, QWidget
+
+from napari_ctvqa.widgets.reading.crosshair import Crosshair
 
 if TYPE_CHECKING:
     import napari
 
 #: View name -> napari dims order (the last two axes are displayed, rows then columns).
 VIEW_ORDERS: dict[str, tuple[int, int, int]] = {"axial": (0, 1, 2), "coronal": (1, 0, 2), "sagittal": (2, 0, 1)}
-CROSSHAIR = "crosshair"
 SYNC_MS = 40
-_CROSSHAIR_COLOUR = "#ffd23f"
 
 
 def orient(viewer: Any, view: str) -> None:
     """Show `view` in `viewer`: its dims order, and the vertical axis up for coronal and sagittal."""
     viewer.dims.order = VIEW_ORDERS[view]
     viewer.camera.orientation2d = ("down", "right") if view == "axial" else ("up", "right")
-
-
-def crosshair_lines(point: Any, order: tuple[int, int, int], box: np.ndarray, layer: Any) -> list[np.ndarray]:
-    """Two lines through world `point` across the displayed plane of a view (rows, columns), lying
-    on its slice so napari draws them there, in the data coordinates of `layer`'s grid (the
-    crosshair shares the scan's scale: a layer at scale 1 would make the slider step 1 mm)."""
-    point = np.asarray(point, dtype=float)
-    rows, cols = order[1], order[2]
-    lines = []
-    for along in (rows, cols):
-        start, end = point.copy(), point.copy()
-        start[along], end[along] = box[0][along], box[1][along]
-        lines.append((np.stack([start, end]) - np.asarray(layer.translate)) / np.asarray(layer.scale))
-    return lines
 
 
 def mirror(source: Any, target_viewer: Any, name: str) -> tuple[Any, Callable[[Any], None]]:
@@ -102,6 +87,9 @@ class OrthoViews(QObject):
         for view, model in self.models.items():
             orient(model, view)
         orient(viewer, "axial")
+        # napari has no public accessor for the main window's QtViewer
+        canvases = {"axial": viewer.window._qt_viewer, **self.qt_viewers}
+        self.crosshairs = {view: Crosshair(qt_viewer.canvas.view.scene) for view, qt_viewer in canvases.items()}
         self._syncing = False
         self._pending: Any = None
         self._timer = QTimer(self)
@@ -111,34 +99,42 @@ class OrthoViews(QObject):
         for model in (viewer, *self.models.values()):
             model.dims.events.point.connect(self._on_point)
             model.mouse_drag_callbacks.append(self._click_to_move)
+        viewer.layers.events.removing.connect(self._hide_crosshairs)
+        viewer.dims.events.ndisplay.connect(self._redraw)
 
     @property
     def all_viewers(self) -> list[Any]:
         return [self.viewer, *self.models.values()]
 
+    @property
+    def named_viewers(self) -> dict[str, Any]:
+        return {"axial": self.viewer, **self.models}
+
     def show(self, layer: Any) -> None:
         """Show `layer` in the extra views (None clears them), each with its crosshair."""
         self._unfollow()
+        self._hide_crosshairs()
         self.layer = layer
         for view, model in self.models.items():
             model.layers.clear()
             if layer is None:
                 continue
             self._following.append((layer, mirror(layer, model, layer.name)[1]))
-            self._add_crosshair(model)
             orient(model, view)
             model.reset_view()
         if layer is not None:
-            self._add_crosshair(self.viewer)
             self._sync(self.viewer.dims.point)
 
-    def _add_crosshair(self, model: Any) -> None:
-        if CROSSHAIR in model.layers:
-            model.layers.remove(CROSSHAIR)
-        model.add_shapes(ndim=3, name=CROSSHAIR, edge_color=_CROSSHAIR_COLOUR, edge_width=0.4, opacity=0.8,
-                         blending="additive", scale=self.layer.scale, translate=self.layer.translate)
-        if model is self.viewer and self.layer is not None:
-            self.viewer.layers.selection.active = self.layer  # the scan stays the selected layer
+    def _redraw(self, _event: Any = None) -> None:
+        """After a 2-D/3-D switch: the crosshair is drawn on slices only."""
+        self._sync(self.viewer.dims.point)
+
+    def _hide_crosshairs(self, _event: Any = None) -> None:
+        """Hidden while layers change, until the next scan is shown: napari repaints a canvas while
+        it resets the world to the new layers, and lines left at the old world's coordinates in
+        that state crashed the software OpenGL rasteriser (Xvfb's llvmpipe)."""
+        for crosshair in self.crosshairs.values():
+            crosshair.hide()
 
     def _on_point(self, event: Any) -> None:
         if self._syncing:
@@ -175,7 +171,7 @@ class OrthoViews(QObject):
         try:
             box = box_of(self.layer)
             point = tuple(float(v) for v in point)[-3:]
-            for model in self.all_viewers:
+            for view, model in self.named_viewers.items():
                 if model.dims.ndim != 3 or len(point) != 3:
                     continue  # a viewer with no scan yet (2-D), or a point from before one opened
                 order = tuple(model.dims.order)
@@ -186,9 +182,7 @@ class OrthoViews(QObject):
                     # only the axis a view slices along: a move within its plane (an axial step, in
                     # the coronal view) moves its crosshair and need not re-slice its image
                     model.dims.set_point(order[0], point[order[0]])
-                if CROSSHAIR in model.layers:
-                    lines = model.layers[CROSSHAIR]
-                    lines.data = [(line, "line") for line in crosshair_lines(point, order, box, lines)]
+                self.crosshairs[view].draw(point, order, box, flat=model.dims.ndisplay == 2)
         finally:
             self._syncing = False
         self.moved.emit(point)
@@ -212,10 +206,15 @@ class OrthoViews(QObject):
     def unhook(self) -> None:
         self._unfollow()
         self._timer.stop()
+        self.viewer.layers.events.removing.disconnect(self._hide_crosshairs)
+        self.viewer.dims.events.ndisplay.disconnect(self._redraw)
         for model in self.all_viewers:
             model.dims.events.point.disconnect(self._on_point)
             if self._click_to_move in model.mouse_drag_callbacks:
                 model.mouse_drag_callbacks.remove(self._click_to_move)
+        for crosshair in self.crosshairs.values():
+            crosshair.remove()
+        self.crosshairs.clear()
         for qt_viewer in self.qt_viewers.values():
             qt_viewer.close()  # deletes itself (WA_DeleteOnClose); napari counts live QtViewers
         self.qt_viewers.clear()
