@@ -37,8 +37,11 @@ def located_answer(vlm: Any, prepared: Any, finding: str) -> dict[str, Any]:
         with torch.inference_mode():
             found = vlm.model.vision.locate(prepared.pixels.to(device=weight.device, dtype=weight.dtype))
         prepared.boxes = {readout[k]: box for k, box in found.items()}
-    normalized = prepared.boxes[finding]
-    text = boxes.format_box(normalized).removeprefix(BOX_START).removesuffix(BOX_END)
+    written = boxes.format_box(prepared.boxes[finding])
+    # the box is what the answer says, to its 3 decimals (1/1000 of the input: under a voxel), so
+    # a figure does not move with the last float digits of the head, which depend on the threads
+    normalized = boxes.parse_box(written)
+    text = written.removeprefix(BOX_START).removesuffix(BOX_END)
     voxels = boxes.to_voxels(normalized, prepared.geometry) if prepared.geometry is not None else None
     seconds = time.perf_counter() - start
     return {"text": text, "box": voxels, "box_normalized": normalized, "latency_first_token_s": seconds,

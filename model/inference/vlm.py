@@ -9,7 +9,6 @@ A question then costs only its own tokens. Closed questions are also scored by l
 from __future__ import annotations
 
 import copy
-import hashlib
 import threading
 import time
 import weakref
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import xxhash
 
 from model.ct.modality import require_ct
 from model.ct.preprocess import InputGeometry, masks_to_input, slice_input_with_crop, to_model_input_with_crop
@@ -189,7 +189,7 @@ class VLM:
         if isinstance(data, torch.Tensor):
             data = data.detach().cpu().numpy()
         if hasattr(data, "__array_interface__") and data.nbytes <= _HASH_LIMIT_BYTES:
-            digest = hashlib.blake2b(memoryview(np.ascontiguousarray(data)), digest_size=16).hexdigest()
+            digest = xxhash.xxh3_128_hexdigest(memoryview(np.ascontiguousarray(data)))
             normalised = bool((getattr(volume, "meta", None) or {}).get("normalised", False))
             return f"data:{digest}:{data.shape}:{normalised}:{window}", False
         return f"obj:{id(volume)}:{window}", True
@@ -229,8 +229,9 @@ class VLM:
         if self.organ_names and geometry is not None:
             organs = self._organ_masks(volume_key, volume_or_tensor, rois)
             masks = masks_to_input([organs[n] for n in self.organ_names], geometry)[None]
-        prepared = PreparedImage(key=key, pixels=pixels, features=self.encode(pixels, masks), geometry=geometry,
-                                 slice_index=slice_index, organ_masks=masks)
+        features, located = self._encode_prepared(pixels, masks, slice_index)
+        prepared = PreparedImage(key=key, pixels=pixels, features=features, geometry=geometry,
+                                 slice_index=slice_index, organ_masks=masks, boxes=located)
         with self._lock:
             if by_identity:
                 try:
@@ -242,6 +243,15 @@ class VLM:
                 evicted, _ = self._cache.popitem(last=False)
                 self._objects = {k: v for k, v in self._objects.items() if v[1] != evicted}
         return prepared
+
+    def _encode_prepared(self, pixels: torch.Tensor, masks: torch.Tensor | None,
+                         slice_index: int | None) -> tuple[torch.Tensor, dict[str, tuple[float, ...]] | None]:
+        """The image features, and for a whole scan and a model with a box head its boxes from the
+        same pass of the tower (None otherwise: `locate.located_answer` then finds them itself)."""
+        if masks is not None or slice_index is not None or not getattr(self.model.config, "vision_box_findings", None):
+            return self.encode(pixels, masks), None
+        with torch.inference_mode():
+            return self.model.encode_images_and_boxes(pixels)
 
     def _organ_masks(self, volume_key: str, volume: Any, rois: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
         """The organ masks of a volume in its own grid, found once per volume (every slice reuses them)."""

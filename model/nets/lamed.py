@@ -186,6 +186,18 @@ class LamedForCausalLM(PreTrainedModel, GenerationMixin):
             features = self.vision(images)
         return features.to(self.get_input_embeddings().weight.dtype)
 
+    def encode_images_and_boxes(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, tuple[float, ...]]]:
+        """`encode_images` of one whole-scan input (1,1,D,H,W) and, from the same pass of the
+        tower, the box head's box (0-1 over the input) of every finding it locates, by name
+        (empty without a head)."""
+        weight = next(self.vision.parameters())
+        images = images.to(device=weight.device, dtype=weight.dtype)
+        if self.supports_slices or not hasattr(self.vision, "encode_and_locate"):
+            return self.encode_images(images), {}
+        features, located = self.vision.encode_and_locate(images)
+        names = list(self.config.vision_finding_names)
+        return features.to(self.get_input_embeddings().weight.dtype), {names[k]: box for k, box in located.items()}
+
     def splice_image_features(self, inputs_embeds: torch.Tensor, image_features: torch.Tensor) -> torch.Tensor:
         """Replace the embeddings at positions 1..N with the image features (position 0 stays BOS)."""
         n = image_features.shape[1]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from model.inference import boxes
 from model.nets.findings import box_from_map
 from model.nets.lamed import LamedForCausalLM
 from model.training.default.data import Dataset, Example
@@ -140,10 +141,14 @@ def test_a_box_question_about_a_located_finding_is_answered_by_the_head_in_every
     volume = torch.rand((1, 16, 64, 64))
     prepared = vlm.prepare(volume)
     expected = vlm.model.vision.locate(prepared.pixels)[0]
+    # the scan's encoding found the boxes in the same pass of the tower (no second one per question)
+    assert set(prepared.boxes) == {"Lung nodule"} and prepared.boxes["Lung nodule"] == pytest.approx(expected)
     pieces: list[str] = []
     question = "Where is the lung nodule? Give the box."
     answer = vlm.answer(volume, question, on_text=pieces.append)
-    assert answer.box_normalized == pytest.approx(expected) and answer.n_tokens == 0
+    # the box it says, to the 3 decimals it writes
+    assert answer.box_normalized == pytest.approx(expected, abs=5e-4) and answer.n_tokens == 0
+    assert answer.box_normalized == boxes.parse_box(boxes.BOX_START + answer.text + boxes.BOX_END)
     assert pieces == [answer.text] and answer.text.startswith("[") and answer.latency_first_token_s is not None
     assert list(vlm.stream(volume, question)) == [answer.text]
     batched = answer_batch(vlm, prepared, [Question("Is there a lung nodule?", ("Yes", "No")), Question(question),

@@ -43,6 +43,19 @@ def _figures(report: dict) -> dict:
     return {k: v for k, v in report.items() if k != "seconds"}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Every run here on one thread, as the torchrun test's processes: sums split over threads end
+    in other last digits (the box head's coordinates, BERTScore's embeddings), and on some CPUs
+    that moved a figure by 1e-6 between a 2-thread and a 1-thread run of the same answers."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def one_at_a_time(vlm, cohort) -> dict:
     return _evaluate(vlm, cohort, batch_size=1, robustness=True)
