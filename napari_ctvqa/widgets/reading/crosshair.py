@@ -18,13 +18,6 @@ COLOUR = (1.0, 0.824, 0.247, 0.8)  # #ffd23f, a little transparent
 ON_TOP = 1_000_000  # drawn after every layer (napari orders layer visuals by list position)
 
 
-def scene_of(viewer: Any) -> Any:
-    """The vispy scene a napari viewer draws its layers in: a `QtViewer`'s own, or the main
-    window's (napari has no public accessor for it; the main window's QtViewer is `_qt_viewer`)."""
-    qt_viewer = viewer.window._qt_viewer if hasattr(viewer, "window") else viewer
-    return qt_viewer.canvas.view.scene
-
-
 def segments(point: Any, order: tuple[int, ...], box: np.ndarray) -> np.ndarray:
     """(4, 2) vertices of the two lines through world `point` across `box` in a view showing
     `order`'s last two axes (rows, columns), in the scene's (x = column, y = row) world order."""
@@ -38,7 +31,8 @@ class Crosshair:
     """The crosshair visual of one canvas; hidden until `draw` is given a point."""
 
     def __init__(self, scene: Any) -> None:
-        from vispy.scene.visuals import Line  # deferred: vispy's scene loads with napari's Qt side
+        # deferred: vispy's scene loads with napari's Qt side
+        from vispy.scene.visuals import Line
 
         self.visual = Line(pos=np.zeros((4, 2), dtype=np.float32), color=COLOUR, connect="segments",
                            method="gl", width=1, parent=scene)
@@ -49,11 +43,6 @@ class Crosshair:
     @property
     def shown(self) -> bool:
         return bool(self.visual.visible)
-
-    @property
-    def vertices(self) -> np.ndarray:
-        """The lines' (4, 2) vertices, scene order (x = column, y = row), in world units."""
-        return np.asarray(self.visual.pos)
 
     def draw(self, point: Any, order: tuple[int, ...], box: np.ndarray, flat: bool = True) -> None:
         """Lines through `point` in the view of dims `order`; hidden when the view is not a 2-D
