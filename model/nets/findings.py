@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from model.nets.conv import Conv3d
+
 
 class FindingReadout(nn.Module):
     """`head`: a 1x1x1 convolution to one logit per finding on the feature map; `local` and
@@ -32,7 +34,7 @@ class FindingReadout(nn.Module):
             raise ValueError(f"feature map {tuple(feature_grid)} does not tile into image tokens {tuple(token_grid)}")
         self.token_grid = tuple(int(t) for t in token_grid)
         self.window = tuple(int(f) // int(t) for f, t in zip(feature_grid, token_grid))
-        self.head = nn.Conv3d(feature_channels, n_findings, 1)
+        self.head = Conv3d(feature_channels, n_findings, 1)
         self.local = nn.Linear(n_findings, out_dim)
         self.whole = nn.Linear(n_findings, out_dim)
 
@@ -70,8 +72,8 @@ class FindingBoxes(nn.Module):
         if context not in (0, 1):
             raise ValueError(f"a box head's context is 0 or 1 cells, got {context}")
         self.n_findings, self.context = n_findings, context
-        self.net = nn.Sequential(nn.Conv3d(feature_channels, hidden, 1 + 2 * context, padding=context), nn.GELU(),
-                                 nn.Conv3d(hidden, 6 * n_findings, 1))
+        self.net = nn.Sequential(Conv3d(feature_channels, hidden, 1 + 2 * context, padding=context), nn.GELU(),
+                                 Conv3d(hidden, 6 * n_findings, 1))
 
     def keep(self, slots: Sequence[int]) -> FindingBoxes:
         """A head for these of its findings only, with their trained weights."""

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.nets.conv import Conv3d
 from model.nets.findings import FindingBoxes, FindingReadout, box_from_map
 
 
@@ -105,10 +106,10 @@ class ConvStem(nn.Module):
                        (4 * channels, 4 * channels, 1), (4 * channels, 4 * channels, 1)]
         modules: list[nn.Module] = []
         for inputs, outputs, stride in layers:
-            modules += [nn.Conv3d(inputs, outputs, 3, stride=stride, padding=1),
+            modules += [Conv3d(inputs, outputs, 3, stride=stride, padding=1),
                         nn.GroupNorm(min(4, outputs), outputs), nn.GELU()]
         cut = tuple(int(p) // s for p, s in zip(patch_size, shrink))
-        self.convs = nn.Sequential(*modules, nn.Conv3d(layers[-1][1], hidden_size, cut, stride=cut))
+        self.convs = nn.Sequential(*modules, Conv3d(layers[-1][1], hidden_size, cut, stride=cut))
 
     @property
     def feature_channels(self) -> int:
