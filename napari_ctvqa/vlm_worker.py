@@ -92,6 +92,10 @@ class VLMWorker(QObject):
         if self.mode == "process":
             ctx = multiprocessing.get_context("spawn")
             self._requests, self._replies, self._cancel = ctx.Queue(), ctx.Queue(), ctx.Event()
+            # Python joins a queue's feeder thread at exit: one still sending a scan to a model
+            # process that died blocks on the full pipe for ever (this process holds its read end
+            # too, so no error ends it), and napari would never exit. Unsent requests are dropped.
+            self._requests.cancel_join_thread()
             # The model process ends with this one even when napari is killed (model.processes.end_with_parent).
             main_thread = threading.current_thread() is threading.main_thread()
             self._handle = ctx.Process(target=serve_in_process, name="ctvqa-vlm", daemon=True,

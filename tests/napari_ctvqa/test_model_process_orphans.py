@@ -101,3 +101,31 @@ def test_sigkilled_napari_leaves_no_model_process(tiny_vlm_dir: Path) -> None:
         for pid in [model_pid] if model_pid else []:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+# A worker whose model process died while the app still sends it a scan, then an app that quits
+# without shutting the worker down: the queue's feeder thread is blocked on a full pipe.
+ORPHANED_REQUEST = """
+import numpy as np
+from qtpy.QtCore import QCoreApplication
+from napari_ctvqa.vlm_server import VolumePayload
+from napari_ctvqa.vlm_worker import VLMWorker
+
+app = QCoreApplication([])
+worker = VLMWorker("process")
+worker.start()
+worker._handle.kill()
+worker._handle.join()
+worker.prepare("scan", VolumePayload(np.zeros((64, 128, 128), np.float32), (5.0, 1.0, 1.0), {}))  # 4 MB
+print("sent", flush=True)
+"""
+
+
+def test_an_app_quits_although_a_dead_model_process_never_read_its_request() -> None:
+    """Python joins a multiprocessing queue's feeder thread at exit; one blocked on a full pipe
+    to a dead process (the parent holds the pipe's read end, so no error ends it) held the test
+    run at exit after every test had passed."""
+    proc = subprocess.run([sys.executable, "-c", ORPHANED_REQUEST], capture_output=True, text=True, timeout=60,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "sent" in proc.stdout
