@@ -268,3 +268,25 @@ def test_the_crosshair_is_drawn_through_the_point_in_every_view_and_follows_it(r
     assert not room.views.crosshairs["axial"].shown, "two flat lines floating in a 3-D rendering"
     viewer.dims.ndisplay = 2
     assert room.views.crosshairs["axial"].shown
+
+
+def test_a_prior_arriving_while_its_pane_is_half_prepared_gives_two_layers(room, qtbot):
+    """`prepare` adds its second layer a turn later; a comparison shown in between replaces them,
+    and the superseded turn must not add a third (placeholder) layer."""
+    from model.ct.prior import Comparison
+    from napari_ctvqa.widgets.reading.compare import CompareView
+
+    current = marker_phantom()
+    layer = add_phantom(room.viewer, current, "phantom")
+    view = CompareView(room.viewer, parent=room)
+    view.prepare(layer)
+    assert len(view.model.layers) == 1  # the difference comes in the next turn
+    prior = CTVolume(current.array - 100.0, current.spacing, current.affine.copy(), {})
+    view.show(layer, Comparison("earlier", prior, current.array - prior.array, "rigid: 0 mm"), True)
+    qtbot.waitUntil(lambda: "registered" in view.title.text(), timeout=TIMEOUT_MS)
+    for _ in range(5):
+        QApplication.processEvents()
+    prior_layer, difference = view.model.layers
+    assert len(view.model.layers) == 2 and prior_layer.visible and difference.visible
+    assert prior_layer.data is prior.array and np.all(difference.data == 100.0)
+    view.unhook()

@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -164,6 +165,7 @@ class CompareView(QObject):
         layout.addWidget(self.qt_viewer, 1)
         orient(self.model, "axial")
         self.comparison: Comparison | None = None
+        self._adding = 0  # calls of _add_layers, so that only the latest adds its second layer
         self._syncing = False
         self._links = ((viewer.dims.events.point, self._from_main), (self.model.dims.events.point, self._from_prior))
         for emitter, callback in self._links:
@@ -182,14 +184,10 @@ class CompareView(QObject):
         and the comparison only hands its arrays to layers already there (issue 20)."""
         if len(self.model.layers):
             return
-        place = {"scale": tuple(current_layer.scale), "translate": tuple(current_layer.translate),
-                 "visible": False}
-        self.model.add_image(current_layer.data, name="prior", colormap="gray",
-                             contrast_limits=tuple(current_layer.contrast_limits), **place)
-        QTimer.singleShot(0, lambda: None if self.qt_viewer is None or len(self.model.layers) != 1
-                          else self.model.add_image(current_layer.data, name="difference (current - prior)",
-                                                    colormap="twilight_shifted",
-                                                    contrast_limits=DIFFERENCE_LIMITS, **place))
+        place = {"data": current_layer.data, "scale": tuple(current_layer.scale),
+                 "translate": tuple(current_layer.translate), "visible": False}
+        self._add_layers({"name": "prior", "contrast_limits": tuple(current_layer.contrast_limits), **place},
+                         {"name": "difference (current - prior)", "contrast_limits": DIFFERENCE_LIMITS, **place})
 
     def show(self, current_layer: Any, comparison: Comparison, with_difference: bool) -> None:
         """Show the registered prior at the current scan's place and window (and the difference).
@@ -211,12 +209,23 @@ class CompareView(QObject):
             return
         if len(self.model.layers):  # half prepared (never clear an empty list: same cost)
             self.model.layers.clear()
+        self._add_layers(prior, difference, then=self._shown)
+
+    def _add_layers(self, prior: dict[str, Any], difference: dict[str, Any],
+                    then: Callable[[], None] | None = None) -> None:
+        """The prior's layer now and the difference's in the next turn of the event loop (each
+        costs tens of ms); a later call supersedes the second turn of an earlier one (a comparison
+        that ends while `prepare` is half done), so the pane never holds three layers."""
+        self._adding += 1
+        turn = self._adding
         self.model.add_image(colormap="gray", **prior)
 
         def second() -> None:
-            if self.qt_viewer is not None:  # not closed meanwhile
-                self.model.add_image(colormap="twilight_shifted", **difference)
-                self._shown()
+            if self.qt_viewer is None or turn != self._adding:  # closed, or superseded meanwhile
+                return
+            self.model.add_image(colormap="twilight_shifted", **difference)
+            if then is not None:
+                then()
 
         QTimer.singleShot(0, second)
 
