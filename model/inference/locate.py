@@ -9,8 +9,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import torch
-
 from model.evaluation.findings import finding_asked
 from model.inference import boxes
 from model.inference.answer_checks import asks_for_box
@@ -29,14 +27,8 @@ def located_finding(model: Any, question: str) -> str | None:
 
 def located_answer(vlm: Any, prepared: Any, finding: str) -> dict[str, Any]:
     """The box head's answer about `finding` (from `located_finding`) for a prepared whole scan,
-    as `Answer`'s fields; the head's boxes of every located finding are kept on `prepared`."""
+    as `Answer`'s fields: `VLM.prepare` found every located finding's box when it encoded the scan."""
     start = time.perf_counter()
-    if prepared.boxes is None:  # every located finding at once: one pass of the stem
-        readout = list(vlm.model.config.vision_finding_names)
-        weight = next(vlm.model.vision.parameters())
-        with torch.inference_mode():
-            found = vlm.model.vision.locate(prepared.pixels.to(device=weight.device, dtype=weight.dtype))
-        prepared.boxes = {readout[k]: box for k, box in found.items()}
     written = boxes.format_box(prepared.boxes[finding])
     # the box is what the answer says, to its 3 decimals (1/1000 of the input: under a voxel), so
     # a figure does not move with the last float digits of the head, which depend on the threads

@@ -62,7 +62,7 @@ class PreparedImage:
     prefix_cache: Any = field(default=None, repr=False)
     slice_index: int | None = None  # the axial slice asked about; None = the whole scan
     organ_masks: torch.Tensor | None = None  # (1, organs, D, H, W) on the input grid (OmniCT family)
-    boxes: dict[str, tuple[float, ...]] | None = None  # the box head's box per located finding, once asked
+    boxes: dict[str, tuple[float, ...]] | None = None  # the box head's box per located finding (whole scans)
 
     @property
     def num_tokens(self) -> int:

@@ -190,11 +190,10 @@ class LamedForCausalLM(PreTrainedModel, GenerationMixin):
         """`encode_images` of one whole-scan input (1,1,D,H,W) and, from the same pass of the
         tower, the box head's box (0-1 over the input) of every finding it locates, by name
         (empty without a head)."""
-        weight = next(self.vision.parameters())
-        images = images.to(device=weight.device, dtype=weight.dtype)
         if self.supports_slices or not hasattr(self.vision, "encode_and_locate"):
             return self.encode_images(images), {}
-        features, located = self.vision.encode_and_locate(images)
+        weight = next(self.vision.parameters())
+        features, located = self.vision.encode_and_locate(images.to(device=weight.device, dtype=weight.dtype))
         names = list(self.config.vision_finding_names)
         return features.to(self.get_input_embeddings().weight.dtype), {names[k]: box for k, box in located.items()}
 

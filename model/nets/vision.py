@@ -310,10 +310,7 @@ class VisionEncoder(nn.Module):
         """(1,1,D,H,W) input to the box (0-1 over the input) of every finding the box head
         locates, by readout index: one pass of the stem, whether or not the finding is there
         (the readout says that; a box question presumes it)."""
-        if self.boxes is None or self.findings is None:
-            return {}
-        features = self.vision_tower.encode(images)[1]
-        return self._located(features, self.findings(features))
+        return self.encode_and_locate(images)[1]
 
     @torch.no_grad()
     def encode_and_locate(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[int, tuple[float, ...]]]:
@@ -322,9 +319,8 @@ class VisionEncoder(nn.Module):
         (a sixth of `ctvqa evaluate`'s batched answering time on the default model)."""
         tokens, features = self.vision_tower.encode(images)
         logits = None if self.findings is None else self.findings(features)
-        located = {} if self.boxes is None or logits is None else self._located(features, logits)
+        located: dict[int, tuple[float, ...]] = {}
+        if self.boxes is not None and logits is not None:
+            distances = self.boxes(features)[0]
+            located = {k: box_from_map(logits[0][k], distances[j]) for j, k in enumerate(self.box_findings)}
         return self.project(tokens, logits), located
-
-    def _located(self, features: torch.Tensor, logits: torch.Tensor) -> dict[int, tuple[float, ...]]:
-        distances = self.boxes(features)[0]  # type: ignore[misc]
-        return {k: box_from_map(logits[0][k], distances[j]) for j, k in enumerate(self.box_findings)}

@@ -96,19 +96,19 @@ class OrthoViews(QObject):
         self._timer.setSingleShot(True)
         self._timer.setInterval(SYNC_MS)
         self._timer.timeout.connect(self._flush)
-        for model in (viewer, *self.models.values()):
+        for model in self.all_viewers:
             model.dims.events.point.connect(self._on_point)
             model.mouse_drag_callbacks.append(self._click_to_move)
         viewer.layers.events.removing.connect(self._hide_crosshairs)
         viewer.dims.events.ndisplay.connect(self._redraw)
 
     @property
-    def all_viewers(self) -> list[Any]:
-        return [self.viewer, *self.models.values()]
-
-    @property
     def named_viewers(self) -> dict[str, Any]:
         return {"axial": self.viewer, **self.models}
+
+    @property
+    def all_viewers(self) -> list[Any]:
+        return list(self.named_viewers.values())
 
     def show(self, layer: Any) -> None:
         """Show `layer` in the extra views (None clears them), each with its crosshair."""
