@@ -24,6 +24,7 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from model.nets.encoders import FAMILIES, vision_encoder_from_config
+from model.nets.findings import FindingReadout
 from model.nets.omnict.encoder import DEFAULT_ORGANS, SliceViT, omnict_token_counts
 from model.nets.omnict.organs import OrganAggregation
 from model.nets.vision import ViT3D, num_image_tokens
@@ -58,6 +59,7 @@ class LamedConfig(PreTrainedConfig):
     vision_finding_names: list[str] | tuple[str, ...] = ()  # findings the stem's map is read out for (nets.findings)
     vision_box_findings: list[str] | tuple[str, ...] = ()  # of those, the ones a box head locates (FindingBoxes)
     vision_box_context: int = 0  # 1: the box head's first layer reads each cell's 3x3x3 neighbourhood
+    vision_finding_tokens: bool = False  # one image token per readout finding after the grid's (nets.findings)
     token_unshuffle: int = 2
     position_dims: list[int] | tuple[int, ...] = (32, 32, 32)
     organ_names: list[str] | tuple[str, ...] = DEFAULT_ORGANS
@@ -85,6 +87,8 @@ class LamedConfig(PreTrainedConfig):
         if self.vision_finding_names and (self.vision_family != "m3d" or not self.vision_stem_channels):
             raise ValueError("vision_finding_names needs the M3D family with a convolutional stem "
                              f"(vision_stem_channels > 0), got {self.vision_family!r} with {self.vision_stem_channels}")
+        if self.vision_finding_tokens and not self.vision_finding_names:
+            raise ValueError("vision_finding_tokens needs vision_finding_names (one token per finding)")
         if self.vision_family not in FAMILIES:
             raise ValueError(f"vision_family must be one of {FAMILIES}, got {self.vision_family!r}")
         if self.image_channel != 1:
@@ -110,7 +114,8 @@ class LamedConfig(PreTrainedConfig):
         tokens plus, for OmniCT, the organ tokens)."""
         if self.vision_family == "omnict":
             return self._omnict_counts()[0]
-        return num_image_tokens(self.image_size, self.patch_size, self.proj_pooling_size)
+        extra = len(self.vision_finding_names) if self.vision_finding_tokens else 0
+        return num_image_tokens(self.image_size, self.patch_size, self.proj_pooling_size) + extra
 
     @property
     def num_slice_tokens(self) -> int | None:
@@ -148,7 +153,7 @@ class LamedForCausalLM(PreTrainedModel, GenerationMixin):
             with torch.no_grad():
                 module.cls_token.normal_(0.0, std)
                 module.patch_embedding.position_embeddings.normal_(0.0, std)
-        elif isinstance(module, (SliceViT, OrganAggregation)):
+        elif isinstance(module, (SliceViT, OrganAggregation, FindingReadout)):
             module.init_parameters(self.config.initializer_range)
 
     def get_input_embeddings(self) -> nn.Module:

@@ -261,6 +261,7 @@ class VisionEncoder(nn.Module):
         n_findings: int = 0,
         box_findings: Sequence[int] = (),
         box_context: int = 0,
+        finding_tokens: bool = False,
     ) -> None:
         super().__init__()
         self.vision_tower = ViT3D(image_size, patch_size, hidden_size, num_layers, num_heads, mlp_dim,
@@ -276,7 +277,10 @@ class VisionEncoder(nn.Module):
                 raise ValueError("a finding readout reads the convolutional stem's map: set vision_stem_channels > 0")
             self.findings = FindingReadout(
                 stem.feature_channels, n_findings, [int(i) // s for i, s in zip(image_size, stem.shrink)],
-                [g // int(pooling_size) for g in grid_shape(image_size, patch_size)], out_dim)
+                [g // int(pooling_size) for g in grid_shape(image_size, patch_size)], out_dim, finding_tokens)
+            self.num_tokens += n_findings if finding_tokens else 0
+        elif finding_tokens:
+            raise ValueError("finding tokens need a finding readout: give the readout's findings")
         self.box_findings: tuple[int, ...] = ()  # readout findings the box head locates
         self.boxes: FindingBoxes | None = None
         if box_findings:
@@ -300,7 +304,12 @@ class VisionEncoder(nn.Module):
     def project(self, tokens: torch.Tensor, findings: torch.Tensor | None = None) -> torch.Tensor:
         """LM-ready image features from `tower`'s outputs (stage 2 of training caches those)."""
         features = self.mm_projector(tokens)
-        return features if findings is None else features + self.findings.embed(findings).to(features.dtype)
+        if findings is None:
+            return features
+        features = features + self.findings.embed(findings).to(features.dtype)
+        if not self.findings.tokens:
+            return features
+        return torch.cat((features, self.findings.embed_tokens(findings).to(features.dtype)), dim=1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.project(*self.tower(images))

@@ -104,3 +104,64 @@ def test_readout_auc_scores_each_scan_by_the_readouts_maximum() -> None:
         maxima = model.vision.tower(pixels.float())[1].flatten(2).amax(-1)
     assert auc["Cardiomegaly"] == round(float(roc_auc_score(labels[:, 1], maxima[:, 1])), 3)
     assert readout_auc(LamedForCausalLM(readout_config(vision_finding_names=[])), data) == {}
+
+
+def test_finding_tokens_follow_the_grid_and_carry_each_findings_own_logit(tmp_path: Path) -> None:
+    """One token per finding after the grid's: a prompt needs that many more placeholders, and a
+    finding's token moves with its own logit only (the language model finds it by its identity)."""
+    torch.manual_seed(3)
+    model = LamedForCausalLM(readout_config(vision_finding_tokens=True)).eval()
+    assert model.num_image_tokens == model.config.num_image_tokens == 4 + len(FINDINGS)
+    readout = model.vision.findings
+    assert readout.tokens and not torch.allclose(readout.identity[0], readout.identity[1])
+    logits = torch.full((1, 3, 4, 8, 8), -6.0)
+    with torch.no_grad():
+        quiet = readout.embed_tokens(logits)
+        logits[0, 2, 1, 2, 3] = 6.0  # emphysema in one cell
+        loud = readout.embed_tokens(logits)
+        tokens = model.vision.project(torch.zeros(1, 32, 16), logits)
+    assert tokens.shape == (1, 4 + 3, 16)
+    torch.testing.assert_close(tokens[:, 4:], loud)
+    torch.testing.assert_close(loud[0, :2], quiet[0, :2])
+    assert float((loud[0, 2] - quiet[0, 2]).abs().max()) > 1e-3
+    with torch.no_grad():
+        readout.shift[2] = -12.0  # calibrated per finding: the same logit can read as absent
+        assert float((readout.embed_tokens(logits)[0, 2] - quiet[0, 2]).abs().max()) < float(
+            (loud[0, 2] - quiet[0, 2]).abs().max())
+    model.save_pretrained(tmp_path)
+    again = LamedForCausalLM.from_pretrained(tmp_path).eval()
+    image = torch.rand((1, 1, 16, 64, 64))
+    assert again.config.vision_finding_tokens
+    with torch.no_grad():
+        torch.testing.assert_close(again.encode_images(image), model.encode_images(image))
+
+
+def test_finding_tokens_need_a_readout() -> None:
+    with pytest.raises(ValueError, match="vision_finding_tokens"):
+        readout_config(vision_finding_names=[], vision_finding_tokens=True)
+
+
+def test_stage2_restarts_what_reads_the_tower_and_keeps_the_tower() -> None:
+    """With `stage2_fresh` stage 2 is the same run whether stage 1 just trained the projector or
+    the tower came from a saved model: what reads the tower starts from the seed alone."""
+    from model.training.default.stage2 import restart_readers
+    from model.training.default.steps import LabelHead
+
+    runs = []
+    for seed_before in (0, 1):
+        torch.manual_seed(seed_before)  # a different history before stage 2
+        model = LamedForCausalLM(readout_config(vision_finding_tokens=True))
+        head = LabelHead(16, 3)
+        if seed_before == 0:
+            tower = {k: v.clone() for k, v in model.vision.vision_tower.state_dict().items()}
+        else:
+            model.vision.vision_tower.load_state_dict(tower)
+        restart_readers(model, head, seed=7)
+        runs.append((model, head))
+    (a, head_a), (b, head_b) = runs
+    for k, v in a.vision.state_dict().items():
+        if not k.startswith(("vision_tower.", "findings.head.")):
+            torch.testing.assert_close(v, b.vision.state_dict()[k], msg=k)
+    for k, v in head_a.state_dict().items():
+        torch.testing.assert_close(v, head_b.state_dict()[k], msg=k)
+    torch.testing.assert_close(a.vision.vision_tower.state_dict(), b.vision.vision_tower.state_dict())

@@ -137,6 +137,9 @@ def model_card(recipe: Recipe, record: dict[str, Any], report: dict[str, Any] | 
         + ("; the finding readout adds the stem's per-finding map, its maximum over each image token's region "
            "and over the volume, to those tokens (`vision_finding_names` in config.json)"
            if recipe.finding_readout and recipe.vision_stem else "")
+        + ("; then one token per finding, its learnt identity plus its readout maximum's logit through a "
+           "per-finding scale and shift, so that each finding's signal has a place of its own "
+           "(`vision_finding_tokens` in config.json)" if recipe.finding_readout and recipe.finding_tokens else "")
         + ") + "
         f"a Llama-style LM (hidden {recipe.lm_hidden}, {recipe.lm_layers} layers, {recipe.lm_heads} heads); "
         f"{n_params / 1e6:.2f} M parameters, float32 safetensors.",
@@ -178,7 +181,9 @@ def model_card(recipe: Recipe, record: dict[str, Any], report: dict[str, Any] | 
         + f", {recipe.stage1_steps} steps x {recipe.stage1_images} volumes, small shifts and contrast changes"
         + (", inputs centred on the training set's mean volume and scaled (folded into the patch embedding at save, "
            "so the model takes ordinary inputs)" if recipe.input_norm else "") + ". Stage 2 (instruction tuning): "
-        f"vision tower frozen (its tokens cached), projector + language model (from scratch) on all six 3D-RAD tasks "
+        "vision tower and readout head frozen (their outputs cached), "
+        + ("projector and readout embeddings (started afresh from the seed) " if recipe.stage2_fresh else "projector ")
+        + f"+ language model (from scratch) on all six 3D-RAD tasks "
         f"plus report impressions, {recipe.stage2_steps} steps x {recipe.stage2_images} volumes x "
         f"{recipe.questions_per_image} questions, label head kept as a second loss; the first {recipe.focus_steps} "
         f"steps ask only existence questions about the findings the tower sees (held-out AUC >= {recipe.seen_auc}"
@@ -217,6 +222,11 @@ def model_card(recipe: Recipe, record: dict[str, Any], report: dict[str, Any] | 
         "Seeded with a fixed data order: on the same machine a rerun repeats the run bit for bit unless a wall-clock "
         "cap cuts it short (checked on a tiny configuration by the slow test in tests/model/test_default_model.py; "
         "the full run was not repeated).",
+        *([f"- Stages 0-1 were not rerun for this model: its vision tower and readout head are those of "
+           f"`{record['tower_from']}` (`--tower-from`; the same recipe and seed for those stages), and their "
+           "figures and minutes above are that run's. Stage 2 starts what reads them afresh from the seed, so "
+           "`make default-model` gives this run (checked on a tiny configuration by the same slow test)."]
+          if record.get("tower_from") else []),
         "",
     ]
     auc = stage1.get("valid_label_auc")
@@ -296,12 +306,23 @@ def model_card(recipe: Recipe, record: dict[str, Any], report: dict[str, Any] | 
         "static answers now depend on the image (3-11 points lost with another patient's scan, about 0 before), "
         "but stay below the majority answer (65.3-72.7 against 73.3-80.0); macro existence balanced accuracy "
         "79.0 / 79.8 / 79.2 (session 6: 77.0 / 79.5 / 78.3).",
-        "- Next: the language model does not read a finding whose readout probability moves in the middle of "
-        "its range (arterial calcification, emphysema) even when asked about it balanced; embedding the "
-        "readout's logits (or a learnt scale per finding) rather than its probabilities would give it the "
-        "range the large findings have. Coronary calcification and fibrotic bands are at chance at the map "
-        "itself (two or three voxels at this input size): they need an input nearer the phantom's own "
-        "resolution or crops cut from it.",
+        ("- Session 11, finding tokens (`--finding-tokens`: one more image token per finding, its identity plus "
+        "its readout logit through a learnt per-finding scale and shift), stage 2 and 3 only, on this model's "
+        "tower (`--tower-from`, which starts the projector and readout embeddings afresh), held-out at the three "
+        "sizes. With `--seen-readout` as well: arterial calcification rose to 68.3 / 69.9 / 78.7 balanced "
+        "accuracy (this model: 51.6 / 48.9 / 49.2), emphysema to 56.5 / 53.2 / 51.6, static temporal 71.3 / 69.3 "
+        "/ 66.7; but macro 76.1 / 77.5 / 79.9 and longitudinal 69.3 / 70.0 / 66.0 (the language model never "
+        "learnt to read the prior sequence in the question within 5000 steps: class-balanced validation stayed "
+        "near 30). Finding tokens alone: arterial calcification 52.7 / 51.0 / 48.0, macro 73.2 / 74.3 / 75.5 "
+        "(nodules 58.8-61.5, atelectasis 57.7-67.3), longitudinal 92.0 / 90.0 / 86.7. Neither was kept. The "
+        "calibrated token makes a mid-range readout legible only together with balanced questions about the "
+        "finding (session 7 had those questions without the token); in both runs the findings read from weaker "
+        "signals (nodules, atelectasis, consolidation) lost, and both started the projector afresh where this "
+        "model's stage 2 starts from the stage-1 projector, which already carries the labels."),
+        ("- Next: finding tokens with `--seen-readout` in a full run that keeps the stage-1 projector (about 80 "
+        "min), which separates the token from the fresh start. Coronary calcification and fibrotic bands are at "
+        "chance at the map itself (two or three voxels at this input size): they need an input nearer the "
+        "phantom's own resolution or crops cut from it."),
         "",
     ]
     lines += [

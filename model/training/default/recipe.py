@@ -68,6 +68,7 @@ class Recipe:
     vision_stem: int = 16  # channels of the convolutional stem (0: M3D's linear patch embedding)
     vision_stem_depth: int = 1  # 1: six convolutions to a quarter of the token grid's stride (vision.ConvStem)
     finding_readout: bool = True  # the stem's per-finding map added to the LM's image tokens (nets.findings)
+    finding_tokens: bool = False  # ... and one more image token per finding, its calibrated logit (nets.findings): tried
     stem_steps: int = 12000  # stage 0: the stem's detectors on lesion-centred crops (stage0.py); 0 = none
     stem_crop: tuple[int, int, int] = (16, 64, 64)  # crop of the model input (voxels)
     stem_images: int = 16  # crops per step
@@ -97,6 +98,9 @@ class Recipe:
     own_frequency_tasks: tuple[str, ...] = ("static_temporal_diagnosis",)  # answers drawn at their own frequency
     balance_presence: bool = True  # ... but as often about a seen finding present now as absent (data.Sampler)
     questions_per_image: int = 3
+    # stage 2 starts its projector, readout embeddings and label head afresh (seeded): it then depends on stages
+    # 0-1 only through the frozen tower and readout head, so `--tower-from` a saved model gives the same run
+    stage2_fresh: bool = False  # (`--tower-from` sets it)
     lr: float = 1e-3
     warmup_steps: int = 30
     aux_weight: float = 1.0
@@ -143,6 +147,7 @@ def recipe_from_record(stored: dict[str, Any]) -> Recipe:
     # records from before these fields existed were trained without them
     fixed.update({k: stored.get(k, v) for k, v in (("finding_readout", False), ("seen_readout", False),
                                                          ("balance_presence", False), ("dense_parts", False),
+                                                         ("finding_tokens", False), ("stage2_fresh", False),
                                                          ("box_steps", 0), ("box_context", 0))})
     fixed.setdefault("own_frequency_tasks", ())
     fixed.update(cohorts=cohorts(stored["cohorts"]), heldout=cohorts(stored["heldout"]))

@@ -37,6 +37,7 @@ from model.training.default.recipe import (
 )
 from model.training.default.stage2 import train
 from model.training.default.steps import build_model
+from model.training.default.tower import stage1_from_model
 
 
 def save_model(model: Any, tokenizer: Any, out: Path) -> None:
@@ -48,10 +49,11 @@ def save_model(model: Any, tokenizer: Any, out: Path) -> None:
 
 
 
-def run(out: Path, cohort_root: Path, recipe: Recipe, evaluate: bool = True, work: Path | None = None
-        ) -> dict[str, Any]:
+def run(out: Path, cohort_root: Path, recipe: Recipe, evaluate: bool = True, work: Path | None = None,
+        tower_from: Path | None = None) -> dict[str, Any]:
     """The whole pipeline (cohorts, cache, tokenizer, two stages, save, held-out evaluation, card).
-    `work`: where checkpoints go; a rerun with the same recipe resumes from them."""
+    `work`: where checkpoints go; a rerun with the same recipe resumes from them. `tower_from`: a
+    saved default model whose tower stands in for stages 0-1 (tower.stage1_from_model)."""
 
     torch.manual_seed(recipe.seed)
     random.seed(recipe.seed)
@@ -73,9 +75,13 @@ def run(out: Path, cohort_root: Path, recipe: Recipe, evaluate: bool = True, wor
     print(f"[model] {n_params / 1e6:.2f} M parameters, {model.num_image_tokens} image tokens; "
           f"{len(train_data.names)} training / {len(valid_data.names)} validation volumes", flush=True)
     checkpoints = Checkpoints(work, recipe, recipe.checkpoint_every)
+    if tower_from is not None:
+        stage1_from_model(model, tower_from, checkpoints, train_data.label_names, recipe.head_norm)
     record = train(model, tokenizer, train_data, valid_data, recipe, checkpoints)
     record.update(image_tokens=model.num_image_tokens, machine=f"{platform.machine()} CPU, "
                   f"{torch.get_num_threads()} threads", recipe=asdict(recipe), tokenizer=tokenizer_info)
+    if tower_from is not None:  # stages 0-1 of this record are that model's (the card says so)
+        record["tower_from"] = str(tower_from)
     save_model(model, tokenizer, out)
     record.update(cohort={"train_volumes": len(train_data.names), "valid_volumes": len(valid_data.names)},
                   n_params=n_params)
@@ -131,6 +137,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--eval-limit", type=int, default=defaults.eval_limit, help="held-out questions per task")
     parser.add_argument("--held-out-finding", default=None,
                         help="train a variant that is never asked about this CT-RATE label (feedback demonstration)")
+    parser.add_argument("--tower-from", type=Path, default=None,
+                        help="take stages 0-1 (vision tower, readout head) from this saved default model folder; "
+                             "stage 2 then starts what reads them afresh (stage2_fresh)")
+    parser.add_argument("--finding-tokens", action="store_true",
+                        help="one more image token per finding, its calibrated readout logit (tried: see the card)")
+    parser.add_argument("--seen-readout", action="store_true",
+                        help="balanced existence questions also about what the readout's maximum sees (see the card)")
     parser.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
     parser.add_argument("--print-cohorts", action="store_true",
                         help="print the `ctvqa synth` commands of the recipe's cohorts and exit")
@@ -140,7 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     recipe = replace(defaults, seed=args.seed, stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
                      stem_steps=args.stem_steps,
                      stage1_minutes=args.stage1_minutes, stage2_minutes=args.stage2_minutes,
-                     eval_limit=args.eval_limit, held_out_finding=args.held_out_finding)
+                     eval_limit=args.eval_limit, held_out_finding=args.held_out_finding,
+                     finding_tokens=args.finding_tokens or defaults.finding_tokens,
+                     seen_readout=args.seen_readout or defaults.seen_readout,
+                     stage2_fresh=args.tower_from is not None or defaults.stage2_fresh)
     if args.print_cohorts:
         for cohort in recipe.cohorts:
             print(synth_command(cohort_folder(args.cohorts, cohort), cohort, recipe.valid_frac))
@@ -152,5 +168,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.fresh and args.work.is_dir():
         shutil.rmtree(args.work)
-    run(args.out, args.cohorts, recipe, evaluate=not args.no_eval, work=args.work)
+    run(args.out, args.cohorts, recipe, evaluate=not args.no_eval, work=args.work, tower_from=args.tower_from)
     return 0

@@ -30,6 +30,7 @@ from model.training.default.steps import (
     optimiser_step,
     set_lr,
 )
+from model.training.default.tower import load_vision
 from model.training.rng import random_state
 
 
@@ -140,7 +141,7 @@ def train_alignment(model: Any, head: LabelHead, data: Dataset, valid_data: Data
     checkpoints = checkpoints or Checkpoints(None, recipe)
     saved = checkpoints.load("stage1")
     if saved is not None:
-        model.vision.load_state_dict(saved["vision"])
+        load_vision(model, saved["vision"])
         head.load_state_dict(saved["head"])
         if saved.get("finished"):
             return saved["result"]

@@ -40,7 +40,8 @@ def train_instruction(model: Any, head: LabelHead, tokenizer: Any, train_data: D
     frozen = [*model.vision.vision_tower.parameters(), *(readout.head.parameters() if readout is not None else ())]
     for p in frozen:
         p.requires_grad_(False)
-    embeddings = [*readout.local.parameters(), *readout.whole.parameters()] if readout is not None else []
+    embeddings = [p for name, p in readout.named_parameters() if not name.startswith("head.")] \
+        if readout is not None else []
     trained = [*model.vision.mm_projector.parameters(), *embeddings, *model.language_model.parameters()]
     parameters = [*trained, *head.parameters()]
     optimiser = make_optimiser(trained, list(head.parameters()), recipe)
@@ -52,6 +53,8 @@ def train_instruction(model: Any, head: LabelHead, tokenizer: Any, train_data: D
     best: tuple[float, dict | None, int] = (-1.0, None, 0)
     step, spent = 0, 0.0
     saved = checkpoints.load("stage2")
+    if saved is None and recipe.stage2_fresh:
+        restart_readers(model, head, recipe.seed)
     if saved is not None:
         model.load_state_dict(saved["model"])
         head.load_state_dict(saved["head"])
@@ -103,6 +106,22 @@ def train_instruction(model: Any, head: LabelHead, tokenizer: Any, train_data: D
                   seconds=round(clock.elapsed()))
     return record
 
+
+
+def restart_readers(model: Any, head: LabelHead, seed: int) -> None:
+    """What reads the frozen tower (projector, readout embeddings, label head) starts afresh from
+    `seed`, so that stage 2 is the same run whether stage 1 just ended or its tower was loaded."""
+    torch.manual_seed(seed + 2)
+    std = model.config.initializer_range
+    for module in model.vision.mm_projector.modules():
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, 0.0, std)
+            torch.nn.init.zeros_(module.bias)
+    if model.vision.findings is not None:
+        model.vision.findings.reset_embeddings(std)
+    for module in head.modules():
+        if module is not head and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
 
 
 def seen_findings(names: Sequence[str], threshold: float, *aucs: dict[str, float]) -> list[str]:

@@ -30,6 +30,7 @@ def build_model(recipe: Recipe, tokenizer: Any, finding_names: Sequence[str] = (
         vision_mlp_dim=recipe.vision_mlp, vision_stem_channels=recipe.vision_stem,
         vision_stem_depth=recipe.vision_stem_depth,
         vision_finding_names=list(finding_names) if recipe.finding_readout else [],
+        vision_finding_tokens=recipe.finding_readout and recipe.finding_tokens,
     )
     torch.manual_seed(recipe.seed)
     model = LamedForCausalLM(config)
