@@ -28,10 +28,36 @@ from torch import nn
 from model.nets.conv import Conv3d
 
 
+class FindingTokens(nn.Module):
+    """One image token per finding: its learnt identity plus its whole-volume logit through a
+    per-finding scale and shift (calibrated: the same logit can mean present for one finding and
+    absent for another)."""
+
+    def __init__(self, n_findings: int, out_dim: int) -> None:
+        super().__init__()
+        self.identity = nn.Parameter(torch.zeros(n_findings, out_dim))
+        self.scale = nn.Parameter(torch.ones(n_findings))
+        self.shift = nn.Parameter(torch.zeros(n_findings))
+        self.presence = nn.Linear(2, out_dim)
+
+    def init_parameters(self, std: float) -> None:
+        """Distinct names with an uncalibrated (identity) logit; `presence` is an ordinary Linear."""
+        with torch.no_grad():
+            self.identity.normal_(0.0, std)
+            self.scale.fill_(1.0)
+            self.shift.zero_()
+
+    def forward(self, whole: torch.Tensor) -> torch.Tensor:
+        """(B, findings) whole-volume logits to (B, findings, out_dim) tokens."""
+        calibrated = whole * self.scale + self.shift
+        value = torch.stack((torch.sigmoid(calibrated), calibrated.clamp(-8.0, 8.0) / 8.0), dim=-1)
+        return self.identity + self.presence(value)
+
+
 class FindingReadout(nn.Module):
     """`head`: a 1x1x1 convolution to one logit per finding on the feature map; `local` and
     `whole` embed the probabilities (per image token's region, and over the volume) into the LM's
-    hidden size."""
+    hidden size; `tokens` (optional) gives each finding a token of its own."""
 
     def __init__(self, feature_channels: int, n_findings: int, feature_grid: Sequence[int],
                  token_grid: Sequence[int], out_dim: int, tokens: bool = False) -> None:
@@ -45,28 +71,12 @@ class FindingReadout(nn.Module):
         self.head = Conv3d(feature_channels, n_findings, 1)
         self.local = nn.Linear(n_findings, out_dim)
         self.whole = nn.Linear(n_findings, out_dim)
-        self.tokens = bool(tokens)
-        if self.tokens:
-            self.identity = nn.Parameter(torch.zeros(n_findings, out_dim))
-            self.scale = nn.Parameter(torch.ones(n_findings))
-            self.shift = nn.Parameter(torch.zeros(n_findings))
-            self.presence = nn.Linear(2, out_dim)
+        self.tokens = FindingTokens(n_findings, out_dim) if tokens else None
 
-    def init_parameters(self, std: float) -> None:
-        """Finding tokens start as distinct names with an uncalibrated (identity) logit."""
-        if self.tokens:
-            with torch.no_grad():
-                self.identity.normal_(0.0, std)
-                self.scale.fill_(1.0)
-                self.shift.zero_()
-
-    def reset_embeddings(self, std: float) -> None:
-        """Everything that turns logits into LM inputs starts afresh (stage 2 trains it on a frozen
-        readout head); the head itself is kept."""
-        for linear in (self.local, self.whole, *((self.presence,) if self.tokens else ())):
-            nn.init.normal_(linear.weight, 0.0, std)
-            nn.init.zeros_(linear.bias)
-        self.init_parameters(std)
+    def embedders(self) -> list[nn.Module]:
+        """What turns the head's logits into language-model inputs: stage 2 trains these on a
+        frozen head."""
+        return [module for name, module in self.named_children() if name != "head"]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(B, C, d, h, w) stem features to (B, findings, d, h, w) logits."""
@@ -84,9 +94,7 @@ class FindingReadout(nn.Module):
 
     def embed_tokens(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, findings, d, h, w) logits to the finding tokens (B, findings, out_dim)."""
-        calibrated = logits.flatten(2).amax(-1) * self.scale + self.shift
-        value = torch.stack((torch.sigmoid(calibrated), calibrated.clamp(-8.0, 8.0) / 8.0), dim=-1)
-        return self.identity + self.presence(value)
+        return self.tokens(logits.flatten(2).amax(-1))
 
 
 class FindingBoxes(nn.Module):

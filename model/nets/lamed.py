@@ -24,7 +24,7 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from model.nets.encoders import FAMILIES, vision_encoder_from_config
-from model.nets.findings import FindingReadout
+from model.nets.findings import FindingTokens
 from model.nets.omnict.encoder import DEFAULT_ORGANS, SliceViT, omnict_token_counts
 from model.nets.omnict.organs import OrganAggregation
 from model.nets.vision import ViT3D, num_image_tokens
@@ -153,7 +153,7 @@ class LamedForCausalLM(PreTrainedModel, GenerationMixin):
             with torch.no_grad():
                 module.cls_token.normal_(0.0, std)
                 module.patch_embedding.position_embeddings.normal_(0.0, std)
-        elif isinstance(module, (SliceViT, OrganAggregation, FindingReadout)):
+        elif isinstance(module, (SliceViT, OrganAggregation, FindingTokens)):
             module.init_parameters(self.config.initializer_range)
 
     def get_input_embeddings(self) -> nn.Module:

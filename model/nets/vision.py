@@ -307,7 +307,7 @@ class VisionEncoder(nn.Module):
         if findings is None:
             return features
         features = features + self.findings.embed(findings).to(features.dtype)
-        if not self.findings.tokens:
+        if self.findings.tokens is None:
             return features
         return torch.cat((features, self.findings.embed_tokens(findings).to(features.dtype)), dim=1)
 

@@ -189,7 +189,7 @@ def test_training_script_end_to_end_is_deterministic(tmp_path: Path) -> None:
     run(tmp_path / "c", tmp_path, recipe, evaluate=False, work=tmp_path / "work-c", tower_from=tmp_path / "a")
     third = load_file(tmp_path / "c" / "model.safetensors")
     assert third.keys() == first.keys() and all(bool((first[k] == third[k]).all()) for k in first)
-    assert any(k.startswith("vision.findings.identity") for k in first)  # this recipe's finding tokens
+    assert any(k.startswith("vision.findings.tokens.identity") for k in first)  # this recipe's finding tokens
     vlm = load_vlm(tmp_path / "a")
     answer = vlm.answer(np.full((24, 40, 40), -1000.0, np.float32), "Is there a lung nodule in this image?",
                         choices=["Yes", "No", "-", "-"], max_new_tokens=4)

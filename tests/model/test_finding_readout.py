@@ -113,7 +113,7 @@ def test_finding_tokens_follow_the_grid_and_carry_each_findings_own_logit(tmp_pa
     model = LamedForCausalLM(readout_config(vision_finding_tokens=True)).eval()
     assert model.num_image_tokens == model.config.num_image_tokens == 4 + len(FINDINGS)
     readout = model.vision.findings
-    assert readout.tokens and not torch.allclose(readout.identity[0], readout.identity[1])
+    assert readout.tokens is not None and not torch.allclose(readout.tokens.identity[0], readout.tokens.identity[1])
     logits = torch.full((1, 3, 4, 8, 8), -6.0)
     with torch.no_grad():
         quiet = readout.embed_tokens(logits)
@@ -125,7 +125,7 @@ def test_finding_tokens_follow_the_grid_and_carry_each_findings_own_logit(tmp_pa
     torch.testing.assert_close(loud[0, :2], quiet[0, :2])
     assert float((loud[0, 2] - quiet[0, 2]).abs().max()) > 1e-3
     with torch.no_grad():
-        readout.shift[2] = -12.0  # calibrated per finding: the same logit can read as absent
+        readout.tokens.shift[2] = -12.0  # calibrated per finding: the same logit can read as absent
         assert float((readout.embed_tokens(logits)[0, 2] - quiet[0, 2]).abs().max()) < float(
             (loud[0, 2] - quiet[0, 2]).abs().max())
     model.save_pretrained(tmp_path)

@@ -44,10 +44,10 @@ def test_the_tower_and_readout_head_are_taken_and_nothing_else(tmp_path: Path) -
     mine, theirs = state["vision"], source.vision.state_dict()
     taken = [k for k in mine if k.startswith(("vision_tower.", "findings.head."))]
     assert taken and all(torch.equal(mine[k], theirs[k]) for k in taken)
-    for key in ("mm_projector.projector.0.weight", "findings.identity", "findings.local.weight"):
+    for key in ("mm_projector.projector.0.weight", "findings.tokens.identity", "findings.local.weight"):
         assert not torch.equal(mine[key], theirs[key]), key  # the rest stays this model's own
     stage1_from_model(tiny(seed=3), tmp_path / "source", checkpoints, FINDINGS)  # a finished stage 1 is kept
-    assert torch.equal(checkpoints.load("stage1")["vision"]["findings.identity"], mine["findings.identity"])
+    assert torch.equal(checkpoints.load("stage1")["vision"]["findings.tokens.identity"], mine["findings.tokens.identity"])
 
 
 def test_refusals_name_what_is_wrong(tmp_path: Path) -> None:

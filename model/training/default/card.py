@@ -224,8 +224,9 @@ def model_card(recipe: Recipe, record: dict[str, Any], report: dict[str, Any] | 
         "the full run was not repeated).",
         *([f"- Stages 0-1 were not rerun for this model: its vision tower and readout head are those of "
            f"`{record['tower_from']}` (`--tower-from`; the same recipe and seed for those stages), and their "
-           "figures and minutes above are that run's. Stage 2 starts what reads them afresh from the seed, so "
-           "`make default-model` gives this run (checked on a tiny configuration by the same slow test)."]
+           "figures and minutes above are that run's. Stage 2 starts what reads them afresh from the seed, so a "
+           "full run of this recipe (`--stage2-fresh` with the same flags, without `--tower-from`) gives this run "
+           "(checked on a tiny configuration by the same slow test)."]
           if record.get("tower_from") else []),
         "",
     ]

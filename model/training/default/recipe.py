@@ -100,7 +100,7 @@ class Recipe:
     questions_per_image: int = 3
     # stage 2 starts its projector, readout embeddings and label head afresh (seeded): it then depends on stages
     # 0-1 only through the frozen tower and readout head, so `--tower-from` a saved model gives the same run
-    stage2_fresh: bool = False  # (`--tower-from` sets it)
+    stage2_fresh: bool = False  # (`--stage2-fresh`; `--tower-from` sets it)
     lr: float = 1e-3
     warmup_steps: int = 30
     aux_weight: float = 1.0

@@ -139,10 +139,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="train a variant that is never asked about this CT-RATE label (feedback demonstration)")
     parser.add_argument("--tower-from", type=Path, default=None,
                         help="take stages 0-1 (vision tower, readout head) from this saved default model folder; "
-                             "stage 2 then starts what reads them afresh (stage2_fresh)")
-    parser.add_argument("--finding-tokens", action="store_true",
+                             "implies --stage2-fresh")
+    parser.add_argument("--stage2-fresh", action="store_true", default=defaults.stage2_fresh,
+                        help="stage 2 starts the projector, readout embeddings and label head afresh from the seed: "
+                             "the run --tower-from gives, in full")
+    parser.add_argument("--finding-tokens", action="store_true", default=defaults.finding_tokens,
                         help="one more image token per finding, its calibrated readout logit (tried: see the card)")
-    parser.add_argument("--seen-readout", action="store_true",
+    parser.add_argument("--seen-readout", action="store_true", default=defaults.seen_readout,
                         help="balanced existence questions also about what the readout's maximum sees (see the card)")
     parser.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
     parser.add_argument("--print-cohorts", action="store_true",
@@ -154,9 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      stem_steps=args.stem_steps,
                      stage1_minutes=args.stage1_minutes, stage2_minutes=args.stage2_minutes,
                      eval_limit=args.eval_limit, held_out_finding=args.held_out_finding,
-                     finding_tokens=args.finding_tokens or defaults.finding_tokens,
-                     seen_readout=args.seen_readout or defaults.seen_readout,
-                     stage2_fresh=args.tower_from is not None or defaults.stage2_fresh)
+                     finding_tokens=args.finding_tokens, seen_readout=args.seen_readout,
+                     stage2_fresh=args.stage2_fresh or args.tower_from is not None)
     if args.print_cohorts:
         for cohort in recipe.cohorts:
             print(synth_command(cohort_folder(args.cohorts, cohort), cohort, recipe.valid_frac))

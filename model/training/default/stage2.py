@@ -9,6 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from model.nets.findings import FindingTokens
 from model.training.default.checkpoint import Checkpoints, clone_state
 from model.training.default.data import Dataset, Sampler, validation_examples
 from model.training.default.recipe import TASK_WEIGHTS, Recipe
@@ -40,8 +41,7 @@ def train_instruction(model: Any, head: LabelHead, tokenizer: Any, train_data: D
     frozen = [*model.vision.vision_tower.parameters(), *(readout.head.parameters() if readout is not None else ())]
     for p in frozen:
         p.requires_grad_(False)
-    embeddings = [p for name, p in readout.named_parameters() if not name.startswith("head.")] \
-        if readout is not None else []
+    embeddings = [p for module in readout.embedders() for p in module.parameters()] if readout is not None else []
     trained = [*model.vision.mm_projector.parameters(), *embeddings, *model.language_model.parameters()]
     parameters = [*trained, *head.parameters()]
     optimiser = make_optimiser(trained, list(head.parameters()), recipe)
@@ -113,12 +113,14 @@ def restart_readers(model: Any, head: LabelHead, seed: int) -> None:
     `seed`, so that stage 2 is the same run whether stage 1 just ended or its tower was loaded."""
     torch.manual_seed(seed + 2)
     std = model.config.initializer_range
-    for module in model.vision.mm_projector.modules():
+    readers = [model.vision.mm_projector, *(model.vision.findings.embedders() if model.vision.findings else ())]
+    # torch's own init, not the model's _init_weights: transformers skips tensors it initialised once
+    for module in (m for reader in readers for m in reader.modules()):
         if isinstance(module, torch.nn.Linear):
             torch.nn.init.normal_(module.weight, 0.0, std)
             torch.nn.init.zeros_(module.bias)
-    if model.vision.findings is not None:
-        model.vision.findings.reset_embeddings(std)
+        elif isinstance(module, FindingTokens):
+            module.init_parameters(std)
     for module in head.modules():
         if module is not head and hasattr(module, "reset_parameters"):
             module.reset_parameters()

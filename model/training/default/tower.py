@@ -3,7 +3,7 @@
 Why: stages 0-1 are 48 of the recipe's 80 minutes, and stages 2-3 never change what they make
 (the tower and the readout head stay frozen; with `stage2_fresh` everything that reads them starts
 afresh). A recipe that changes only the language model's side can then be rerun on the tower a
-model folder already holds, and gives the run that `make default-model` repeats from the seed.
+model folder already holds, and gives the run a full one of that recipe (`--stage2-fresh`) gives.
 """
 from __future__ import annotations
 
@@ -19,16 +19,16 @@ from model.training.default.steps import LabelHead
 
 # what stages 0-1 make: the tower (stem, patch embedding, ViT) and the readout's 1x1x1 head
 TOWER_PREFIXES = ("vision.vision_tower.", "vision.findings.head.")
-# readout parameters newer than some finished stage-1 checkpoints; stage 2 trains them from scratch
-LATER_READOUT_KEYS = ("findings.identity", "findings.scale", "findings.shift", "findings.presence.weight",
-                      "findings.presence.bias")
+# the finding tokens (nets.findings.FindingTokens) are newer than some finished stage-1 checkpoints;
+# stage 2 trains them from scratch
+LATER_READOUT_PREFIX = "findings.tokens."
 
 
 def load_vision(model: Any, state: dict[str, Any]) -> None:
     """Load a stage-1 vision state; the finding-token parameters may be missing (a checkpoint
     written before they existed: they start afresh in stage 2 anyway), nothing else may."""
     missing, unexpected = model.vision.load_state_dict(state, strict=False)
-    wrong = [k for k in missing if k not in LATER_READOUT_KEYS] + list(unexpected)
+    wrong = [k for k in missing if not k.startswith(LATER_READOUT_PREFIX)] + list(unexpected)
     if wrong:
         raise SystemExit(f"the stage-1 checkpoint does not fit this model: missing or unexpected {wrong[:6]}")
 
