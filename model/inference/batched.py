@@ -15,13 +15,13 @@ products (the tests check the metrics come out identical).
 """
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from model.inference import prompts
+from model.inference.kv_cache import growing_copy
 from model.inference.locate import located_answer, located_finding
 from model.inference.vlm import VLM, Answer, PreparedImage
 
@@ -41,9 +41,10 @@ def _question_ids(vlm: VLM, prepared: PreparedImage, question: Question) -> list
     return ids[0, prepared.num_tokens + 1:].tolist()
 
 
-def _prefix(vlm: VLM, prepared: PreparedImage, rows: int) -> tuple[object, torch.Tensor]:
-    """The image prefix's KV cache repeated over `rows`, and its ids (BOS + image tokens)."""
-    cache = copy.deepcopy(vlm.prefix_cache(prepared))
+def _prefix(vlm: VLM, prepared: PreparedImage, rows: int, spare: int) -> tuple[object, torch.Tensor]:
+    """The image prefix's KV cache repeated over `rows` with room for `spare` more tokens per row
+    (kv_cache.py), and its ids (BOS + image tokens)."""
+    cache = growing_copy(vlm.prefix_cache(prepared), spare)
     cache.batch_repeat_interleave(rows)
     ids = [vlm.tokenizer.bos_token_id] + [vlm.image_token_id] * prepared.num_tokens
     return cache, torch.tensor([ids] * rows, dtype=torch.long, device=vlm.device)
@@ -58,7 +59,7 @@ def generate_batch(vlm: VLM, prepared: PreparedImage, question_ids: Sequence[lis
     differ by tens of tokens (a measurement against an anomaly description)."""
     width = max(len(q) for q in question_ids)
     pad = vlm.pad_token_id
-    cache, prefix = _prefix(vlm, prepared, len(question_ids))
+    cache, prefix = _prefix(vlm, prepared, len(question_ids), width + max_new_tokens)
     body = torch.tensor([[pad] * (width - len(q)) + q for q in question_ids], dtype=torch.long, device=vlm.device)
     mask = torch.tensor([[0] * (width - len(q)) + [1] * len(q) for q in question_ids], dtype=torch.long,
                         device=vlm.device)
@@ -110,7 +111,7 @@ def score_choices_batch(vlm: VLM, prepared: PreparedImage, question_ids: Sequenc
             rows.append((k, letter, [q[-1], *target]))
     pad = vlm.pad_token_id
     width = max(len(q) for q in question_ids) - 1  # the questions but their last tokens, left-padded
-    cache, prefix = _prefix(vlm, prepared, len(question_ids))
+    cache, prefix = _prefix(vlm, prepared, len(question_ids), width + max(len(r[2]) for r in rows))
     start = prefix.shape[1]
     head_mask = torch.tensor([[0] * (width - len(q) + 1) + [1] * (len(q) - 1) for q in question_ids],
                              dtype=torch.long, device=vlm.device)

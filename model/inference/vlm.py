@@ -8,7 +8,6 @@ A question then costs only its own tokens. Closed questions are also scored by l
 """
 from __future__ import annotations
 
-import copy
 import threading
 import time
 import weakref
@@ -27,6 +26,7 @@ from model.ct.rois import rois_for
 from model.inference import boxes, prompts
 from model.inference.devices import describe
 from model.inference.locate import located_answer, located_finding
+from model.inference.kv_cache import growing_copy
 from model.inference.quantize import is_quantized
 
 DEFAULT_SETTINGS: dict[str, Any] = {"prompt_style": "m3d", "window": None}
@@ -309,9 +309,10 @@ class VLM:
             prepared.prefix_cache = out.past_key_values
         return prepared.prefix_cache
 
-    def _prompt_cache(self, prepared: PreparedImage, ids: torch.Tensor) -> Any:
-        """A fresh KV cache holding all prompt tokens but the last (generate/scoring feed that one)."""
-        cache = copy.deepcopy(self.prefix_cache(prepared))
+    def _prompt_cache(self, prepared: PreparedImage, ids: torch.Tensor, new_tokens: int = 1) -> Any:
+        """A fresh KV cache holding all prompt tokens but the last (generate/scoring feed that one),
+        with room for `new_tokens` more without copying itself (kv_cache.py)."""
+        cache = growing_copy(self.prefix_cache(prepared), ids.shape[1] - prepared.num_tokens + new_tokens)
         start = prepared.num_tokens + 1
         if ids.shape[1] - 1 > start:
             with torch.inference_mode():
@@ -379,7 +380,7 @@ class VLM:
 
         config = self.generation_config(max_new_tokens, **sampling)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        cache = self._prompt_cache(prepared, ids)
+        cache = self._prompt_cache(prepared, ids, max_new_tokens)
         result: dict[str, Any] = {}
         self._criteria = _CancelCriteria(self._cancel)
 

@@ -1,0 +1,68 @@
+"""The in-place KV cache: the same keys and values as transformers' own under every cache operation,
+the same greedy answers, and no copy of the cache per decoded token."""
+import copy
+
+import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+from model.inference.kv_cache import GrowingLayer, growing_copy
+from model.inference.loading import load_vlm
+
+
+def _states(generator: torch.Generator, batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.randn(batch, 2, length, 4, generator=generator),
+            torch.randn(batch, 2, length, 4, generator=generator))
+
+
+def test_growing_layer_holds_what_dynamic_layer_holds_through_every_cache_operation():
+    generator = torch.Generator().manual_seed(0)
+    plain, grown = DynamicLayer(), GrowingLayer(spare=3)
+    steps = [("update", 3, 5), ("update", 3, 1), ("update", 3, 1), ("update", 3, 1), ("update", 3, 4),
+             ("crop", -2), ("update", 3, 1), ("select", torch.tensor([2, 0, 1])), ("update", 3, 1),
+             ("select", torch.tensor([2, 0])), ("update", 2, 1),
+             ("repeat", 2), ("update", 4, 2), ("reset",), ("update", 4, 3)]
+    for step in steps:
+        if step[0] == "update":
+            keys, values = _states(generator, step[1], step[2])
+            expected = plain.update(keys, values)
+            got = grown.update(keys, values)
+            assert all(torch.equal(e, g) for e, g in zip(expected, got)), step
+            assert grown.get_seq_length() == plain.get_seq_length()
+        else:
+            for layer in (plain, grown):
+                {"crop": lambda l: l.crop(step[1]), "select": lambda l: l.batch_select_indices(step[1]),
+                 "repeat": lambda l: l.batch_repeat_interleave(step[1]), "reset": lambda l: l.reset()}[step[0]](layer)
+
+
+def test_decoding_writes_in_place_until_the_spare_room_is_used():
+    generator = torch.Generator().manual_seed(1)
+    layer = GrowingLayer(spare=4)
+    layer.update(*_states(generator, 1, 6))
+    start = layer.keys.data_ptr()
+    for _ in range(4):
+        layer.update(*_states(generator, 1, 1))
+        assert layer.keys.data_ptr() == start  # a view of the same buffer: nothing copied
+    layer.update(*_states(generator, 1, 1))  # past the room: one re-allocation
+    assert layer.keys.data_ptr() != start and layer.get_seq_length() == 11
+
+
+def test_growing_copy_leaves_the_shared_prefix_untouched_and_answers_alike(tiny_vlm_dir):
+    vlm = load_vlm(tiny_vlm_dir, device="cpu", dtype="float32")
+    image = torch.rand(1, *vlm.image_size, generator=torch.Generator().manual_seed(2))
+    prepared = vlm.prepare(image)
+    prefix = vlm.prefix_cache(prepared)
+    before = [layer.keys.clone() for layer in prefix.layers]
+    ids = vlm.prompt_ids(vlm.build_prompt("Is there a pleural effusion?"))
+    outputs = []
+    for cache in (copy.deepcopy(prefix), growing_copy(prefix, 32)):
+        assert isinstance(cache, DynamicCache)
+        with torch.inference_mode():
+            vlm.model(input_ids=ids[:, prepared.num_tokens + 1:-1], past_key_values=cache, use_cache=True)
+            outputs.append(vlm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
+                                              max_new_tokens=12, min_new_tokens=12, do_sample=False,
+                                              pad_token_id=vlm.pad_token_id))
+    assert torch.equal(outputs[0], outputs[1]) and outputs[0].shape[1] == ids.shape[1] + 12
+    assert all(torch.equal(b, layer.keys) for b, layer in zip(before, prefix.layers))
+    assert all(type(layer) is DynamicLayer for layer in prefix.layers)
+    answer = vlm.answer(image, "Is there a pleural effusion?", max_new_tokens=6, min_new_tokens=6)
+    assert answer.n_tokens == 6
