@@ -35,7 +35,7 @@ def bench_default() -> dict:
     prompts = fixed_prompts(reference.image_size)
     answers = reference_answers(reference, prompts)
     out = {}
-    variants = [(d, "none") for d in DTYPES] + [("bfloat16", "int8")]
+    variants = [(d, "none") for d in DTYPES] + [("bfloat16", "int8"), ("float32", "int8")]
     for dtype, quantize in variants:
         vlm = load_vlm(None, device="cpu", dtype=dtype, quantize=quantize)
         for p in prompts[:2]:  # warm-up, and the volumes' encodings cached as in a chat
@@ -91,7 +91,7 @@ def bench_stack(layers: int) -> dict:
     with torch.inference_mode():
         expected = reference(input_ids=text).logits.argmax(-1)
     out = {}
-    for name in (*DTYPES, "bfloat16+int8"):
+    for name in (*DTYPES, "bfloat16+int8", "float32+int8"):
         dtype = getattr(torch, name.split("+")[0])
         model = _stack(layers).to(dtype)
         if name.endswith("int8"):

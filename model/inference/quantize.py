@@ -1,27 +1,41 @@
-"""Opt-in weight-only int8 for the language model: half the bytes a 4B model reads per token.
+"""Opt-in int8 weights for the language model: a quarter of float32's bytes, half of bf16's.
 
-Decoding on a CPU is bound by memory bandwidth (every weight is read once per token), so
-storing the language model's linear weights as int8 with one scale per output row, and keeping
-activations in the compute dtype, roughly doubles tokens/s over bf16 at a small accuracy cost
-(bench/real_checkpoint.py measures both: tokens/s and top-1 token / closed-choice agreement).
+Decoding on a CPU is bound by memory bandwidth (every weight is read once per token), so storing
+the language model's linear weights as int8 with one scale per output row roughly doubles
+tokens/s over bf16 (bench/real_checkpoint.py measures it, with top-1 token and closed-choice
+agreement).
 
-Why torch's own kernel and not torchao: torchao 0.18's `quantize_(m, Int8WeightOnlyConfig())`
-converts the int8 weight back to the activation dtype on every call in eager mode, which
-measured 8x *slower* than bf16 on this project's 2-core CPU (it relies on torch.compile to fuse
-it); `torch._weight_int8pack_mm`, the aten kernel for exactly this product on CPUs, reads the
-int8 weight directly and measured about 2x faster than bf16. Where that kernel is missing (e.g. a
-GPU build without it), the weight is dequantized per call: same answers, memory saved, no speed-up.
+Which kernel multiplies, and why (figures in docs/devices.md):
+- On an x86 CPU: fbgemm's dynamic int8 linear (`torch.ops.quantized.linear_dynamic`), integer
+  dot products (VNNI) on int8 weights and activations quantized on the fly. It beat aten's
+  weight-only `_weight_int8pack_mm` per layer (about 1.4x) and in prefill, where the weight-only
+  kernel is slower than bf16. Its activation scale is one per call; each row is divided by its
+  own peak first and multiplied back after, so every token gets its own scale (per-token
+  quantization, as int8 LLM inference does) and one outlier token cannot coarsen the others.
+  Without VNNI the activations keep 7 bits (`reduce_range`), as fbgemm requires there.
+- Elsewhere (a GPU, an Arm CPU, a torch without fbgemm): `_weight_int8pack_mm` where the device
+  has it, activations in the compute dtype; else the weight is dequantized per call (same answers,
+  memory saved, no speed-up).
+torchao 0.18's `Int8WeightOnlyConfig` was measured first and rejected: in eager mode it converts
+the weight back to bf16 on every call, 8x slower than bf16 on this project's 2-core CPU.
 
 The vision tower and projector are left alone: they run once per volume over 2048 tokens, where
 a dense matrix product in the compute dtype is faster than an int8 matrix-vector kernel.
 """
 from __future__ import annotations
 
+import sys
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 QUANTIZED_ROOT = "language_model"
+_VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
+KERNELS = ("fbgemm", "int8pack", "dequantize")
 
 
 def has_int8_kernel(device: torch.device) -> bool:
@@ -30,42 +44,94 @@ def has_int8_kernel(device: torch.device) -> bool:
     return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key("aten::_weight_int8pack_mm", key)
 
 
-class Int8WeightOnlyLinear(nn.Module):
+def has_fbgemm(device: torch.device) -> bool:
+    """Whether fbgemm's dynamic int8 linear runs here (x86 CPUs; not Arm, not GPUs)."""
+    return (device.type == "cpu" and torch.backends.quantized.engine in ("x86", "fbgemm")
+            and hasattr(torch.ops.quantized, "linear_dynamic"))
+
+
+def best_kernel(device: torch.device) -> str:
+    """What multiplies int8 weights on this device: `fbgemm`, `int8pack` or `dequantize` (the
+    module docstring says why, in that order)."""
+    return "fbgemm" if has_fbgemm(device) else "int8pack" if has_int8_kernel(device) else "dequantize"
+
+
+@lru_cache(maxsize=1)
+def cpu_has_vnni() -> bool:
+    """Whether int8 dot products accumulate without 16-bit saturation (Linux cpuinfo flags)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    return any(flag in _VNNI_FLAGS for line in text.splitlines() if line.startswith("flags")
+               for flag in line.partition(":")[2].split())
+
+
+def _prepack(qweight: torch.Tensor, scale: torch.Tensor) -> torch.ScriptObject:
+    """fbgemm's packed form of an int8 weight with one scale per output row (no bias: the forward
+    rescales rows, which a bias inside the kernel would not survive)."""
+    with warnings.catch_warnings():  # quantized tensors are deprecated; this op still takes one
+        warnings.simplefilter("ignore", UserWarning)
+        zero = torch.zeros(qweight.shape[0], dtype=torch.long)
+        weight = torch._make_per_channel_quantized_tensor(qweight, scale.double(), zero, 0)
+        return torch.ops.quantized.linear_prepack(weight, None)
+
+
+class Int8Linear(nn.Module):
     """A frozen `nn.Linear` whose weight is int8 (symmetric, per output row) times a float32 scale."""
 
-    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+                 kernel: str | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features = int(qweight.shape[1]), int(qweight.shape[0])
-        self.register_buffer("qweight", qweight)
+        self.kernel = kernel or best_kernel(qweight.device)
+        if self.kernel not in KERNELS:
+            raise ValueError(f"int8 kernel {self.kernel!r} is not one of {'|'.join(KERNELS)}")
         self.register_buffer("scale", scale)
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
-        self._kernel = has_int8_kernel(qweight.device)
+        self._reduce_range = not cpu_has_vnni()
+        self._packed = _prepack(qweight, scale) if self.kernel == "fbgemm" else None
+        if self._packed is None:  # fbgemm keeps its own copy; the other kernels read this one
+            self.register_buffer("qweight", qweight)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> Int8WeightOnlyLinear:
+    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
         weight = linear.weight.detach().float()
         scale = (weight.abs().amax(dim=1) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
         qweight = torch.round(weight / scale[:, None]).clamp_(-127, 127).to(torch.int8).contiguous()
         return cls(qweight, scale, linear.bias)
 
+    def int8_weight(self) -> torch.Tensor:
+        """The stored int8 weight, (out_features, in_features)."""
+        if self._packed is None:
+            return self.qweight
+        return torch.ops.quantized.linear_unpack(self._packed)[0].int_repr()
+
     @property
     def weight(self) -> torch.Tensor:
         """The dequantized weight (for code that inspects `.weight`; the forward never builds it)."""
-        return self.qweight.to(self.scale.dtype) * self.scale[:, None]
+        return self.int8_weight().to(self.scale.dtype) * self.scale[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         rows = x.reshape(-1, self.in_features)
-        if self._kernel and rows.device.type == self.qweight.device.type:
+        if self._packed is not None:
+            rows = rows.float()
+            peak = rows.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+            out = torch.ops.quantized.linear_dynamic(rows / peak, self._packed, self._reduce_range) * peak
+            out = out.to(x.dtype)
+        elif self.kernel == "int8pack":
             out = torch._weight_int8pack_mm(rows.contiguous(), self.qweight, self.scale.to(rows.dtype))
-            if self.bias is not None:
-                out = out + self.bias.to(out.dtype)
         else:
-            out = F.linear(rows, self.weight.to(rows.dtype), None if self.bias is None else self.bias.to(rows.dtype))
+            out = F.linear(rows, self.weight.to(rows.dtype))
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)
         return out.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights"
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights ({self.kernel})"
 
 
 def quantize_weights(model: nn.Module, mode: str = "int8", root: str = QUANTIZED_ROOT) -> int:
@@ -83,10 +149,10 @@ def quantize_weights(model: nn.Module, mode: str = "int8", root: str = QUANTIZED
         for name, linear in targets:
             owner_name, _, leaf = name.rpartition(".")
             owner = parent.get_submodule(owner_name) if owner_name else parent
-            setattr(owner, leaf, Int8WeightOnlyLinear.from_linear(linear))
+            setattr(owner, leaf, Int8Linear.from_linear(linear))
             del linear
     return len(targets)
 
 
 def is_quantized(model: nn.Module) -> bool:
-    return any(isinstance(m, Int8WeightOnlyLinear) for m in model.modules())
+    return any(isinstance(m, Int8Linear) for m in model.modules())
