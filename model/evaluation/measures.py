@@ -7,7 +7,11 @@ the image can score high accuracy. These figures say how much of a score comes f
   absent cases called absent: 50 = not using the image), and their macro mean;
 - the 3D-RAD rule for longitudinal answers (a prior 1 allows only refractory/resolved, all-0
   priors only new/none), given the priors the question states;
-- box IoU against the generator's ground-truth boxes.
+- box IoU against the generator's ground-truth boxes;
+- for static temporal diagnosis, the ceiling of a reader that sees from the image alone whether
+  the finding is there now: one scan cannot tell new from refractory, nor resolved from always
+  absent, so that reader's best is the most common answer of each side, and a target above the
+  ceiling cannot be met by any single-scan model.
 Image reliance (points lost with another patient's scan or noise) is the difference of these
 figures between runs, taken in report.py.
 """
@@ -27,6 +31,30 @@ def majority_baseline(answers: Sequence[str]) -> tuple[str, float]:
     counts = Counter(a.strip().lower() for a in answers)
     answer, n = max(counts.items(), key=lambda kv: kv[1])
     return answer, 100.0 * n / len(answers)
+
+
+def present_now(answer: str) -> bool | None:
+    """Whether a static-temporal answer says the finding is there on this scan (None: not one)."""
+    text = answer.strip().lower()
+    if text.startswith(("new", "refractory")):
+        return True
+    if text.startswith(("no abnormality", "resolved")):
+        return False
+    return None
+
+
+def presence_ceiling(answers: Sequence[str]) -> float | None:
+    """Accuracy in percent of answering each question with the most common answer of its side
+    (finding there now, or not), sides known perfectly: the module docstring says why. In-sample,
+    so an upper bound; None when an answer is not a static-temporal one."""
+    sides: dict[bool, Counter] = {True: Counter(), False: Counter()}
+    for answer in answers:
+        side = present_now(answer)
+        if side is None:
+            return None
+        sides[side][answer.strip().lower()] += 1
+    best = sum(max(c.values()) for c in sides.values() if c)
+    return 100.0 * best / len(answers) if answers else None
 
 
 def balanced_by_finding(findings: Sequence[str | None], truth: Sequence[bool | None],

@@ -4,7 +4,7 @@
 per-subtask figures and the honest measures of `measures.py` beside each closed task's accuracy:
 `majority_answer`, `majority_baseline`, `accuracy_over_baseline`; for existence also `findings`
 (per-finding balanced accuracy) and `balanced_accuracy` (their macro mean); for longitudinal
-`rule_consistency`. With robustness, every primary figure also per run (`accuracy_wrong_volume`,
+`rule_consistency`; for static temporal `presence_ceiling` (the best a single-scan reader can do). With robustness, every primary figure also per run (`accuracy_wrong_volume`,
 `balanced_accuracy_noise_volume`, ...) and `image_reliance` / `balanced_image_reliance`: points
 lost per run. Box questions go under the top-level `boxes`.
 """
@@ -123,6 +123,10 @@ def task_figures(items: Sequence[QAItem], answers: Answers, runs: Sequence[str],
         figures = _aggregate(group, [rows[k] for k in members], runs)
         if key == "existence_detection":
             figures.update(_existence(group, answers, runs, label_names))
+        if key == "static_temporal_diagnosis":
+            ceiling = measures.presence_ceiling([i.answer for i in group])
+            if ceiling is not None:
+                figures["presence_ceiling"] = ceiling
         if key == "longitudinal_temporal_diagnosis":
             consistency = measures.rule_consistency([i.question for i in group],
                                                     [answers[(qa_key(i), NORMAL)]["choice"] for i in group])

@@ -97,11 +97,11 @@ class Int8Linear(nn.Module):
             self.register_buffer("qweight", qweight)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
+    def from_linear(cls, linear: nn.Linear, kernel: str | None = None) -> Int8Linear:
         weight = linear.weight.detach().float()
         scale = (weight.abs().amax(dim=1) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
         qweight = torch.round(weight / scale[:, None]).clamp_(-127, 127).to(torch.int8).contiguous()
-        return cls(qweight, scale, linear.bias)
+        return cls(qweight, scale, linear.bias, kernel)
 
     def int8_weight(self) -> torch.Tensor:
         """The stored int8 weight, (out_features, in_features)."""
@@ -134,9 +134,11 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights ({self.kernel})"
 
 
-def quantize_weights(model: nn.Module, mode: str = "int8", root: str = QUANTIZED_ROOT) -> int:
+def quantize_weights(model: nn.Module, mode: str = "int8", root: str = QUANTIZED_ROOT,
+                     kernel: str | None = None) -> int:
     """Replace every `nn.Linear` under `model.<root>` (lm_head included) in place, one at a time so
-    peak memory stays near the unquantized model's; returns how many were replaced."""
+    peak memory stays near the unquantized model's; returns how many were replaced. `kernel`
+    (default: `best_kernel`) lets a benchmark set one kernel against another."""
     if mode == "none":
         return 0
     if mode != "int8":
@@ -149,7 +151,7 @@ def quantize_weights(model: nn.Module, mode: str = "int8", root: str = QUANTIZED
         for name, linear in targets:
             owner_name, _, leaf = name.rpartition(".")
             owner = parent.get_submodule(owner_name) if owner_name else parent
-            setattr(owner, leaf, Int8Linear.from_linear(linear))
+            setattr(owner, leaf, Int8Linear.from_linear(linear, kernel))
             del linear
     return len(targets)
 

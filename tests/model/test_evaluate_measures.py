@@ -40,6 +40,16 @@ def test_rule_consistency_follows_the_stated_priors():
     assert measures.rule_consistency(["no priors"], ["A"]) is None
 
 
+def test_presence_ceiling_is_the_best_answer_of_each_side_of_the_scan():
+    answers = (["No Abnormality (Always absent)"] * 6 + ["Resolved Lesion (now absent)"] * 2
+               + ["Refractory Lesion (now present)"] * 1 + ["New Lesion (Absent previously, now present)"] * 3)
+    # absent now: "no abnormality" 6 of 8; present now: "new" 3 of 4; the majority alone gives 6 of 12
+    assert measures.presence_ceiling(answers) == pytest.approx(100.0 * 9 / 12)
+    assert measures.majority_baseline(answers)[1] == 50.0
+    assert [measures.present_now(a) for a in ("new lesion", " Resolved", "Yes")] == [True, False, None]
+    assert measures.presence_ceiling(["Yes", "No abnormality"]) is None  # not a static-temporal answer set
+
+
 def test_box_iou_and_box_figures():
     box = (0, 0, 0, 2, 2, 2)
     assert measures.box_iou(box, box) == 1.0
@@ -84,3 +94,17 @@ def test_ctvqa_evaluate_refuses_resume_without_a_folder_and_a_bad_labels_file(ti
     result = CliRunner().invoke(app, [*args, "--labels", str(bad)])
     assert result.exit_code == 1 and f"{bad}: no VolumeName column" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_the_card_shows_the_single_scan_ceiling_beside_the_static_target():
+    from model.training.default.card import honest_lines
+    from model.training.default.evaluation import acceptance
+
+    static = {"n": 12, "accuracy": 60.0, "majority_baseline": 50.0, "majority_answer": "no abnormality",
+              "accuracy_over_baseline": 10.0, "presence_ceiling": 75.0}
+    report = {"tasks": {"static_temporal_diagnosis": static}}
+    text = "\n".join(honest_lines(report))
+    assert "would score 75.0 on these questions; issue 16's target is 58.0" in text
+    assert acceptance(report)["static_temporal_diagnosis"]["single_scan_ceiling"] == 75.0
+    del static["presence_ceiling"]  # an evaluation written before the measure existed
+    assert "would score" not in "\n".join(honest_lines(report))

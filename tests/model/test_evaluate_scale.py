@@ -166,6 +166,8 @@ def test_figures_of_the_report_are_the_honest_measures(one_at_a_time):
     findings = tasks["existence_detection"]["findings"]
     assert one_at_a_time["finding_names"] == "labels.csv"
     assert sum(f["present"] + f["absent"] for f in findings.values()) == tasks["existence_detection"]["n"]
+    static = tasks["static_temporal_diagnosis"]
+    assert static["majority_baseline"] <= static["presence_ceiling"] <= 100.0
     consistency = tasks["longitudinal_temporal_diagnosis"]["rule_consistency"]
     assert consistency["n"] == tasks["longitudinal_temporal_diagnosis"]["n"]
     assert 2 == one_at_a_time["patients"] <= one_at_a_time["volumes"]

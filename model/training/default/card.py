@@ -31,6 +31,13 @@ def honest_lines(report: dict[str, Any]) -> list[str]:
         lines += ["", f"**Honest reading:** on {', '.join(blind)} this model does not beat always giving the most "
                   "common answer on these questions: those figures come from the answer imbalance (and, for task 6, "
                   "from the prior sequence in the question), not from the image."]
+    static = report["tasks"].get("static_temporal_diagnosis") or {}
+    if "presence_ceiling" in static:
+        lines += ["", f"Static temporal diagnosis from one scan: a reader that saw perfectly whether each finding is "
+                  f"there now, and gave the most common answer of that side (one scan cannot tell a new lesion from a "
+                  f"refractory one, nor a resolved one from one never there), would score "
+                  f"{_fmt(static['presence_ceiling'])} on these questions; issue 16's target is "
+                  f"{_fmt(static['majority_baseline'] + 8.0)}."]
     boxes = report.get("boxes")
     if boxes:
         lines += ["", f"Box questions ({boxes['n']}): {_fmt(boxes['answered'])} % answered with a box, mean IoU "
