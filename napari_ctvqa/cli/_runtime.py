@@ -25,7 +25,7 @@ DtypeOption = Annotated[str | None, typer.Option(
          "checkpoint's bf16 where the CPU has native bf16, else float32).")]
 QuantizeOption = Annotated[str | None, typer.Option(
     "--quantize", envvar="CTVQA_QUANTIZE", show_default="none",
-    help="none|int8: int8 weights for the language model (about 2x faster decoding on a CPU, "
+    help="none|int8: int8 weights for the language model (about 2.3x faster decoding of a 4B model on a CPU, "
          "slightly different answers; see docs/devices.md).")]
 
 

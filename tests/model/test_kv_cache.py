@@ -64,5 +64,10 @@ def test_growing_copy_leaves_the_shared_prefix_untouched_and_answers_alike(tiny_
     assert torch.equal(outputs[0], outputs[1]) and outputs[0].shape[1] == ids.shape[1] + 12
     assert all(torch.equal(b, layer.keys) for b, layer in zip(before, prefix.layers))
     assert all(type(layer) is DynamicLayer for layer in prefix.layers)
+    passes = []
+    hook = vlm.model.language_model.register_forward_pre_hook(lambda module, args: passes.append(1))
     answer = vlm.answer(image, "Is there a pleural effusion?", max_new_tokens=6, min_new_tokens=6)
+    hook.remove()
     assert answer.n_tokens == 6
+    assert list(answer.token_ids) == outputs[0][0, ids.shape[1]:ids.shape[1] + 6].tolist()
+    assert len(passes) == 6  # the question and the first token in one pass, then one per token
