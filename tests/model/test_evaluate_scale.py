@@ -224,3 +224,12 @@ def test_model_card_figures_are_ctvqa_evaluate_figures(tmp_path):
     existence = cli["tasks"]["existence_detection"]
     assert f"| existence_detection | {existence['accuracy']:.1f} | {existence['majority_baseline']:.1f}" in card
     assert "another patient's scan" in card and "Every held-out existence question, per finding" in card
+    # --card-only writes the same card from the saved figures, without evaluating
+    from model.training.default.run import main
+    (folder / "README.md").write_text("stale")
+    assert main(["--card-only", "--out", str(folder)]) == 0
+    assert (folder / "README.md").read_text() == card
+    (folder / "eval.json").unlink()
+    with pytest.raises(SystemExit, match="eval.json: cannot rewrite the card"):
+        main(["--card-only", "--out", str(folder)])
+    assert (folder / "README.md").read_text() == card

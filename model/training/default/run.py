@@ -103,9 +103,26 @@ def evaluate_and_describe(out: Path, cohort_root: Path, recipe: Recipe, record: 
             figures["acceptance"] = acceptance(figures)
         (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
         print(json.dumps({k: v["acceptance"] for k, v in report["sizes"].items()}, indent=2), flush=True)
+    write_card(out, recipe, record, report)
+    return report
+
+
+def write_card(out: Path, recipe: Recipe, record: dict[str, Any], report: dict[str, Any] | None) -> None:
     card = model_card(recipe, record, report, record["n_params"], record["tokenizer"], record["cohort"])
     (out / "README.md").write_text(card)
-    return report
+
+
+def rewrite_card(out: Path) -> None:
+    """The card again from the saved training.json and eval.json: the card's text changed (a new
+    entry under what was tried), the figures did not, so nothing is evaluated again."""
+    loaded = {}
+    for name in ("training.json", "eval.json"):
+        try:
+            loaded[name] = json.loads((out / name).read_text())
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"{out / name}: cannot rewrite the card without it ({exc.__class__.__name__}: {exc})")
+    record = loaded["training.json"]
+    write_card(out, recipe_from_record(record["recipe"]), record, loaded["eval.json"])
 
 
 
@@ -152,6 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="print the `ctvqa synth` commands of the recipe's cohorts and exit")
     parser.add_argument("--reevaluate", action="store_true",
                         help="do not train: evaluate the model already in --out again and rewrite its card")
+    parser.add_argument("--card-only", action="store_true",
+                        help="do not train or evaluate: rewrite the card of the model in --out from its "
+                             "training.json and eval.json")
     args = parser.parse_args(argv)
     recipe = replace(defaults, seed=args.seed, stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
                      stem_steps=args.stem_steps,
@@ -167,6 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.reevaluate:
         reevaluate(args.out, args.cohorts)
+        return 0
+    if args.card_only:
+        rewrite_card(args.out)
         return 0
     if args.fresh and args.work.is_dir():
         shutil.rmtree(args.work)
