@@ -142,19 +142,22 @@ def auto_dtype(device: torch.device, stored: torch.dtype | None = None, quantize
 
 
 @lru_cache(maxsize=1)
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (Linux cpuinfo flags; False where unknown)."""
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags (Linux cpuinfo: x86 `flags`, Arm `Features`; none where unknown):
+    what decides the dtype here and the int8 kernel's activation range in quantize.py."""
     if not sys.platform.startswith("linux"):
-        return False
+        return frozenset()
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
-        return False
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            flags.update(line.partition(":")[2].split())
-    return bool(flags & _NATIVE_BF16_FLAGS)
+        return frozenset()
+    return frozenset(flag for line in text.splitlines() if line.startswith(("flags", "Features"))
+                     for flag in line.partition(":")[2].split())
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (False where unknown)."""
+    return bool(cpu_flags() & _NATIVE_BF16_FLAGS)
 
 
 def available_devices() -> list[str]:

@@ -24,14 +24,13 @@ a dense matrix product in the compute dtype is faster than an int8 matrix-vector
 """
 from __future__ import annotations
 
-import sys
 import warnings
-from functools import lru_cache
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from model.inference.devices import cpu_flags
 
 QUANTIZED_ROOT = "language_model"
 _VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
@@ -56,17 +55,9 @@ def best_kernel(device: torch.device) -> str:
     return "fbgemm" if has_fbgemm(device) else "int8pack" if has_int8_kernel(device) else "dequantize"
 
 
-@lru_cache(maxsize=1)
 def cpu_has_vnni() -> bool:
-    """Whether int8 dot products accumulate without 16-bit saturation (Linux cpuinfo flags)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return False
-    return any(flag in _VNNI_FLAGS for line in text.splitlines() if line.startswith("flags")
-               for flag in line.partition(":")[2].split())
+    """Whether int8 dot products accumulate without 16-bit saturation (False where unknown)."""
+    return bool(cpu_flags() & _VNNI_FLAGS)
 
 
 def _prepack(qweight: torch.Tensor, scale: torch.Tensor) -> torch.ScriptObject:

@@ -29,9 +29,10 @@ def test_growing_layer_holds_what_dynamic_layer_holds_through_every_cache_operat
             assert all(torch.equal(e, g) for e, g in zip(expected, got)), step
             assert grown.get_seq_length() == plain.get_seq_length()
         else:
+            operation = {"crop": "crop", "select": "batch_select_indices", "repeat": "batch_repeat_interleave",
+                         "reset": "reset"}[step[0]]
             for layer in (plain, grown):
-                {"crop": lambda l: l.crop(step[1]), "select": lambda l: l.batch_select_indices(step[1]),
-                 "repeat": lambda l: l.batch_repeat_interleave(step[1]), "reset": lambda l: l.reset()}[step[0]](layer)
+                getattr(layer, operation)(*step[1:])
 
 
 def test_decoding_writes_in_place_until_the_spare_room_is_used():
