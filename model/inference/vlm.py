@@ -309,10 +309,10 @@ class VLM:
             prepared.prefix_cache = out.past_key_values
         return prepared.prefix_cache
 
-    def _prompt_cache(self, prepared: PreparedImage, ids: torch.Tensor, new_tokens: int = 1) -> Any:
+    def _prompt_cache(self, prepared: PreparedImage, ids: torch.Tensor) -> Any:
         """A fresh KV cache holding all prompt tokens but the last (scoring feeds that one with each
-        choice), with room for `new_tokens` more without copying itself (kv_cache.py)."""
-        cache = growing_copy(self.prefix_cache(prepared), ids.shape[1] - prepared.num_tokens + new_tokens)
+        choice), with room for one more without copying itself (kv_cache.py)."""
+        cache = growing_copy(self.prefix_cache(prepared), ids.shape[1] - prepared.num_tokens + 1)
         start = prepared.num_tokens + 1
         if ids.shape[1] - 1 > start:
             with torch.inference_mode():
