@@ -301,13 +301,16 @@ class VisionEncoder(nn.Module):
         tokens, features = self.vision_tower.encode(images)
         return tokens, None if self.findings is None else self.findings(features)
 
-    def project(self, tokens: torch.Tensor, findings: torch.Tensor | None = None) -> torch.Tensor:
-        """LM-ready image features from `tower`'s outputs (stage 2 of training caches those)."""
+    def project(self, tokens: torch.Tensor, findings: torch.Tensor | None = None,
+                finding_tokens: bool = True) -> torch.Tensor:
+        """LM-ready image features from `tower`'s outputs (stage 2 of training caches those).
+        `finding_tokens` False: the grid's tokens only, what stage 1's label head reads, so that
+        the tower it trains is the same with or without the finding tokens stage 2 trains."""
         features = self.mm_projector(tokens)
         if findings is None:
             return features
         features = features + self.findings.embed(findings).to(features.dtype)
-        if self.findings.tokens is None:
+        if self.findings.tokens is None or not finding_tokens:
             return features
         return torch.cat((features, self.findings.embed_tokens(findings).to(features.dtype)), dim=1)
 

@@ -11,7 +11,10 @@ import torch
 
 from model.nets.lamed import LamedConfig, LamedForCausalLM
 from model.training.default.checkpoint import Checkpoints
+from model.training.default.data import Dataset
 from model.training.default.recipe import Recipe
+from model.training.default.stage1 import train_alignment
+from model.training.default.steps import LabelHead
 from model.training.default.tower import load_vision, stage1_from_model
 
 TEXT = {"model_type": "llama", "vocab_size": 64, "hidden_size": 16, "intermediate_size": 32,
@@ -71,3 +74,27 @@ def test_an_older_stage1_checkpoint_without_finding_tokens_still_loads() -> None
     broken = {k: v for k, v in older.vision.state_dict().items() if not k.startswith("findings.head.")}
     with pytest.raises(SystemExit, match="findings.head"):
         load_vision(model, broken)
+
+
+def test_stage1_trains_the_same_tower_with_or_without_finding_tokens() -> None:
+    """Stage 2 alone trains the finding tokens, so a finished stage 1 serves recipes with and without
+    them (checkpoint.STAGE2_FIELDS): its label head must not read them."""
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.rand((4, 1, 16, 64, 64), generator=generator).half()
+    pixels[:2, 0, 4:8, 20:30, 20:30] = 0.9
+    boxes = [[(0, (0.25, 0.3, 0.3, 0.5, 0.47, 0.47))]] * 2 + [[]] * 2
+    data = Dataset([f"p{v}_a_1" for v in range(4)], pixels, torch.tensor([[1.0, 0.0]] * 2 + [[0.0, 1.0]] * 2),
+                   FINDINGS, torch.zeros(4, 32, 2), boxes=boxes)
+    recipe = Recipe(image_size=(16, 64, 64), patch_size=(8, 16, 16), stage1_steps=3, stage1_images=2, stem_steps=0,
+                    paired=False, warmup_steps=1)
+    plain, with_tokens = tiny(tokens=False), tiny(tokens=True)
+    load_vision(with_tokens, plain.vision.state_dict())
+    before = {k: v.clone() for k, v in plain.vision.vision_tower.state_dict().items()}
+    towers = []
+    for model in (plain, with_tokens):
+        torch.manual_seed(0)
+        train_alignment(model, LabelHead(16, len(FINDINGS)), data, data, recipe)
+        towers.append(model.vision.vision_tower.state_dict())
+    assert any(not torch.equal(before[k], v) for k, v in towers[0].items())  # it did train
+    assert all(torch.equal(towers[0][k], towers[1][k]) for k in towers[0])
+    load_vision(plain, with_tokens.vision.state_dict())  # a stage 1 of a run with tokens serves one without

@@ -19,14 +19,16 @@ from model.training.default.steps import LabelHead
 
 # what stages 0-1 make: the tower (stem, patch embedding, ViT) and the readout's 1x1x1 head
 TOWER_PREFIXES = ("vision.vision_tower.", "vision.findings.head.")
-# the finding tokens (nets.findings.FindingTokens) are newer than some finished stage-1 checkpoints;
-# stage 2 trains them from scratch
+# the finding tokens (nets.findings.FindingTokens): stage 1 never reads them, stage 2 trains them
 LATER_READOUT_PREFIX = "findings.tokens."
 
 
 def load_vision(model: Any, state: dict[str, Any]) -> None:
-    """Load a stage-1 vision state; the finding-token parameters may be missing (a checkpoint
-    written before they existed: they start afresh in stage 2 anyway), nothing else may."""
+    """Load a stage-1 vision state into a model with or without finding tokens: their parameters
+    may be missing (a checkpoint written before they existed, or by a run without them) or extra
+    (dropped), since stage 1 does not train them; nothing else may differ."""
+    state = {k: v for k, v in state.items()
+             if not k.startswith(LATER_READOUT_PREFIX) or getattr(model.vision.findings, "tokens", None) is not None}
     missing, unexpected = model.vision.load_state_dict(state, strict=False)
     wrong = [k for k in missing if not k.startswith(LATER_READOUT_PREFIX)] + list(unexpected)
     if wrong:
