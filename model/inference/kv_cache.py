@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 
 class GrowingLayer(DynamicLayer):
@@ -74,3 +74,16 @@ def growing_copy(cache: Cache, spare: int) -> Cache:
     copied.layers = [GrowingLayer.copy_of(layer, spare) if type(layer) is DynamicLayer else copy.deepcopy(layer)
                      for layer in cache.layers]
     return copied
+
+
+def prefix_copy(cache: Cache, length: int) -> DynamicCache | None:
+    """The first `length` positions of `cache` as a cache of their own (copied, so the rest of the
+    buffer can go): the image prefix cut from the pass that also read a new scan's first question.
+    None where a layer is not a plain one (a sliding window keeps only its last positions) or
+    holds fewer positions than asked (a generation stopped before its first pass)."""
+    layers = cache.layers
+    if not layers or any(type(layer) not in (DynamicLayer, GrowingLayer) or not layer.is_initialized
+                         or layer.keys.shape[-2] < length for layer in layers):
+        return None
+    return DynamicCache(ddp_cache_data=[(layer.keys[:, :, :length].clone(), layer.values[:, :, :length].clone())
+                                        for layer in layers])

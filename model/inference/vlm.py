@@ -26,7 +26,7 @@ from model.ct.rois import rois_for
 from model.inference import boxes, prompts
 from model.inference.devices import describe
 from model.inference.locate import located_answer, located_finding
-from model.inference.kv_cache import growing_copy
+from model.inference.kv_cache import growing_copy, prefix_copy
 from model.inference.quantize import is_quantized
 
 DEFAULT_SETTINGS: dict[str, Any] = {"prompt_style": "m3d", "window": None}
@@ -377,13 +377,19 @@ class VLM:
     def _generate_in_thread(self, prepared: PreparedImage, ids: torch.Tensor, max_new_tokens: int,
                             sampling: dict[str, Any]) -> tuple[Any, threading.Thread, dict[str, Any]]:
         from transformers import StoppingCriteriaList, TextIteratorStreamer
+        from transformers.cache_utils import DynamicCache
 
         config = self.generation_config(max_new_tokens, **sampling)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        # only the image prefix: generate's first step runs the whole question and yields the first
-        # token, one pass over the weights where prefilling all but the last token first took two
-        # (on a 4B checkpoint each pass reads every weight once, about half a second on 2 cores)
-        cache = growing_copy(self.prefix_cache(prepared), ids.shape[1] - prepared.num_tokens - 1 + max_new_tokens)
+        # generate's first step runs the whole question and yields the first token: one pass over the
+        # weights, where prefilling all but the last token first took two (on a 4B checkpoint each pass
+        # reads every weight once, about half a second on 2 cores). A scan whose image prefix is not
+        # cached yet goes into that same pass, and its prefix is cut from the cache afterwards
+        prefix = prepared.num_tokens + 1
+        fresh = prepared.prefix_cache is None
+        start = DynamicCache(config=self.model.config) if fresh else self.prefix_cache(prepared)
+        cache = growing_copy(start, ids.shape[1] - (0 if fresh else prefix) + max_new_tokens)
+        image = {"image_features": prepared.features} if fresh else {}
         result: dict[str, Any] = {}
         self._criteria = _CancelCriteria(self._cancel)
 
@@ -393,8 +399,10 @@ class VLM:
                     result["ids"] = self.model.generate(
                         input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
                         generation_config=config, streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([self._criteria]),
+                        stopping_criteria=StoppingCriteriaList([self._criteria]), **image,
                     )
+                if fresh and prepared.prefix_cache is None:
+                    prepared.prefix_cache = prefix_copy(cache, prefix)
             except BaseException as exc:  # surfaced in the consumer's thread
                 result["error"] = exc
                 streamer.end()

@@ -72,3 +72,26 @@ def test_growing_copy_leaves_the_shared_prefix_untouched_and_answers_alike(tiny_
     assert answer.n_tokens == 6
     assert list(answer.token_ids) == outputs[0][0, ids.shape[1]:ids.shape[1] + 6].tolist()
     assert len(passes) == 6  # the question and the first token in one pass, then one per token
+
+
+def test_a_new_scan_reads_image_question_and_first_token_in_one_pass_and_keeps_its_prefix(tiny_vlm_dir):
+    vlm = load_vlm(tiny_vlm_dir, device="cpu", dtype="float32")
+    image = torch.rand(1, *vlm.image_size, generator=torch.Generator().manual_seed(3))
+    question = "Is there a pleural effusion?"
+    reference_prefix = vlm.prefix_cache(vlm.prepare(image))  # the image prefix on its own, as the chat reads ahead
+    reference = vlm.answer(image, question, max_new_tokens=6, min_new_tokens=6)
+    vlm.clear_cache()
+    assert vlm.prepare(image).prefix_cache is None
+    passes = []
+    hook = vlm.model.language_model.register_forward_pre_hook(lambda module, args: passes.append(1))
+    answer = vlm.answer(image, question, max_new_tokens=6, min_new_tokens=6)
+    hook.remove()
+    assert len(passes) == 6  # no pass of its own for the image prefix
+    assert answer.token_ids == reference.token_ids
+    kept = vlm.prepare(image).prefix_cache  # cut from that pass, for the next question
+    assert kept is not None and kept.get_seq_length() == vlm.num_image_tokens + 1
+    for mine, theirs in zip(kept.layers, reference_prefix.layers):
+        torch.testing.assert_close(mine.keys, theirs.keys)
+        torch.testing.assert_close(mine.values, theirs.values)
+    follow_up = vlm.answer(image, question, max_new_tokens=6, min_new_tokens=6)
+    assert follow_up.token_ids == reference.token_ids
