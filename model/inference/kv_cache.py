@@ -7,8 +7,9 @@ keeps its keys and values in a buffer with spare room and hands attention a view
 part, so a token costs a write of its own row. The answers are the same to the bit: attention
 reads the same numbers, from a view instead of a fresh tensor.
 
-Only plain `DynamicLayer`s are replaced (a sliding-window or quantized layer keeps its own rules),
-and any operation of the parent class that reassigns `keys` (batch_select_indices, crop,
+Plain `DynamicLayer`s are replaced, and sliding-window layers while every position still fits the
+window (past it they are transformers' own again); any other layer (quantized, ...) keeps its own
+rules. Any operation of the parent class that reassigns `keys` (batch_select_indices, crop,
 batch_repeat_interleave, reorder_cache) is noticed at the next update, which re-buffers.
 """
 from __future__ import annotations
@@ -16,26 +17,20 @@ from __future__ import annotations
 import copy
 
 import torch
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer
 
 
-class GrowingLayer(DynamicLayer):
-    """A `DynamicLayer` whose `keys`/`values` are views of buffers with `spare` free rows."""
+class _InPlace:
+    """Keys and values as views of buffers with `spare` free rows, appended in place."""
 
-    def __init__(self, spare: int = 64) -> None:
-        super().__init__()
+    spare: int
+    keys: torch.Tensor
+    values: torch.Tensor
+
+    def _start_buffers(self, spare: int) -> None:
         self.spare = max(int(spare), 1)
         self._key_buffer: torch.Tensor | None = None
         self._value_buffer: torch.Tensor | None = None
-
-    @classmethod
-    def copy_of(cls, layer: DynamicLayer, spare: int) -> GrowingLayer:
-        """A buffered copy of an initialized layer (the original is left as it is)."""
-        grown = cls(spare)
-        if layer.is_initialized:
-            grown.lazy_initialization(layer.keys, layer.values)
-            grown._append(layer.keys, layer.values)
-        return grown
 
     def _owns_views(self) -> bool:
         """Whether `keys`/`values` are still the views this layer made (not reassigned since)."""
@@ -59,6 +54,23 @@ class GrowingLayer(DynamicLayer):
         self.keys = self._key_buffer[:, :, :needed]
         self.values = self._value_buffer[:, :, :needed]
 
+
+class GrowingLayer(_InPlace, DynamicLayer):
+    """A `DynamicLayer` whose `keys`/`values` are views of buffers with `spare` free rows."""
+
+    def __init__(self, spare: int = 64) -> None:
+        super().__init__()
+        self._start_buffers(spare)
+
+    @classmethod
+    def copy_of(cls, layer: DynamicLayer, spare: int) -> GrowingLayer:
+        """A buffered copy of an initialized layer (the original is left as it is)."""
+        grown = cls(spare)
+        if layer.is_initialized:
+            grown.lazy_initialization(layer.keys, layer.values)
+            grown._append(layer.keys, layer.values)
+        return grown
+
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
                ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
@@ -67,23 +79,69 @@ class GrowingLayer(DynamicLayer):
         return self.keys, self.values
 
 
+class GrowingWindowLayer(_InPlace, DynamicSlidingWindowLayer):
+    """A sliding-window layer (published M3D-LaMed-Phi-3: a window of 2047 on every layer) that
+    appends in place while every position still fits its window, which a chat's prompt and answer
+    do; past that it is transformers' own layer again."""
+
+    def __init__(self, sliding_window: int, spare: int = 64) -> None:
+        super().__init__(sliding_window=sliding_window)
+        self._start_buffers(spare)
+
+    @classmethod
+    def copy_of(cls, layer: DynamicSlidingWindowLayer, spare: int) -> DynamicLayer:
+        """A buffered copy of a layer that still holds all its positions; any other is deep-copied."""
+        if layer.is_initialized and layer.get_seq_length() != layer.keys.shape[-2]:
+            return copy.deepcopy(layer)
+        grown = cls(layer.sliding_window, spare)
+        if layer.is_initialized:
+            grown.lazy_initialization(layer.keys, layer.values)
+            grown.cumulative_length = layer.cumulative_length
+            grown._append(layer.keys, layer.values)
+        return grown
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.record_past or self.cumulative_length + key_states.shape[-2] >= self.sliding_window:
+            return super().update(key_states, value_states, *args, **kwargs)
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.cumulative_length += key_states.shape[-2]
+        self._append(key_states, value_states)
+        return self.keys, self.values
+
+
 def growing_copy(cache: Cache, spare: int) -> Cache:
     """A copy of `cache` that decodes `spare` more tokens without copying itself (the plain
     layers become `GrowingLayer`s; any other layer is deep-copied as before)."""
     copied = copy.copy(cache)
-    copied.layers = [GrowingLayer.copy_of(layer, spare) if type(layer) is DynamicLayer else copy.deepcopy(layer)
+    copied.layers = [GrowingLayer.copy_of(layer, spare) if type(layer) in (DynamicLayer, GrowingLayer)
+                     else GrowingWindowLayer.copy_of(layer, spare)
+                     if type(layer) in (DynamicSlidingWindowLayer, GrowingWindowLayer) else copy.deepcopy(layer)
                      for layer in cache.layers]
     return copied
 
 
-def prefix_copy(cache: Cache, length: int) -> DynamicCache | None:
+def prefix_copy(cache: Cache, length: int) -> Cache | None:
     """The first `length` positions of `cache` as a cache of their own (copied, so the rest of the
     buffer can go): the image prefix cut from the pass that also read a new scan's first question.
-    None where a layer is not a plain one (a sliding window keeps only its last positions) or
-    holds fewer positions than asked (a generation stopped before its first pass)."""
-    layers = cache.layers
-    if not layers or any(type(layer) not in (DynamicLayer, GrowingLayer) or not layer.is_initialized
-                         or layer.keys.shape[-2] < length for layer in layers):
+    Each layer is rebuilt through its own class's `update` (a sliding window keeps its rules).
+    None where a layer is of another kind, has dropped early positions (past its window) or holds
+    fewer than asked (a generation stopped before its first pass): the prefix is then computed."""
+    kept = []
+    for layer in cache.layers:
+        if type(layer) in (DynamicSlidingWindowLayer, GrowingWindowLayer):
+            fresh: DynamicLayer = DynamicSlidingWindowLayer(sliding_window=layer.sliding_window)
+        elif type(layer) in (DynamicLayer, GrowingLayer):
+            fresh = DynamicLayer()
+        else:
+            return None
+        if not layer.is_initialized or layer.get_seq_length() != layer.keys.shape[-2] or layer.keys.shape[-2] < length:
+            return None
+        fresh.update(layer.keys[:, :, :length].clone(), layer.values[:, :, :length].clone())
+        kept.append(fresh)
+    if not kept:
         return None
-    return DynamicCache(ddp_cache_data=[(layer.keys[:, :, :length].clone(), layer.values[:, :, :length].clone())
-                                        for layer in layers])
+    copied = copy.copy(cache)
+    copied.layers = kept
+    return copied

@@ -3,9 +3,9 @@ the same greedy answers, and no copy of the cache per decoded token."""
 import copy
 
 import torch
-from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
-from model.inference.kv_cache import GrowingLayer, growing_copy
+from model.inference.kv_cache import GrowingLayer, GrowingWindowLayer, growing_copy, prefix_copy
 from model.inference.loading import load_vlm
 
 
@@ -46,6 +46,31 @@ def test_decoding_writes_in_place_until_the_spare_room_is_used():
     layer.update(*_states(generator, 1, 1))  # past the room: one re-allocation
     assert layer.keys.data_ptr() != start and layer.get_seq_length() == 11
 
+
+
+def test_a_sliding_window_layer_grows_in_place_inside_its_window_and_is_transformers_own_past_it():
+    generator = torch.Generator().manual_seed(6)
+    plain, grown = DynamicSlidingWindowLayer(sliding_window=10), GrowingWindowLayer(sliding_window=10, spare=8)
+    pointers = []
+    for step in [("update", 4), ("update", 1), ("update", 1), ("crop", -1), ("update", 1), ("update", 1),
+                 ("update", 1), ("update", 2), ("update", 1), ("update", 1)]:
+        if step[0] == "crop":
+            plain.crop(step[1])
+            grown.crop(step[1])
+            continue
+        keys, values = _states(generator, 1, step[1])
+        expected, got = plain.update(keys, values), grown.update(keys, values)
+        assert all(torch.equal(e, g) for e, g in zip(expected, got)), step
+        assert torch.equal(plain.keys, grown.keys) and torch.equal(plain.values, grown.values)
+        assert grown.get_seq_length() == plain.get_seq_length()
+        assert grown.get_mask_sizes(1) == plain.get_mask_sizes(1)
+        pointers.append(grown.keys.data_ptr())
+    assert len(set(pointers[:6])) == 1  # inside the window: one buffer, nothing copied
+    assert grown.get_seq_length() == 12  # and past it, the window's own rules
+    cache = DynamicCache()
+    cache.layers = [plain]
+    assert isinstance(growing_copy(cache, 4).layers[0], DynamicSlidingWindowLayer)
+    assert type(growing_copy(cache, 4).layers[0]) is DynamicSlidingWindowLayer  # past its window: copied as it is
 
 def test_growing_copy_leaves_the_shared_prefix_untouched_and_answers_alike(tiny_vlm_dir):
     vlm = load_vlm(tiny_vlm_dir, device="cpu", dtype="float32")
@@ -95,3 +120,50 @@ def test_a_new_scan_reads_image_question_and_first_token_in_one_pass_and_keeps_i
         torch.testing.assert_close(mine.values, theirs.values)
     follow_up = vlm.answer(image, question, max_new_tokens=6, min_new_tokens=6)
     assert follow_up.token_ids == reference.token_ids
+
+
+def test_the_prefix_cut_keeps_each_layers_kind_and_refuses_what_a_window_dropped():
+    generator = torch.Generator().manual_seed(5)
+    cache = DynamicCache()
+    cache.layers = [DynamicSlidingWindowLayer(sliding_window=8), GrowingLayer(4), DynamicLayer()]
+    keys, values = _states(generator, 1, 6)
+    for layer in cache.layers:
+        layer.update(keys, values)
+    cut = prefix_copy(cache, 4)
+    assert [type(layer) for layer in cut.layers] == [DynamicSlidingWindowLayer, DynamicLayer, DynamicLayer]
+    assert all(torch.equal(layer.keys, keys[:, :, :4]) and torch.equal(layer.values, values[:, :, :4])
+               for layer in cut.layers)
+    assert cut.get_seq_length() == 4 and cache.get_seq_length() == 6  # the source is left as it was
+    assert prefix_copy(cache, 7) is None  # more than it holds
+    more_keys, more_values = _states(generator, 1, 4)
+    cache.layers[0].update(more_keys, more_values)  # 10 positions through a window of 8: the first are gone
+    assert prefix_copy(cache, 4) is None
+
+
+def test_a_sliding_window_model_answers_as_transformers_generates_across_its_window():
+    """Published M3D-LaMed-Phi-3 has a window on every layer: in place inside it, its own rules past it."""
+    from model.inference.vlm import VLM
+    from model.nets.lamed import LamedForCausalLM
+    from tests.model.conftest import build_tokenizer, tiny_config
+
+    tokenizer = build_tokenizer()
+    config = tiny_config(tokenizer, "phi3")
+    question = "Is there a pleural effusion?"
+    torch.manual_seed(0)
+    probe = VLM(LamedForCausalLM(config).eval(), tokenizer)
+    prompt_length = probe.prompt_ids(probe.build_prompt(question)).shape[1]
+    config.text_config.sliding_window = prompt_length + 4  # the answer's fifth token is past the window
+    torch.manual_seed(0)
+    vlm = VLM(LamedForCausalLM(config).eval(), tokenizer)
+    image = torch.rand(1, *vlm.image_size, generator=torch.Generator().manual_seed(4))
+    prepared = vlm.prepare(image)
+    ids = vlm.prompt_ids(vlm.build_prompt(question))
+    with torch.inference_mode():
+        reference = vlm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                       image_features=prepared.features, max_new_tokens=10, min_new_tokens=10,
+                                       do_sample=False, pad_token_id=vlm.pad_token_id)[0, ids.shape[1]:].tolist()
+    first = vlm.answer(image, question, max_new_tokens=10, min_new_tokens=10)  # a new scan: one pass, prefix cut
+    assert list(first.token_ids) == reference
+    assert prepared.prefix_cache is None  # the window dropped its first positions: not cut, computed when asked
+    assert type(vlm.prefix_cache(prepared).layers[0]) is DynamicSlidingWindowLayer
+    assert list(vlm.answer(image, question, max_new_tokens=10, min_new_tokens=10).token_ids) == reference
