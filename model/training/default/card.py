@@ -337,6 +337,18 @@ def model_card(recipe: Recipe, record: dict[str, Any], report: dict[str, Any] | 
         "with the rule-consistency and box figures held (more stage-2 steps on the longitudinal and box "
         "questions), and coronary calcification and fibrotic bands, at chance at the map itself (two or three "
         "voxels at this input size), need an input nearer the phantom's own resolution or crops cut from it."),
+        ("- Session 14, the same with 8000 stage-2 steps instead of 5000 (`--finding-tokens --seen-readout "
+        "--stage2-steps 8000`, stage 1 retrained with its label head reading the grid's tokens only, checkpoint "
+        "kept at step 4600 of 8000, 36 min of stage 2): every longitudinal answer kept the 3D-RAD rule again "
+        "(150/150 per size) and arterial calcification held 74.0 / 77.7 / 78.9, emphysema 56.5 / 55.1 / 71.2; "
+        "but the findings this model reads best fell further (pericardial effusion 77.8 / 83.3 / 81.2, nodules "
+        "74.6 / 58.0 / 67.6, bronchiectasis 66.7-86.7), macro 76.1 / 77.2 / 74.5, boxes at 64x256x256 68.3 %, and "
+        "with another patient's scan only 24.6 points lost at 96x320x320. Not kept. More steps do not teach the "
+        "language model to find the asked finding's token among 18: its errors are confusions between findings "
+        "whose names share words (pericardial and pleural effusion; the project's tokenizer merges a finding's "
+        "name with the words around it into one piece, so no name has a stable token to match). Next: a token "
+        "per finding chosen by the question (the readout logit of the finding the question names, found as the evaluation "
+        "finds it, `model.evaluation.findings.finding_asked`) rather than all 18 for the language model to search."),
         "",
     ]
     lines += [
