@@ -381,12 +381,9 @@ class VLM:
 
         config = self.generation_config(max_new_tokens, **sampling)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        # generate's first step runs the whole question and yields the first token: one pass over the
-        # weights, where prefilling all but the last token first took two (on a 4B checkpoint each pass
-        # reads every weight once, about half a second on 2 cores). A scan whose image prefix is not
-        # cached yet goes into that same pass, and its prefix is cut from the cache afterwards
-        prefix = prepared.num_tokens + 1
-        fresh = prepared.prefix_cache is None
+        # one pass over the weights (a 4B pass: ~0.5 s on 2 cores) for the question and first token, and
+        # for a new scan its image prefix too, which is then cut from the cache (kv_cache.prefix_copy)
+        prefix, fresh = prepared.num_tokens + 1, prepared.prefix_cache is None
         start = DynamicCache(config=self.model.config) if fresh else self.prefix_cache(prepared)
         cache = growing_copy(start, ids.shape[1] - (0 if fresh else prefix) + max_new_tokens)
         image = {"image_features": prepared.features} if fresh else {}
