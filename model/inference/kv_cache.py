@@ -15,6 +15,7 @@ batch_repeat_interleave, reorder_cache) is noticed at the next update, which re-
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer
@@ -26,6 +27,8 @@ class _InPlace:
     spare: int
     keys: torch.Tensor
     values: torch.Tensor
+    is_initialized: bool
+    lazy_initialization: Any
 
     def _start_buffers(self, spare: int) -> None:
         self.spare = max(int(spare), 1)
@@ -37,6 +40,13 @@ class _InPlace:
         buffers = (self._key_buffer, self._value_buffer)
         return all(b is not None and t.data_ptr() == b.data_ptr() and t.shape[:2] == b.shape[:2]
                    and t.shape[3:] == b.shape[3:] for t, b in zip((self.keys, self.values), buffers))
+
+    def _write(self, key_states: torch.Tensor, value_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append in place (initializing on the first call) and hand back the filled views."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self._append(key_states, value_states)
+        return self.keys, self.values
 
     def _append(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         length = self.keys.shape[-2] if self.keys.numel() else 0
@@ -67,16 +77,12 @@ class GrowingLayer(_InPlace, DynamicLayer):
         """A buffered copy of an initialized layer (the original is left as it is)."""
         grown = cls(spare)
         if layer.is_initialized:
-            grown.lazy_initialization(layer.keys, layer.values)
-            grown._append(layer.keys, layer.values)
+            grown._write(layer.keys, layer.values)
         return grown
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        self._append(key_states, value_states)
-        return self.keys, self.values
+        return self._write(key_states, value_states)
 
 
 class GrowingWindowLayer(_InPlace, DynamicSlidingWindowLayer):
@@ -91,33 +97,37 @@ class GrowingWindowLayer(_InPlace, DynamicSlidingWindowLayer):
     @classmethod
     def copy_of(cls, layer: DynamicSlidingWindowLayer, spare: int) -> DynamicLayer:
         """A buffered copy of a layer that still holds all its positions; any other is deep-copied."""
-        if layer.is_initialized and layer.get_seq_length() != layer.keys.shape[-2]:
+        if layer.is_initialized and not _holds_every_position(layer):
             return copy.deepcopy(layer)
         grown = cls(layer.sliding_window, spare)
         if layer.is_initialized:
-            grown.lazy_initialization(layer.keys, layer.values)
+            grown._write(layer.keys, layer.values)
             grown.cumulative_length = layer.cumulative_length
-            grown._append(layer.keys, layer.values)
         return grown
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
                ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.record_past or self.cumulative_length + key_states.shape[-2] >= self.sliding_window:
             return super().update(key_states, value_states, *args, **kwargs)
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
         self.cumulative_length += key_states.shape[-2]
-        self._append(key_states, value_states)
-        return self.keys, self.values
+        return self._write(key_states, value_states)
+
+
+# the layers this module buffers, each to its buffered kind
+_GROWN: dict[type, type] = {DynamicLayer: GrowingLayer, GrowingLayer: GrowingLayer,
+                            DynamicSlidingWindowLayer: GrowingWindowLayer, GrowingWindowLayer: GrowingWindowLayer}
+
+
+def _holds_every_position(layer: DynamicLayer) -> bool:
+    """Whether the layer still holds every position it was given (a window drops the first ones)."""
+    return layer.get_seq_length() == layer.keys.shape[-2]
 
 
 def growing_copy(cache: Cache, spare: int) -> Cache:
     """A copy of `cache` that decodes `spare` more tokens without copying itself (the plain
     layers become `GrowingLayer`s; any other layer is deep-copied as before)."""
     copied = copy.copy(cache)
-    copied.layers = [GrowingLayer.copy_of(layer, spare) if type(layer) in (DynamicLayer, GrowingLayer)
-                     else GrowingWindowLayer.copy_of(layer, spare)
-                     if type(layer) in (DynamicSlidingWindowLayer, GrowingWindowLayer) else copy.deepcopy(layer)
+    copied.layers = [_GROWN[type(layer)].copy_of(layer, spare) if type(layer) in _GROWN else copy.deepcopy(layer)
                      for layer in cache.layers]
     return copied
 
@@ -130,14 +140,10 @@ def prefix_copy(cache: Cache, length: int) -> Cache | None:
     fewer than asked (a generation stopped before its first pass): the prefix is then computed."""
     kept = []
     for layer in cache.layers:
-        if type(layer) in (DynamicSlidingWindowLayer, GrowingWindowLayer):
-            fresh: DynamicLayer = DynamicSlidingWindowLayer(sliding_window=layer.sliding_window)
-        elif type(layer) in (DynamicLayer, GrowingLayer):
-            fresh = DynamicLayer()
-        else:
+        if type(layer) not in _GROWN or not layer.is_initialized or not _holds_every_position(layer) \
+                or layer.keys.shape[-2] < length:
             return None
-        if not layer.is_initialized or layer.get_seq_length() != layer.keys.shape[-2] or layer.keys.shape[-2] < length:
-            return None
+        fresh = DynamicSlidingWindowLayer(sliding_window=layer.sliding_window) if layer.is_sliding else DynamicLayer()
         fresh.update(layer.keys[:, :, :length].clone(), layer.values[:, :, :length].clone())
         kept.append(fresh)
     if not kept:

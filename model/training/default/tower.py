@@ -27,8 +27,8 @@ def load_vision(model: Any, state: dict[str, Any]) -> None:
     """Load a stage-1 vision state into a model with or without finding tokens: their parameters
     may be missing (a checkpoint written before they existed, or by a run without them) or extra
     (dropped), since stage 1 does not train them; nothing else may differ."""
-    state = {k: v for k, v in state.items()
-             if not k.startswith(LATER_READOUT_PREFIX) or getattr(model.vision.findings, "tokens", None) is not None}
+    if getattr(model.vision.findings, "tokens", None) is None:
+        state = {k: v for k, v in state.items() if not k.startswith(LATER_READOUT_PREFIX)}
     missing, unexpected = model.vision.load_state_dict(state, strict=False)
     wrong = [k for k in missing if not k.startswith(LATER_READOUT_PREFIX)] + list(unexpected)
     if wrong:
