@@ -13,6 +13,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,8 +26,9 @@ from model.ct.preprocess import InputGeometry, masks_to_input, slice_input_with_
 from model.ct.rois import rois_for
 from model.inference import boxes, prompts
 from model.inference.devices import describe
-from model.inference.locate import located_answer, located_finding
+from model.inference.generation_thread import GenerationThread
 from model.inference.kv_cache import growing_copy, prefix_copy
+from model.inference.locate import located_answer, located_finding
 from model.inference.quantize import is_quantized
 
 DEFAULT_SETTINGS: dict[str, Any] = {"prompt_style": "m3d", "window": None}
@@ -102,6 +104,7 @@ class VLM:
         self._criteria = _CancelCriteria(self._cancel)
         self._lock = threading.RLock()  # guards the cache, which the GUI thread and a worker share
         self._generating = threading.Lock()  # one generation at a time (the cancel event is shared)
+        self._generator = GenerationThread()
         self.image_token_id = self._token_id(prompts.IMAGE_TOKEN)
         if tokenizer.bos_token_id is None:
             raise ValueError("the tokenizer has no BOS token; LaMed prompts start with BOS (position 0)")
@@ -375,14 +378,13 @@ class VLM:
         return {"text": text, "n_tokens": n_tokens, "box": box, "box_normalized": box_normalized}
 
     def _generate_in_thread(self, prepared: PreparedImage, ids: torch.Tensor, max_new_tokens: int,
-                            sampling: dict[str, Any]) -> tuple[Any, threading.Thread, dict[str, Any]]:
+                            sampling: dict[str, Any]) -> tuple[Any, Future, dict[str, Any]]:
         from transformers import StoppingCriteriaList, TextIteratorStreamer
         from transformers.cache_utils import DynamicCache
 
         config = self.generation_config(max_new_tokens, **sampling)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        # one pass over the weights (a 4B pass: ~0.5 s on 2 cores) for the question and first token, and
-        # for a new scan its image prefix too, which is then cut from the cache (kv_cache.prefix_copy)
+        # one pass (4B: ~0.5 s on 2 cores) for question, first token and a new scan's prefix (kv_cache.prefix_copy)
         prefix, fresh = prepared.num_tokens + 1, prepared.prefix_cache is None
         start = DynamicCache(config=self.model.config) if fresh else self.prefix_cache(prepared)
         cache = growing_copy(start, ids.shape[1] - (0 if fresh else prefix) + max_new_tokens)
@@ -404,9 +406,7 @@ class VLM:
                 result["error"] = exc
                 streamer.end()
 
-        thread = threading.Thread(target=run, name="ctvqa-generate", daemon=True)
-        thread.start()
-        return streamer, thread, result
+        return streamer, self._generator.submit(run), result
 
     def stream(self, volume_or_tensor: Any, question: str, choices: Sequence[str] | None = None,
                priors: Sequence[int] | None = None, max_new_tokens: int = 64, prior_label: str | None = None,
@@ -429,14 +429,14 @@ class VLM:
         prepared = self.prepare(volume_or_tensor, slice_index=slice_index)
         ids = self.prompt_ids(self.build_prompt(question, choices, priors, prior_label), prepared.num_tokens)
         with self._generating:
-            streamer, thread, result = self._generate_in_thread(prepared, ids, max_new_tokens, dict(sampling))
+            streamer, job, result = self._generate_in_thread(prepared, ids, max_new_tokens, dict(sampling))
             try:
                 for piece in streamer:
                     yield piece, result
             finally:
-                if thread.is_alive():
+                if not job.done():
                     self._cancel.set()
-                thread.join()
+                job.result()
         if "error" in result:
             raise RuntimeError(f"generation failed: {result['error']}") from result["error"]
         yield "", {**result, "prepared": prepared, "prompt_ids": ids}
