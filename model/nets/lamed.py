@@ -60,6 +60,7 @@ class LamedConfig(PreTrainedConfig):
     vision_box_findings: list[str] | tuple[str, ...] = ()  # of those, the ones a box head locates (FindingBoxes)
     vision_box_context: int = 0  # 1: the box head's first layer reads each cell's 3x3x3 neighbourhood
     vision_finding_tokens: bool = False  # one image token per readout finding after the grid's (nets.findings)
+    vision_finding_calibrated: bool = False  # readout logits through a per-finding scale and shift (nets.findings)
     token_unshuffle: int = 2
     position_dims: list[int] | tuple[int, ...] = (32, 32, 32)
     organ_names: list[str] | tuple[str, ...] = DEFAULT_ORGANS
@@ -89,6 +90,8 @@ class LamedConfig(PreTrainedConfig):
                              f"(vision_stem_channels > 0), got {self.vision_family!r} with {self.vision_stem_channels}")
         if self.vision_finding_tokens and not self.vision_finding_names:
             raise ValueError("vision_finding_tokens needs vision_finding_names (one token per finding)")
+        if self.vision_finding_calibrated and not self.vision_finding_names:
+            raise ValueError("vision_finding_calibrated needs vision_finding_names (the findings it calibrates)")
         if self.vision_family not in FAMILIES:
             raise ValueError(f"vision_family must be one of {FAMILIES}, got {self.vision_family!r}")
         if self.image_channel != 1:

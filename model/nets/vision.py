@@ -262,6 +262,7 @@ class VisionEncoder(nn.Module):
         box_findings: Sequence[int] = (),
         box_context: int = 0,
         finding_tokens: bool = False,
+        finding_calibration: bool = False,
     ) -> None:
         super().__init__()
         self.vision_tower = ViT3D(image_size, patch_size, hidden_size, num_layers, num_heads, mlp_dim,
@@ -277,10 +278,11 @@ class VisionEncoder(nn.Module):
                 raise ValueError("a finding readout reads the convolutional stem's map: set vision_stem_channels > 0")
             self.findings = FindingReadout(
                 stem.feature_channels, n_findings, [int(i) // s for i, s in zip(image_size, stem.shrink)],
-                [g // int(pooling_size) for g in grid_shape(image_size, patch_size)], out_dim, finding_tokens)
+                [g // int(pooling_size) for g in grid_shape(image_size, patch_size)], out_dim, finding_tokens,
+                finding_calibration)
             self.num_tokens += n_findings if finding_tokens else 0
-        elif finding_tokens:
-            raise ValueError("finding tokens need a finding readout: give the readout's findings")
+        elif finding_tokens or finding_calibration:
+            raise ValueError("finding tokens and calibration need a finding readout: give the readout's findings")
         self.box_findings: tuple[int, ...] = ()  # readout findings the box head locates
         self.boxes: FindingBoxes | None = None
         if box_findings:
@@ -302,15 +304,15 @@ class VisionEncoder(nn.Module):
         return tokens, None if self.findings is None else self.findings(features)
 
     def project(self, tokens: torch.Tensor, findings: torch.Tensor | None = None,
-                finding_tokens: bool = True) -> torch.Tensor:
+                stage2_parts: bool = True) -> torch.Tensor:
         """LM-ready image features from `tower`'s outputs (stage 2 of training caches those).
-        `finding_tokens` False: the grid's tokens only, what stage 1's label head reads, so that
-        the tower it trains is the same with or without the finding tokens stage 2 trains."""
+        `stage2_parts` False: without the finding tokens and calibration stage 2 trains, what stage
+        1's label head reads, so that the tower it trains is the same with or without them."""
         features = self.mm_projector(tokens)
         if findings is None:
             return features
-        features = features + self.findings.embed(findings).to(features.dtype)
-        if self.findings.tokens is None or not finding_tokens:
+        features = features + self.findings.embed(findings, calibrated=stage2_parts).to(features.dtype)
+        if self.findings.tokens is None or not stage2_parts:
             return features
         return torch.cat((features, self.findings.embed_tokens(findings).to(features.dtype)), dim=1)
 

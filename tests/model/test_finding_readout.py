@@ -165,3 +165,58 @@ def test_stage2_restarts_what_reads_the_tower_and_keeps_the_tower() -> None:
     for k, v in head_a.state_dict().items():
         torch.testing.assert_close(v, head_b.state_dict()[k], msg=k)
     torch.testing.assert_close(a.vision.vision_tower.state_dict(), b.vision.vision_tower.state_dict())
+
+
+def test_calibration_rescales_each_findings_logits_and_saves(tmp_path: Path) -> None:
+    """An identity until fitted; then each finding's logits through its own scale and shift, in
+    the grid tokens (no extra placeholders), and not in what stage 1 reads."""
+    torch.manual_seed(4)
+    model = LamedForCausalLM(readout_config(vision_finding_calibrated=True)).eval()
+    plain = LamedForCausalLM(readout_config()).eval()
+    plain.load_state_dict(model.state_dict(), strict=False)
+    assert model.num_image_tokens == plain.num_image_tokens == 4
+    image = torch.rand((1, 1, 16, 64, 64))
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_images(image), plain.encode_images(image))
+        model.vision.findings.calibration.scale[1] = 5.0
+        model.vision.findings.calibration.shift[1] = -2.0
+        calibrated = model.encode_images(image)
+        tokens, logits = model.vision.tower(image)
+        assert not torch.allclose(calibrated, plain.encode_images(image))
+        torch.testing.assert_close(model.vision.project(tokens, logits, stage2_parts=False), plain.encode_images(image))
+        moved = logits.clone()
+        moved[:, 1] = logits[:, 1] * 5.0 - 2.0
+        torch.testing.assert_close(calibrated, plain.vision.project(tokens, moved))
+    model.save_pretrained(tmp_path)
+    again = LamedForCausalLM.from_pretrained(tmp_path).eval()
+    assert again.config.vision_finding_calibrated
+    with torch.no_grad():
+        torch.testing.assert_close(again.encode_images(image), calibrated)
+    with pytest.raises(ValueError, match="vision_finding_calibrated"):
+        readout_config(vision_finding_names=[], vision_finding_calibrated=True)
+
+
+def test_calibration_is_fitted_on_the_scans_labels() -> None:
+    """A logistic regression per finding of the labels on each scan's readout maximum: a finding
+    whose maximum separates the scans gets a steep positive scale, one with too few scans on a
+    side keeps the identity."""
+    from types import SimpleNamespace
+
+    from model.nets.findings import Calibration
+    from model.training.default.stage2 import fit_calibration
+
+    generator = torch.Generator().manual_seed(5)
+    present = torch.tensor([1.0] * 10 + [0.0] * 10)
+    maxima = torch.stack((present * 1.0 + 0.1 * torch.randn(20, generator=generator),  # mid-range, separated
+                          torch.randn(20, generator=generator),  # noise
+                          torch.randn(20, generator=generator)), dim=1)
+    logits = maxima[:, :, None, None, None].expand(20, 3, 2, 2, 2).clone()
+    labels = torch.stack((present, present, torch.tensor([1.0] * 2 + [0.0] * 18)), dim=1)
+    calibration = Calibration(3)
+    fitted = fit_calibration(calibration, SimpleNamespace(findings=logits),
+                             SimpleNamespace(labels=labels, label_names=FINDINGS))
+    assert set(fitted) == {"Lung nodule", "Cardiomegaly"}
+    probability = torch.sigmoid(calibration(maxima[:, :, None])[:, 0, 0])
+    assert float(probability[:10].min()) > 0.7 and float(probability[10:].max()) < 0.3  # read apart
+    assert abs(float(calibration.scale[1])) < abs(float(calibration.scale[0])) / 3
+    assert float(calibration.scale[2]) == 1.0 and float(calibration.shift[2]) == 0.0

@@ -22,12 +22,13 @@ TEXT = {"model_type": "llama", "vocab_size": 64, "hidden_size": 16, "intermediat
 FINDINGS = ["Lung nodule", "Cardiomegaly"]
 
 
-def tiny(tokens: bool = True, names: list[str] = FINDINGS, seed: int = 0) -> LamedForCausalLM:
+def tiny(tokens: bool = True, names: list[str] = FINDINGS, seed: int = 0, calibrated: bool = False
+         ) -> LamedForCausalLM:
     torch.manual_seed(seed)
     return LamedForCausalLM(LamedConfig(
         text_config=TEXT, image_size=[16, 64, 64], patch_size=[8, 16, 16], mm_hidden_size=16, vision_num_layers=1,
         vision_num_heads=2, vision_mlp_dim=32, vision_stem_channels=4, vision_stem_depth=1,
-        vision_finding_names=names, vision_finding_tokens=tokens))
+        vision_finding_names=names, vision_finding_tokens=tokens, vision_finding_calibrated=calibrated))
 
 
 def saved_model(folder: Path, **kwargs) -> LamedForCausalLM:
@@ -76,9 +77,10 @@ def test_an_older_stage1_checkpoint_without_finding_tokens_still_loads() -> None
         load_vision(model, broken)
 
 
-def test_stage1_trains_the_same_tower_with_or_without_finding_tokens() -> None:
-    """Stage 2 alone trains the finding tokens, so a finished stage 1 serves recipes with and without
-    them (checkpoint.STAGE2_FIELDS): its label head must not read them."""
+@pytest.mark.parametrize("later", [{"tokens": True}, {"tokens": False, "calibrated": True}])
+def test_stage1_trains_the_same_tower_with_or_without_finding_tokens(later: dict) -> None:
+    """Stage 2 alone trains the finding tokens and calibration, so a finished stage 1 serves recipes
+    with and without them (checkpoint.STAGE2_FIELDS): its label head must not read them."""
     generator = torch.Generator().manual_seed(0)
     pixels = torch.rand((4, 1, 16, 64, 64), generator=generator).half()
     pixels[:2, 0, 4:8, 20:30, 20:30] = 0.9
@@ -87,8 +89,11 @@ def test_stage1_trains_the_same_tower_with_or_without_finding_tokens() -> None:
                    FINDINGS, torch.zeros(4, 32, 2), boxes=boxes)
     recipe = Recipe(image_size=(16, 64, 64), patch_size=(8, 16, 16), stage1_steps=3, stage1_images=2, stem_steps=0,
                     paired=False, warmup_steps=1)
-    plain, with_tokens = tiny(tokens=False), tiny(tokens=True)
+    plain, with_tokens = tiny(tokens=False), tiny(**later)
     load_vision(with_tokens, plain.vision.state_dict())
+    if with_tokens.vision.findings.calibration is not None:  # fitted as stage 2 would: stage 1 must not see it
+        with torch.no_grad():
+            with_tokens.vision.findings.calibration.scale.fill_(3.0)
     before = {k: v.clone() for k, v in plain.vision.vision_tower.state_dict().items()}
     towers = []
     for model in (plain, with_tokens):

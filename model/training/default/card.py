@@ -147,6 +147,9 @@ def model_card(recipe: Recipe, record: dict[str, Any], report: dict[str, Any] | 
         + ("; then one token per finding, its learnt identity plus its readout maximum's logit through a "
            "per-finding scale and shift, so that each finding's signal has a place of its own "
            "(`vision_finding_tokens` in config.json)" if recipe.finding_readout and recipe.finding_tokens else "")
+        + ("; every readout logit first goes through its finding's scale and shift, fitted at stage 2's start "
+           "as a logistic regression of the validation scans' labels on their maximum "
+           "(`vision_finding_calibrated` in config.json)" if recipe.finding_readout and recipe.calibrated_readout else "")
         + ") + "
         f"a Llama-style LM (hidden {recipe.lm_hidden}, {recipe.lm_layers} layers, {recipe.lm_heads} heads); "
         f"{n_params / 1e6:.2f} M parameters, float32 safetensors.",
@@ -349,6 +352,24 @@ def model_card(recipe: Recipe, record: dict[str, Any], report: dict[str, Any] | 
         "name with the words around it into one piece, so no name has a stable token to match). Next: a token "
         "per finding chosen by the question (the readout logit of the finding the question names, found as the evaluation "
         "finds it, `model.evaluation.findings.finding_asked`) rather than all 18 for the language model to search."),
+        ("- Session 15, the readout's logits calibrated per finding instead of tokens (`--calibrated-readout "
+        "--seen-readout`: each finding's logits through a scale and shift fitted at stage 2's start as a logistic "
+        "regression of the validation scans' labels on their maximum, in the grid tokens everyone reads; the "
+        "session-14 stages 0-1, whose label head reads arterial calcification at 0.87 AUC where this model's "
+        "reads it at 0.63): arterial calcification rose to 80.3 / 79.3 / 75.6 balanced accuracy and emphysema to "
+        "67.6 / 70.6 / 67.3 (the best of any run), static temporal to 72.0 / 76.7 / 71.3, every longitudinal "
+        "answer kept the 3D-RAD rule; but macro 75.7 / 76.4 / 77.5 (nodules 62.3 / 57.3 / 71.6, bronchiectasis "
+        "72.0-88.1, hiatal hernia 73.8 at two sizes, lymph nodes 66.2-73.8), boxes at 64x256x256 63.4 %. Not kept. "
+        "The calibration alone (`--calibrated-readout`, same stages 0-1): arterial calcification 80.6 / 83.1 / "
+        "80.7 (it is among the findings asked about balanced, by this stage 1's label head), emphysema 49.1-57.6, "
+        "static temporal 75.3 / 80.0 / 72.7 (the majority answer's figures, or one point under); macro 74.7 / 73.8 "
+        "/ 73.6, nodules 51.4-73.4, lung opacity 56.5-66.6, bronchiectasis 75.2-80.8, 24.1 points lost with "
+        "another patient's scan at 96x320x320. Not kept. Both runs share a stage 1 other than this model's, "
+        "so part of the losses may be its (nodule readout AUC 0.77 against 0.82 here); what they show is that "
+        "a finding made legible gains while the findings this model reads well lose about as much: the "
+        "language model trades one for the other. Next: the same stages 0-1 with this model's stage 2 (the "
+        "control those two runs lack), then a question-chosen readout (`finding_asked`), which needs the "
+        "asked finding passed with the prompt on every path that embeds a question."),
         "",
     ]
     lines += [

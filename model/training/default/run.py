@@ -162,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "the run --tower-from gives, in full")
     parser.add_argument("--finding-tokens", action="store_true", default=defaults.finding_tokens,
                         help="one more image token per finding, its calibrated readout logit (tried: see the card)")
+    parser.add_argument("--calibrated-readout", action="store_true", default=defaults.calibrated_readout,
+                        help="the readout's logits through per-finding scales fitted at stage 2's start (see the card)")
     parser.add_argument("--seen-readout", action="store_true", default=defaults.seen_readout,
                         help="balanced existence questions also about what the readout's maximum sees (see the card)")
     parser.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
@@ -178,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      stage1_minutes=args.stage1_minutes, stage2_minutes=args.stage2_minutes,
                      eval_limit=args.eval_limit, held_out_finding=args.held_out_finding,
                      finding_tokens=args.finding_tokens, seen_readout=args.seen_readout,
+                     calibrated_readout=args.calibrated_readout,
                      stage2_fresh=args.stage2_fresh or args.tower_from is not None)
     if args.print_cohorts:
         for cohort in recipe.cohorts:

@@ -112,7 +112,7 @@ def label_auc(model: Any, head: LabelHead, data: Dataset, prepare: Any = identit
     reported in the model card."""
     model.vision.eval()
     scores = torch.cat([head(model.vision.project(*model.vision.tower(prepare(data.pixels[k : k + 16])),
-                                                 finding_tokens=False)) for k in range(0, len(data.pixels), 16)])
+                                                 stage2_parts=False)) for k in range(0, len(data.pixels), 16)])
     model.vision.train()
     return _auc_per_label(data, scores)
 
@@ -189,7 +189,7 @@ def train_alignment(model: Any, head: LabelHead, data: Dataset, valid_data: Data
         volumes = paired_volumes(rng, groups, recipe.stage1_images) if groups else \
             rng.sample(range(len(data.names)), min(recipe.stage1_images, len(data.names)))
         tokens, findings = model.vision.tower(prepare(augment(data.pixels[volumes].float(), generator)))
-        label_logits = head(model.vision.project(tokens, findings, finding_tokens=False))
+        label_logits = head(model.vision.project(tokens, findings, stage2_parts=False))
         label_loss = F.binary_cross_entropy_with_logits(label_logits, data.labels[volumes], pos_weight=pos_weight)
         patch_logits = patch_head(tokens)
         patch_loss = F.binary_cross_entropy_with_logits(patch_logits, data.patch_labels[volumes],

@@ -31,6 +31,7 @@ def build_model(recipe: Recipe, tokenizer: Any, finding_names: Sequence[str] = (
         vision_stem_depth=recipe.vision_stem_depth,
         vision_finding_names=list(finding_names) if recipe.finding_readout else [],
         vision_finding_tokens=recipe.finding_readout and recipe.finding_tokens,
+        vision_finding_calibrated=recipe.finding_readout and recipe.calibrated_readout,
     )
     torch.manual_seed(recipe.seed)
     model = LamedForCausalLM(config)

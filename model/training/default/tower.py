@@ -19,18 +19,20 @@ from model.training.default.steps import LabelHead
 
 # what stages 0-1 make: the tower (stem, patch embedding, ViT) and the readout's 1x1x1 head
 TOWER_PREFIXES = ("vision.vision_tower.", "vision.findings.head.")
-# the finding tokens (nets.findings.FindingTokens): stage 1 never reads them, stage 2 trains them
-LATER_READOUT_PREFIX = "findings.tokens."
+# the finding tokens and calibration (nets.findings): stage 1 never reads them, stage 2 trains them
+LATER_READOUT_PARTS = ("tokens", "calibration")
 
 
 def load_vision(model: Any, state: dict[str, Any]) -> None:
-    """Load a stage-1 vision state into a model with or without finding tokens: their parameters
-    may be missing (a checkpoint written before they existed, or by a run without them) or extra
-    (dropped), since stage 1 does not train them; nothing else may differ."""
-    if getattr(model.vision.findings, "tokens", None) is None:
-        state = {k: v for k, v in state.items() if not k.startswith(LATER_READOUT_PREFIX)}
+    """Load a stage-1 vision state into a model with or without finding tokens or calibration:
+    their parameters may be missing (a checkpoint written before they existed, or by a run
+    without them) or extra (dropped), since stage 1 does not train them; nothing else may differ."""
+    later = tuple(f"findings.{part}." for part in LATER_READOUT_PARTS)
+    absent = tuple(f"findings.{part}." for part in LATER_READOUT_PARTS
+                   if getattr(model.vision.findings, part, None) is None)
+    state = {k: v for k, v in state.items() if not k.startswith(absent)} if absent else state
     missing, unexpected = model.vision.load_state_dict(state, strict=False)
-    wrong = [k for k in missing if not k.startswith(LATER_READOUT_PREFIX)] + list(unexpected)
+    wrong = [k for k in missing if not k.startswith(later)] + list(unexpected)
     if wrong:
         raise SystemExit(f"the stage-1 checkpoint does not fit this model: missing or unexpected {wrong[:6]}")
 
