@@ -76,7 +76,7 @@ def plain_generate(vlm, image: torch.Tensor, question: str, new_tokens: int) -> 
 
 def measure_speed(vlm, tokens: int, plain: bool) -> dict:
     """Our figures and, with `plain`, the plain recipe's: each new-scan sample alternates with a
-    plain one (a median of three each), so that the machine's drift within a run (10-20 %) falls
+    plain one (a median of three each), so that the machine's drift within a run (20-30 % in session 15) falls
     on both alike."""
     size = vlm.image_size
     out = {}

@@ -7,7 +7,7 @@ it (docs/devices.md). One thread kept for the model's life pays that once.
 
 A daemon thread, as before: a process may exit while an answer is still being written. An idle
 one is ended and joined at exit (left to die with the interpreter, torch's per-thread state
-aborted the process in about one exit in three). A forked child starts its own (threads do not
+aborted the default model's process in 5-8 of 10 exits). A forked child starts its own (threads do not
 survive a fork), and the thread ends when its owner is collected.
 """
 from __future__ import annotations

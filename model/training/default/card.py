@@ -364,12 +364,13 @@ def model_card(recipe: Recipe, record: dict[str, Any], report: dict[str, Any] | 
         "80.7 (it is among the findings asked about balanced, by this stage 1's label head), emphysema 49.1-57.6, "
         "static temporal 75.3 / 80.0 / 72.7 (the majority answer's figures, or one point under); macro 74.7 / 73.8 "
         "/ 73.6, nodules 51.4-73.4, lung opacity 56.5-66.6, bronchiectasis 75.2-80.8, 24.1 points lost with "
-        "another patient's scan at 96x320x320. Not kept. Both runs share a stage 1 other than this model's, "
-        "so part of the losses may be its (nodule readout AUC 0.77 against 0.82 here); what they show is that "
-        "a finding made legible gains while the findings this model reads well lose about as much: the "
-        "language model trades one for the other. Next: the same stages 0-1 with this model's stage 2 (the "
-        "control those two runs lack), then a question-chosen readout (`finding_asked`), which needs the "
-        "asked finding passed with the prompt on every path that embeds a question."),
+        "another patient's scan at 96x320x320. Not kept. The control, this model's own recipe on the same "
+        "stages 0-1: macro 74.3 / 69.7 / 74.3, nodules 59.3-65.3. So the losses of both runs (and of session "
+        "14's) are mostly that stage 1's (nodule readout AUC 0.77 against 0.82 here), not the calibration's; "
+        "against the control, calibration with `--seen-readout` gains 1.4 / 6.7 / 3.2 macro points. Next: "
+        "`--calibrated-readout --seen-readout` on a stage 1 as good as this model's, then a question-chosen "
+        "readout (`finding_asked`), which needs the asked finding passed with the prompt on every path that "
+        "embeds a question."),
         "",
     ]
     lines += [
