@@ -216,3 +216,30 @@ def test_box_questions_about_located_findings_are_answered_by_the_box_head(defau
     centre = [(answer.box[i] + answer.box[i + 3]) / 2 for i in range(3)]
     assert all(truth[i] <= centre[i] <= truth[i + 3] for i in range(3)), (answer.box, truth)
     assert box_iou(answer.box, truth) >= least_iou, (answer.box, truth)
+
+
+def test_heldout_readout_auc_reads_each_scans_findings(default_vlm, tmp_path: Path) -> None:
+    """The held-out readout figure beside the answers' balanced accuracy: the shipped readout
+    separates the findings it reads on patients it never saw, and the figure follows the labels
+    (scored against the labels inverted, the same scans give 1 - AUC)."""
+    import csv
+
+    from annotation.synth import write_cohort
+    from model.training.default.evaluation import heldout_readout_auc
+
+    write_cohort(tmp_path, 6, seed=77, size=(48, 128, 128), workers=1, valid_frac=0.5)
+    auc = heldout_readout_auc(default_vlm, tmp_path)
+    mixed = {"Pleural effusion", "Cardiomegaly", "Medical material"} & set(auc)
+    assert mixed, auc  # 6 patients: some of the large findings occur both present and absent
+    assert all(auc[k] >= 0.9 for k in mixed), auc
+    with (tmp_path / "labels.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    finding = sorted(mixed)[0]
+    for row in rows:
+        row[finding] = str(1 - int(row[finding]))
+    with (tmp_path / "labels.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    inverted = heldout_readout_auc(default_vlm, tmp_path)
+    assert inverted[finding] == pytest.approx(1.0 - auc[finding], abs=1e-3), (auc, inverted)

@@ -108,3 +108,21 @@ def test_the_card_shows_the_single_scan_ceiling_beside_the_static_target():
     assert acceptance(report)["static_temporal_diagnosis"]["single_scan_ceiling"] == 75.0
     del static["presence_ceiling"]  # an evaluation written before the measure existed
     assert "would score" not in "\n".join(honest_lines(report))
+
+
+def test_the_card_sets_the_readout_auc_beside_each_findings_answers():
+    from model.training.default.card import size_lines
+
+    findings = {"Lung nodule": {"present": 4, "present_right": 2, "absent": 6, "absent_right": 6,
+                                "balanced_accuracy": 75.0},
+                "Emphysema": {"present": 0, "present_right": 0, "absent": 10, "absent_right": 10,
+                              "balanced_accuracy": None}}
+    report = {"n": 10, "limit_per_task": 5, "tasks": {}, "cohort": "heldout",
+              "existence_all_questions": {"findings": findings, "balanced_accuracy": 75.0},
+              "readout_auc": {"Lung nodule": 0.875}}
+    lines = size_lines("64x192x192", report)
+    assert "| Lung nodule | 2/4 | 6/6 | 75.0 | 0.88 |" in lines
+    assert "| Emphysema | 0/0 | 10/10 | - | - |" in lines
+    assert any(line.startswith("Readout AUC:") for line in lines)
+    del report["readout_auc"]  # an evaluation written before the readout was measured: the old table
+    assert "| Lung nodule | 2/4 | 6/6 | 75.0 |" in size_lines("64x192x192", report)

@@ -103,12 +103,19 @@ def size_lines(size: str, report: dict[str, Any]) -> list[str]:
                   f"used; macro mean {_fmt(every.get('balanced_accuracy'))}, with another patient's scan "
                   f"{_fmt(every.get('balanced_accuracy_wrong_volume'))}, with noise "
                   f"{_fmt(every.get('balanced_accuracy_noise_volume'))}):",
-                  "", "| finding | present cases found | absent cases called absent | balanced accuracy |",
-                  "| --- | --- | --- | --- |"]
+                  ""]
+        readout = report.get("readout_auc") or {}  # absent in reports made before it was measured
+        lines += ["| finding | present cases found | absent cases called absent | balanced accuracy |"
+                  + (" readout AUC |" if readout else ""), "| --- " * (5 if readout else 4) + "|"]
         ranked = sorted(every["findings"].items(), key=lambda kv: -(kv[1]["balanced_accuracy"] or -1.0))
         lines += [f"| {k} | {v['present_right']}/{v['present']} | {v['absent_right']}/{v['absent']} | "
                   f"{'-' if v['balanced_accuracy'] is None else format(v['balanced_accuracy'], '.1f')} |"
+                  + (f" {format(readout[k], '.2f') if k in readout else '-'} |" if readout else "")
                   for k, v in ranked]
+        if readout:
+            lines += ["", "Readout AUC: ROC AUC of the finding readout's maximum over the same scans, what the "
+                      "image reading allows at this size. An answer well below it is the language model not "
+                      "reading the readout; an AUC near 0.5 is the vision not seeing the finding."]
     return lines + [""]
 
 
