@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from model.inference import prompts
+from model.inference.asked import question_view
 from model.inference.kv_cache import growing_copy
 from model.inference.locate import located_answer, located_finding
 from model.inference.vlm import VLM, Answer, PreparedImage
@@ -184,6 +185,15 @@ def answer_batch(vlm: VLM, prepared: PreparedImage, questions: Sequence[Question
     batches are full of rows alike."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    views = [question_view(vlm.model, prepared, q.text) for q in questions]
+    if any(view is not prepared for view in views):  # an asked-finding readout: a batch per finding asked
+        answers_by_view: list[Answer | None] = [None] * len(questions)
+        for view in {id(v): v for v in views}.values():
+            members = [k for k, v in enumerate(views) if v is view]
+            for k, answer in zip(members, answer_batch(vlm, view, [questions[k] for k in members],
+                                                       max_new_tokens, batch_size)):
+                answers_by_view[k] = answer
+        return answers_by_view  # type: ignore[return-value]
     findings = [None if prepared.slice_index is not None else located_finding(vlm.model, q.text) for q in questions]
     answers: list[Answer | None] = [None if f is None else Answer(**located_answer(vlm, prepared, f)) for f in findings]
     ids = [_question_ids(vlm, prepared, q) for q in questions]

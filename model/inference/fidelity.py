@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from model.inference.asked import question_view
 from model.inference.vlm import VLM
 
 
@@ -40,10 +42,15 @@ class Agreement:
                 "closed_questions": self.n_closed}
 
 
-def _answer_logits(vlm: VLM, image: torch.Tensor, prompt_ids: torch.Tensor, answer_ids: list[int]) -> torch.Tensor:
+def _prepared(vlm: VLM, p: Prompt) -> Any:
+    """The prompt's image as its question takes it (inference.asked)."""
+    return question_view(vlm.model, vlm.prepare(p.image), p.question)
+
+
+def _answer_logits(vlm: VLM, p: Prompt, prompt_ids: torch.Tensor, answer_ids: list[int]) -> torch.Tensor:
     """Next-token logits at the positions that predict each answer token (teacher-forced)."""
     ids = torch.tensor([prompt_ids[0].tolist() + answer_ids], device=vlm.device)
-    features = vlm.prepare(image).features
+    features = _prepared(vlm, p).features
     with torch.inference_mode():
         logits = vlm.model(input_ids=ids, image_features=features).logits[0].float()
     start = prompt_ids.shape[1] - 1
@@ -60,7 +67,7 @@ def reference_answers(reference: VLM, prompts: Sequence[Prompt], max_new_tokens:
                                   max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens)
         ids = list(answer.token_ids[:max_new_tokens]) or [reference.tokenizer.eos_token_id]
         prompt_ids = reference.prompt_ids(reference.build_prompt(p.question, p.choices))
-        top1 = _answer_logits(reference, p.image, prompt_ids, ids).argmax(-1).tolist()
+        top1 = _answer_logits(reference, p, prompt_ids, ids).argmax(-1).tolist()
         results.append({"answer_ids": ids, "top1": top1, "choice": answer.choice})
     return results
 
@@ -71,12 +78,12 @@ def agreement(candidate: VLM, prompts: Sequence[Prompt], reference: list[dict]) 
     same = total = same_choice = closed = 0
     for p, ref in zip(prompts, reference, strict=True):
         prompt_ids = candidate.prompt_ids(candidate.build_prompt(p.question, p.choices))
-        got = _answer_logits(candidate, p.image, prompt_ids, ref["answer_ids"]).argmax(-1).tolist()
+        got = _answer_logits(candidate, p, prompt_ids, ref["answer_ids"]).argmax(-1).tolist()
         same += sum(int(a == b) for a, b in zip(got, ref["top1"], strict=True))
         total += len(got)
         if p.choices:
             closed += 1
-            scores = candidate.score_choices(candidate.prepare(p.image), prompt_ids, p.choices)
+            scores = candidate.score_choices(_prepared(candidate, p), prompt_ids, p.choices)
             same_choice += int(max(scores, key=scores.__getitem__) == ref["choice"])
     return Agreement(same / max(total, 1), total, same_choice / closed if closed else None, closed)
 

@@ -25,6 +25,7 @@ from model.ct.modality import require_ct
 from model.ct.preprocess import InputGeometry, masks_to_input, slice_input_with_crop, to_model_input_with_crop
 from model.ct.rois import rois_for
 from model.inference import boxes, prompts
+from model.inference.asked import question_view
 from model.inference.devices import describe
 from model.inference.generation_thread import GenerationThread
 from model.inference.kv_cache import growing_copy, prefix_copy
@@ -65,6 +66,7 @@ class PreparedImage:
     slice_index: int | None = None  # the axial slice asked about; None = the whole scan
     organ_masks: torch.Tensor | None = None  # (1, organs, D, H, W) on the input grid (OmniCT family)
     boxes: dict[str, tuple[float, ...]] | None = None  # the box head's box per located finding (whole scans)
+    views: dict[str | None, PreparedImage] | None = field(default_factory=dict, repr=False)  # inference.asked
 
     @property
     def num_tokens(self) -> int:
@@ -304,6 +306,7 @@ class VLM:
 
     def prefix_cache(self, prepared: PreparedImage) -> Any:
         """KV cache of BOS + image tokens, shared by every question about this volume."""
+        prepared = question_view(self.model, prepared, "")  # a scan of an asked-finding model: its "none" view
         if prepared.prefix_cache is None:
             n = prepared.num_tokens
             ids = torch.tensor([[self.tokenizer.bos_token_id] + [self.image_token_id] * n], device=self.device)
@@ -344,8 +347,7 @@ class VLM:
         """The id batches are padded with (the EOS id where the tokenizer has no pad token)."""
         if self.tokenizer.pad_token_id is not None:
             return int(self.tokenizer.pad_token_id)
-        eos = self.eos_ids()
-        return eos[0] if eos else 0
+        return (self.eos_ids() or [0])[0]
 
     def generation_config(self, max_new_tokens: int, **sampling: Any) -> Any:
         """Greedy unless sampling options say otherwise; shared by the streamed and the batched answers."""
@@ -372,9 +374,8 @@ class VLM:
         n_tokens = len([i for i in new_ids if i not in eos and i != self.tokenizer.pad_token_id])
         text = self.tokenizer.decode(new_ids, skip_special_tokens=True).strip()
         box_normalized = boxes.parse_box(self.tokenizer.decode(new_ids, skip_special_tokens=False))
-        box = None
-        if box_normalized is not None and prepared.geometry is not None:
-            box = boxes.to_voxels(box_normalized, prepared.geometry)
+        mapped = box_normalized is not None and prepared.geometry is not None
+        box = boxes.to_voxels(box_normalized, prepared.geometry) if mapped else None
         return {"text": text, "n_tokens": n_tokens, "box": box, "box_normalized": box_normalized}
 
     def _generate_in_thread(self, prepared: PreparedImage, ids: torch.Tensor, max_new_tokens: int,
@@ -418,15 +419,14 @@ class VLM:
             yield located_answer(self, self.prepare(volume_or_tensor), finding)["text"]
             return
         run = self._run(volume_or_tensor, question, choices, priors, max_new_tokens, prior_label, sampling, slice_index)
-        for piece, _ in run:
-            if piece:
-                yield piece
+        yield from (piece for piece, _ in run if piece)
 
     def _run(self, volume_or_tensor: Any, question: str, choices: Sequence[str] | None, priors: Sequence[int] | None,
              max_new_tokens: int, prior_label: str | None, sampling: dict[str, Any],
              slice_index: int | None = None) -> Iterator[tuple[str, dict]]:
         self._cancel.clear()  # here, not later: a cancel during encoding/prefill still stops this answer
         prepared = self.prepare(volume_or_tensor, slice_index=slice_index)
+        prepared = question_view(self.model, prepared, f"{question} {prior_label or ''}")  # priors name one too
         ids = self.prompt_ids(self.build_prompt(question, choices, priors, prior_label), prepared.num_tokens)
         with self._generating:
             streamer, job, result = self._generate_in_thread(prepared, ids, max_new_tokens, dict(sampling))

@@ -67,7 +67,8 @@ def vision_encoder_from_config(config: Any) -> nn.Module:
                                            for n in config.vision_box_findings],
                              box_context=config.vision_box_context,
                              finding_tokens=config.vision_finding_tokens,
-                             finding_calibration=config.vision_finding_calibrated)
+                             finding_calibration=config.vision_finding_calibrated,
+                             finding_asked=config.vision_finding_asked)
     return OmniCTEncoder(**sizes, image_size=config.image_size, patch_size=config.patch_size,
                          unshuffle=config.token_unshuffle, position_dims=config.position_dims,
                          organs=config.organ_names, tokens_per_organ=config.organ_tokens)

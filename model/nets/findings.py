@@ -26,6 +26,13 @@ whose names share words). Tried in session 15 on another stage 1 than the shippe
 not kept: arterial calcification rose to 76-83 balanced accuracy, and against that stage 1's own
 control the macro figure rose by 1-7 points, but stayed below the shipped model's (the model
 card's "what was tried").
+
+The asked finding's token (`asked=True`): one image token after the grid's, the token of the
+finding the question names (`select_asked`; the last, "none", when it names none). Why: with a
+token per finding the language model had to find the asked one among 18 by name, and confused
+findings whose names share words; here the question's words choose it before the language model
+runs, as the evaluation reads the finding a question asks about (`finding_asked`), so the answer
+reads one calibrated logit at a fixed place.
 """
 from __future__ import annotations
 
@@ -84,10 +91,13 @@ class FindingReadout(nn.Module):
     (optional) puts each finding's logits through its own scale and shift first."""
 
     def __init__(self, feature_channels: int, n_findings: int, feature_grid: Sequence[int],
-                 token_grid: Sequence[int], out_dim: int, tokens: bool = False, calibrated: bool = False) -> None:
+                 token_grid: Sequence[int], out_dim: int, tokens: bool = False, calibrated: bool = False,
+                 asked: bool = False) -> None:
         super().__init__()
         if n_findings < 1:
             raise ValueError(f"a finding readout needs at least one finding, got {n_findings}")
+        if tokens and asked:
+            raise ValueError("a readout gives a token per finding or the asked finding's token, not both")
         if any(int(f) % int(t) for f, t in zip(feature_grid, token_grid)):
             raise ValueError(f"feature map {tuple(feature_grid)} does not tile into image tokens {tuple(token_grid)}")
         self.token_grid = tuple(int(t) for t in token_grid)
@@ -95,7 +105,8 @@ class FindingReadout(nn.Module):
         self.head = Conv3d(feature_channels, n_findings, 1)
         self.local = nn.Linear(n_findings, out_dim)
         self.whole = nn.Linear(n_findings, out_dim)
-        self.tokens = FindingTokens(n_findings, out_dim) if tokens else None
+        self.asked = asked
+        self.tokens = FindingTokens(n_findings + int(asked), out_dim) if tokens or asked else None  # + "none"
         self.calibration = Calibration(n_findings) if calibrated else None
 
     def embedders(self) -> list[nn.Module]:
@@ -120,8 +131,31 @@ class FindingReadout(nn.Module):
         return self.local(torch.sigmoid(local)) + self.whole(torch.sigmoid(whole))[:, None]
 
     def embed_tokens(self, logits: torch.Tensor) -> torch.Tensor:
-        """(B, findings, d, h, w) logits to the finding tokens (B, findings, out_dim)."""
-        return self.tokens(logits.flatten(2).amax(-1))
+        """(B, findings, d, h, w) logits to the finding tokens (B, findings, out_dim), calibrated
+        where the readout is; with `asked`, one more: the "none" token, from a logit of 0."""
+        whole = logits.flatten(2).amax(-1)
+        if self.calibration is not None:
+            whole = self.calibration(whole)
+        if self.asked:
+            whole = torch.cat((whole, whole.new_zeros(whole.shape[0], 1)), dim=1)
+        return self.tokens(whole)
+
+
+def select_asked(features: torch.Tensor, asked: Sequence[int | None], n_findings: int) -> torch.Tensor:
+    """(B or 1, grid + findings + 1, H) image features of an asked-finding readout to the (len(asked),
+    grid + 1, H) a prompt takes: each row's grid tokens and the token of the finding its question
+    names (readout index), or the last ("none") where it names none."""
+    grid = features.shape[1] - n_findings - 1
+    if grid < 1 or any(k is not None and not 0 <= k < n_findings for k in asked):
+        raise ValueError(f"asked findings {list(asked)} do not fit {tuple(features.shape)} features of "
+                         f"{n_findings} findings")
+    if features.shape[0] == 1 and len(asked) > 1:
+        features = features.expand(len(asked), -1, -1)
+    elif features.shape[0] != len(asked):
+        raise ValueError(f"{features.shape[0]} image feature sets for {len(asked)} asked findings")
+    slots = torch.tensor([grid + (n_findings if k is None else k) for k in asked], device=features.device)
+    chosen = features[torch.arange(len(asked), device=features.device), slots]
+    return torch.cat((features[:, :grid], chosen[:, None]), dim=1)
 
 
 class FindingBoxes(nn.Module):

@@ -9,6 +9,7 @@ embeddings at positions 1..N. It happens only on a step that starts from an empt
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -24,7 +25,7 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from model.nets.encoders import FAMILIES, vision_encoder_from_config
-from model.nets.findings import FindingTokens
+from model.nets.findings import FindingTokens, select_asked
 from model.nets.omnict.encoder import DEFAULT_ORGANS, SliceViT, omnict_token_counts
 from model.nets.omnict.organs import OrganAggregation
 from model.nets.vision import ViT3D, num_image_tokens
@@ -61,6 +62,7 @@ class LamedConfig(PreTrainedConfig):
     vision_box_context: int = 0  # 1: the box head's first layer reads each cell's 3x3x3 neighbourhood
     vision_finding_tokens: bool = False  # one image token per readout finding after the grid's (nets.findings)
     vision_finding_calibrated: bool = False  # readout logits through a per-finding scale and shift (nets.findings)
+    vision_finding_asked: bool = False  # one image token after the grid's: the asked finding's (nets.findings)
     token_unshuffle: int = 2
     position_dims: list[int] | tuple[int, ...] = (32, 32, 32)
     organ_names: list[str] | tuple[str, ...] = DEFAULT_ORGANS
@@ -92,6 +94,8 @@ class LamedConfig(PreTrainedConfig):
             raise ValueError("vision_finding_tokens needs vision_finding_names (one token per finding)")
         if self.vision_finding_calibrated and not self.vision_finding_names:
             raise ValueError("vision_finding_calibrated needs vision_finding_names (the findings it calibrates)")
+        if self.vision_finding_asked and (not self.vision_finding_names or self.vision_finding_tokens):
+            raise ValueError("vision_finding_asked needs vision_finding_names and excludes vision_finding_tokens")
         if self.vision_family not in FAMILIES:
             raise ValueError(f"vision_family must be one of {FAMILIES}, got {self.vision_family!r}")
         if self.image_channel != 1:
@@ -117,7 +121,7 @@ class LamedConfig(PreTrainedConfig):
         tokens plus, for OmniCT, the organ tokens)."""
         if self.vision_family == "omnict":
             return self._omnict_counts()[0]
-        extra = len(self.vision_finding_names) if self.vision_finding_tokens else 0
+        extra = len(self.vision_finding_names) if self.vision_finding_tokens else int(self.vision_finding_asked)
         return num_image_tokens(self.image_size, self.patch_size, self.proj_pooling_size) + extra
 
     @property
@@ -205,6 +209,15 @@ class LamedForCausalLM(PreTrainedModel, GenerationMixin):
         names = list(self.config.vision_finding_names)
         return features.to(self.get_input_embeddings().weight.dtype), {names[k]: box for k, box in located.items()}
 
+    def select_asked(self, features: torch.Tensor, findings: Sequence[str | None]) -> torch.Tensor:
+        """`encode_images` output to what a prompt takes, per row the token of the finding its
+        question names (`model.evaluation.findings.finding_asked`; None or a finding the readout
+        does not read: the "none" token). Unchanged without an asked-finding readout."""
+        if not self.config.vision_finding_asked:
+            return features
+        names = list(self.config.vision_finding_names)
+        return select_asked(features, [names.index(f) if f in names else None for f in findings], len(names))
+
     def splice_image_features(self, inputs_embeds: torch.Tensor, image_features: torch.Tensor) -> torch.Tensor:
         """Replace the embeddings at positions 1..N with the image features (position 0 stays BOS)."""
         n = image_features.shape[1]
@@ -234,9 +247,11 @@ class LamedForCausalLM(PreTrainedModel, GenerationMixin):
         position_ids: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        asked_findings: Sequence[str | None] | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
-        """`images` (B,1,D,H,W) or pre-encoded `image_features` (B,N,H) are spliced on a fresh-cache step only."""
+        """`images` (B,1,D,H,W) or pre-encoded `image_features` (B,N,H) are spliced on a fresh-cache
+        step only; `asked_findings`, the finding each row's question names (`select_asked`)."""
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("pass input_ids or inputs_embeds")
@@ -245,6 +260,10 @@ class LamedForCausalLM(PreTrainedModel, GenerationMixin):
             if fresh and (images is not None or image_features is not None):
                 if image_features is None:
                     image_features = self.encode_images(images, organ_masks)
+                if self.config.vision_finding_asked and image_features.shape[1] != self.num_image_tokens:
+                    # the encoder's every finding token: keep the one each row's question names
+                    # (`asked_findings`; not given: "none")
+                    image_features = self.select_asked(image_features, asked_findings or [None] * len(image_features))
                 inputs_embeds = self.splice_image_features(inputs_embeds, image_features)
         return self.language_model(
             inputs_embeds=inputs_embeds,

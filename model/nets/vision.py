@@ -263,6 +263,7 @@ class VisionEncoder(nn.Module):
         box_context: int = 0,
         finding_tokens: bool = False,
         finding_calibration: bool = False,
+        finding_asked: bool = False,
     ) -> None:
         super().__init__()
         self.vision_tower = ViT3D(image_size, patch_size, hidden_size, num_layers, num_heads, mlp_dim,
@@ -279,9 +280,9 @@ class VisionEncoder(nn.Module):
             self.findings = FindingReadout(
                 stem.feature_channels, n_findings, [int(i) // s for i, s in zip(image_size, stem.shrink)],
                 [g // int(pooling_size) for g in grid_shape(image_size, patch_size)], out_dim, finding_tokens,
-                finding_calibration)
-            self.num_tokens += n_findings if finding_tokens else 0
-        elif finding_tokens or finding_calibration:
+                finding_calibration, finding_asked)
+            self.num_tokens += n_findings if finding_tokens else int(finding_asked)  # placeholders in a prompt
+        elif finding_tokens or finding_calibration or finding_asked:
             raise ValueError("finding tokens and calibration need a finding readout: give the readout's findings")
         self.box_findings: tuple[int, ...] = ()  # readout findings the box head locates
         self.boxes: FindingBoxes | None = None

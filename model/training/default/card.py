@@ -157,6 +157,10 @@ def model_card(recipe: Recipe, record: dict[str, Any], report: dict[str, Any] | 
         + ("; every readout logit first goes through its finding's scale and shift, fitted at stage 2's start "
            "as a logistic regression of the validation scans' labels on their maximum "
            "(`vision_finding_calibrated` in config.json)" if recipe.finding_readout and recipe.calibrated_readout else "")
+        + ("; then one more token, that of the finding the question names (read from its words as the "
+           "evaluation reads them; a question naming none gets a \"none\" token): that finding's identity plus "
+           "its readout maximum's logit (`vision_finding_asked` in config.json)"
+           if recipe.finding_readout and recipe.asked_readout else "")
         + ") + "
         f"a Llama-style LM (hidden {recipe.lm_hidden}, {recipe.lm_layers} layers, {recipe.lm_heads} heads); "
         f"{n_params / 1e6:.2f} M parameters, float32 safetensors.",

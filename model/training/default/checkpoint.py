@@ -18,7 +18,7 @@ from model.training.default.recipe import Recipe, recipe_from_record
 # Recipe fields stages 0 and 1 do not read: a finished stage 1 serves every recipe that differs only in
 # these (a held-out-finding variant reuses the default model's vision tower instead of retraining it).
 STAGE2_FIELDS = ("stage2_steps", "stage2_images", "focus_steps", "seen_questions", "seen_auc",
-                 "seen_readout", "finding_tokens", "calibrated_readout", "stage2_fresh", "own_frequency_tasks", "balance_presence",
+                 "seen_readout", "finding_tokens", "calibrated_readout", "asked_readout", "stage2_fresh", "own_frequency_tasks", "balance_presence",
                  "questions_per_image", "validate_every", "validation_questions", "eval_limit", "stage2_minutes",
                  "held_out_finding", "aux_weight", "heldout", "checkpoint_every")
 # Fields only stage 3 (the box head, trained last on the frozen stem) reads: changing them retrains it alone.

@@ -70,6 +70,7 @@ class Recipe:
     finding_readout: bool = True  # the stem's per-finding map added to the LM's image tokens (nets.findings)
     finding_tokens: bool = False  # ... and one more image token per finding, its calibrated logit (nets.findings): tried
     calibrated_readout: bool = False  # ... its logits through per-finding scales fitted at stage 2's start (nets.findings): tried
+    asked_readout: bool = False  # ... and one more image token: the asked finding's (nets.findings)
     stem_steps: int = 12000  # stage 0: the stem's detectors on lesion-centred crops (stage0.py); 0 = none
     stem_crop: tuple[int, int, int] = (16, 64, 64)  # crop of the model input (voxels)
     stem_images: int = 16  # crops per step
@@ -149,7 +150,7 @@ def recipe_from_record(stored: dict[str, Any]) -> Recipe:
     fixed.update({k: stored.get(k, v) for k, v in (("finding_readout", False), ("seen_readout", False),
                                                          ("balance_presence", False), ("dense_parts", False),
                                                          ("finding_tokens", False), ("stage2_fresh", False),
-                                                         ("calibrated_readout", False),
+                                                         ("calibrated_readout", False), ("asked_readout", False),
                                                          ("box_steps", 0), ("box_context", 0))})
     fixed.setdefault("own_frequency_tasks", ())
     fixed.update(cohorts=cohorts(stored["cohorts"]), heldout=cohorts(stored["heldout"]))

@@ -164,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="one more image token per finding, its calibrated readout logit (tried: see the card)")
     parser.add_argument("--calibrated-readout", action="store_true", default=defaults.calibrated_readout,
                         help="the readout's logits through per-finding scales fitted at stage 2's start (see the card)")
+    parser.add_argument("--asked-readout", action="store_true", default=defaults.asked_readout,
+                        help="one more image token: the readout logit of the finding the question names (see the card)")
     parser.add_argument("--seen-readout", action="store_true", default=defaults.seen_readout,
                         help="balanced existence questions also about what the readout's maximum sees (see the card)")
     parser.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
@@ -180,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      stage1_minutes=args.stage1_minutes, stage2_minutes=args.stage2_minutes,
                      eval_limit=args.eval_limit, held_out_finding=args.held_out_finding,
                      finding_tokens=args.finding_tokens, seen_readout=args.seen_readout,
-                     calibrated_readout=args.calibrated_readout,
+                     calibrated_readout=args.calibrated_readout, asked_readout=args.asked_readout,
                      stage2_fresh=args.stage2_fresh or args.tower_from is not None)
     if args.print_cohorts:
         for cohort in recipe.cohorts:

@@ -32,6 +32,7 @@ def build_model(recipe: Recipe, tokenizer: Any, finding_names: Sequence[str] = (
         vision_finding_names=list(finding_names) if recipe.finding_readout else [],
         vision_finding_tokens=recipe.finding_readout and recipe.finding_tokens,
         vision_finding_calibrated=recipe.finding_readout and recipe.calibrated_readout,
+        vision_finding_asked=recipe.finding_readout and recipe.asked_readout,
     )
     torch.manual_seed(recipe.seed)
     model = LamedForCausalLM(config)
@@ -67,16 +68,27 @@ def answer_logits(model: Any, tokenizer: Any, features: torch.Tensor, examples: 
 
     BOS + image features run once per image and their KV cache is shared by all of that image's
     questions (the M3D prompt puts the image first), which halves the language model's work; the
-    output layer runs on the answer positions alone."""
+    output layer runs on the answer positions alone. With an asked-finding readout the image's last
+    token is the example's own (nets.findings.select_asked): it opens the example's part."""
     lm = model.language_model
     embed = model.get_input_embeddings()
+    shared = features
+    if getattr(model.config, "vision_finding_asked", False):
+        shared = features[:, : model.num_image_tokens - 1]
     bos = embed(torch.full((features.shape[0], 1), tokenizer.bos_token_id, dtype=torch.long))
-    prefix = torch.cat((bos, features.to(bos.dtype)), dim=1)
+    prefix = torch.cat((bos, shared.to(bos.dtype)), dim=1)
     cache = lm.model(inputs_embeds=prefix, use_cache=True).past_key_values
-    cache.batch_select_indices(torch.tensor(list(owners), dtype=torch.long))
+    owned = torch.tensor(list(owners), dtype=torch.long)
+    cache.batch_select_indices(owned)
     ids, mask, next_ids = _text_batch(tokenizer, examples, targets)
+    text = embed(ids)
+    if shared is not features:
+        own = model.select_asked(features[owned], [e.finding for e in examples])[:, -1:]
+        text = torch.cat((own.to(text.dtype), text), dim=1)
+        mask = torch.cat((torch.ones((len(examples), 1), dtype=torch.long), mask), dim=1)
+        next_ids = torch.cat((torch.full((len(examples), 1), -100, dtype=torch.long), next_ids), dim=1)
     full_mask = torch.cat((torch.ones((len(examples), prefix.shape[1]), dtype=torch.long), mask), dim=1)
-    hidden = lm.model(inputs_embeds=embed(ids), attention_mask=full_mask, past_key_values=cache,
+    hidden = lm.model(inputs_embeds=text, attention_mask=full_mask, past_key_values=cache,
                       use_cache=True).last_hidden_state
     scored = next_ids != -100
     rows = torch.arange(len(examples))[:, None].expand_as(next_ids)[scored]

@@ -18,6 +18,7 @@ import torch
 
 from model.ct.metadata import table_beside
 from model.data.json_files import read_json_file
+from model.inference.asked import asks_about
 from model.inference.devices import Runtime
 from model.inference.loading import PROVENANCE_FILE, load_vlm, write_settings
 from model.training.finetune.adapters import add_lora, load_checkpoint, save_checkpoint
@@ -146,6 +147,8 @@ def train(base: str | Path | None, data_dir: str | Path, out_dir: str | Path,
                                 "organ_masks": None if masks[0] is None else torch.cat(masks).to(accelerator.device)}
             else:
                 image_inputs = {"image_features": images}
+            if getattr(vlm.model.config, "vision_finding_asked", False):  # the token each question names
+                image_inputs["asked_findings"] = [asks_about(vlm.model, samples[i].question) for i in idx]
             out = model(input_ids=ids.to(accelerator.device), attention_mask=mask.to(accelerator.device),
                         labels=labels.to(accelerator.device), **image_inputs)
             accelerator.backward(out.loss)
