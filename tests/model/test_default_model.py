@@ -234,7 +234,7 @@ def test_heldout_readout_auc_reads_each_scans_findings(default_vlm, tmp_path: Pa
     assert all(auc[k] >= 0.9 for k in mixed), auc
     with (tmp_path / "labels.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    finding = sorted(mixed)[0]
+    finding = min(mixed)
     for row in rows:
         row[finding] = str(1 - int(row[finding]))
     with (tmp_path / "labels.csv").open("w", newline="") as handle:

@@ -113,9 +113,9 @@ def size_lines(size: str, report: dict[str, Any]) -> list[str]:
                   + (f" {format(readout[k], '.2f') if k in readout else '-'} |" if readout else "")
                   for k, v in ranked]
         if readout:
-            lines += ["", "Readout AUC: ROC AUC of the finding readout's maximum over the same scans, what the "
-                      "image reading allows at this size. An answer well below it is the language model not "
-                      "reading the readout; an AUC near 0.5 is the vision not seeing the finding."]
+            lines += ["", ("Readout AUC: ROC AUC of the finding readout's maximum over the same scans, what the "
+                           "image reading allows at this size. An answer well below it is the language model not "
+                           "reading the readout; an AUC near 0.5 is the vision not seeing the finding.")]
     return lines + [""]
 
 
