@@ -89,7 +89,12 @@ def test_training_scores_the_answer_as_inference_does(asked_vlm) -> None:
 
     image = torch.rand((1, 1, 16, 64, 64))
     example = encode_example(asked_vlm.tokenizer, 0, "existence_detection", NODULE_Q, "Yes", "A", ["Yes", "No"],
-                             "Lung nodule")
+                             "Lung nodule", FINDINGS)
+    assert example.asked == "Lung nodule"
+    # a box question trains on the token its words name, as inference reads it, not on its box's label
+    heart = encode_example(asked_vlm.tokenizer, 0, "box", "Where is the enlarged heart? Give the box.", "[0.1]",
+                           None, None, "Cardiomegaly", FINDINGS + ["Cardiomegaly"])
+    assert heart.finding == "Cardiomegaly" and heart.asked is None
     with torch.no_grad():
         features = asked_vlm.model.encode_images(image)
         logits, wanted, _ = answer_logits(asked_vlm.model, asked_vlm.tokenizer, features, [example], [0])

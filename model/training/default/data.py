@@ -45,7 +45,8 @@ class Example:
     prompt_ids: list[int]  # the ids after BOS + image tokens (" " + prompt)
     target_ids: list[int]  # answer ids + EOS
     choices: tuple[str, ...] = ()  # closed questions: the offered choice texts, A first
-    finding: str | None = None  # the CT-RATE label a closed question asks about
+    finding: str | None = None  # the CT-RATE label a closed question asks about (a box question: its box's)
+    asked: str | None = None  # the label the question's words name (finding_asked): what inference reads
 
 
 
@@ -164,14 +165,18 @@ def cohort_label_names(labels_rows: dict[str, dict[str, str]]) -> list[str]:
 
 
 def encode_example(tokenizer: Any, volume: int, task: str, question: str, answer: str,
-                   letter: str | None, choices: Sequence[str] | None, finding: str | None = None) -> Example:
-    """Token ids exactly as `VLM.prompt_ids` and `VLM.score_choices` build them at inference."""
+                   letter: str | None, choices: Sequence[str] | None, finding: str | None = None,
+                   label_names: Sequence[str] = ()) -> Example:
+    """Token ids exactly as `VLM.prompt_ids` and `VLM.score_choices` build them at inference, and
+    the finding the question's words name among `label_names`, as inference reads it (the asked
+    finding's token, nets.findings): "the enlarged heart" names none, whatever box it asks for."""
     prompt = prompts.format_prompt(question, choices if letter else None)
     prompt_ids = tokenizer(" " + prompt, add_special_tokens=False)["input_ids"]
     target = prompts.format_target(answer, letter)
     target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     offered = tuple(text for _, text in prompts.listed_choices(choices)) if letter else ()
-    return Example(volume, task, letter or "open", prompt_ids, target_ids, offered, finding)
+    return Example(volume, task, letter or "open", prompt_ids, target_ids, offered, finding,
+                   finding_asked(question, label_names))
 
 
 
@@ -223,7 +228,8 @@ def build_dataset(cohort_dir: Path, split: str, tokenizer: Any, recipe: Recipe) 
     for task, items in questions.items():
         for item in items:
             example = encode_example(tokenizer, index[item.volume_name], task, item.question, item.answer,
-                                     item.answer_choice, item.choices, finding_asked(item.question, label_names))
+                                     item.answer_choice, item.choices, finding_asked(item.question, label_names),
+                                     label_names)
             data.by_volume[example.volume].setdefault(task, []).append(example)
     box_file = cohort_dir / "qa" / split / BOX_FILE
     for item in read_box_questions(box_file) if box_file.is_file() else []:
@@ -231,7 +237,7 @@ def build_dataset(cohort_dir: Path, split: str, tokenizer: Any, recipe: Recipe) 
         if k is not None:
             answer = format_box(to_normalized(item.box, geometries[k]), BOX_DIGITS)
             data.by_volume[k].setdefault("box", []).append(
-                encode_example(tokenizer, k, "box", item.question, answer, None, None, item.finding))
+                encode_example(tokenizer, k, "box", item.question, answer, None, None, item.finding, label_names))
     return data
 
 

@@ -83,7 +83,7 @@ def answer_logits(model: Any, tokenizer: Any, features: torch.Tensor, examples: 
     ids, mask, next_ids = _text_batch(tokenizer, examples, targets)
     text = embed(ids)
     if shared is not features:
-        own = model.select_asked(features[owned], [e.finding for e in examples])[:, -1:]
+        own = model.select_asked(features[owned], [e.asked for e in examples])[:, -1:]
         text = torch.cat((own.to(text.dtype), text), dim=1)
         mask = torch.cat((torch.ones((len(examples), 1), dtype=torch.long), mask), dim=1)
         next_ids = torch.cat((torch.full((len(examples), 1), -100, dtype=torch.long), next_ids), dim=1)
