@@ -130,12 +130,16 @@ class FindingReadout(nn.Module):
         whole = logits.flatten(2).amax(-1)
         return self.local(torch.sigmoid(local)) + self.whole(torch.sigmoid(whole))[:, None]
 
-    def embed_tokens(self, logits: torch.Tensor) -> torch.Tensor:
-        """(B, findings, d, h, w) logits to the finding tokens (B, findings, out_dim), calibrated
-        where the readout is; with `asked`, one more: the "none" token, from a logit of 0."""
+    def maximum(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, findings, d, h, w) logits to each finding's maximum over the volume (B, findings),
+        calibrated where the readout is: the quantity the calibration was fitted on."""
         whole = logits.flatten(2).amax(-1)
-        if self.calibration is not None:
-            whole = self.calibration(whole)
+        return whole if self.calibration is None else self.calibration(whole)
+
+    def embed_tokens(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, findings, d, h, w) logits to the finding tokens (B, findings, out_dim), from their
+        `maximum`; with `asked`, one more: the "none" token, from a logit of 0."""
+        whole = self.maximum(logits)
         if self.asked:
             whole = torch.cat((whole, whole.new_zeros(whole.shape[0], 1)), dim=1)
         return self.tokens(whole)

@@ -169,14 +169,16 @@ def encode_example(tokenizer: Any, volume: int, task: str, question: str, answer
                    label_names: Sequence[str] = ()) -> Example:
     """Token ids exactly as `VLM.prompt_ids` and `VLM.score_choices` build them at inference, and
     the finding the question's words name among `label_names`, as inference reads it (the asked
-    finding's token, nets.findings): "the enlarged heart" names none, whatever box it asks for."""
+    finding's token, nets.findings): "the enlarged heart" names none, whatever box it asks for.
+    `finding` None: the named one (a closed question's); a box question gives its box's."""
     prompt = prompts.format_prompt(question, choices if letter else None)
     prompt_ids = tokenizer(" " + prompt, add_special_tokens=False)["input_ids"]
     target = prompts.format_target(answer, letter)
     target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     offered = tuple(text for _, text in prompts.listed_choices(choices)) if letter else ()
-    return Example(volume, task, letter or "open", prompt_ids, target_ids, offered, finding,
-                   finding_asked(question, label_names))
+    asked = finding_asked(question, label_names)
+    return Example(volume, task, letter or "open", prompt_ids, target_ids, offered,
+                   asked if finding is None else finding, asked)
 
 
 
@@ -228,8 +230,7 @@ def build_dataset(cohort_dir: Path, split: str, tokenizer: Any, recipe: Recipe) 
     for task, items in questions.items():
         for item in items:
             example = encode_example(tokenizer, index[item.volume_name], task, item.question, item.answer,
-                                     item.answer_choice, item.choices, finding_asked(item.question, label_names),
-                                     label_names)
+                                     item.answer_choice, item.choices, label_names=label_names)
             data.by_volume[example.volume].setdefault(task, []).append(example)
     box_file = cohort_dir / "qa" / split / BOX_FILE
     for item in read_box_questions(box_file) if box_file.is_file() else []:

@@ -68,9 +68,7 @@ def heldout_readout_auc(vlm: Any, cohort_dir: Path) -> dict[str, float]:
     maxima = []
     for k in range(0, len(names), 8):
         logits = vision.tower(pixels[k : k + 8].to(device=vlm.device, dtype=vlm.dtype))[1]
-        if readout.calibration is not None:
-            logits = readout.calibration(logits)
-        maxima.append(logits.flatten(2).amax(-1).float().cpu())
+        maxima.append(readout.maximum(logits).float().cpu())
     scores = torch.cat(maxima)
     figures = {}
     for i, finding in enumerate(vlm.model.config.vision_finding_names):
