@@ -66,6 +66,8 @@ def vision_encoder_from_config(config: Any) -> nn.Module:
                              box_findings=[list(config.vision_finding_names).index(n)
                                            for n in config.vision_box_findings],
                              box_context=config.vision_box_context,
+                             box_refined=[list(config.vision_finding_names).index(n)
+                                          for n in config.vision_box_refined],
                              finding_tokens=config.vision_finding_tokens,
                              finding_calibration=config.vision_finding_calibrated,
                              finding_asked=config.vision_finding_asked)

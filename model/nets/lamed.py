@@ -60,6 +60,7 @@ class LamedConfig(PreTrainedConfig):
     vision_finding_names: list[str] | tuple[str, ...] = ()  # findings the stem's map is read out for (nets.findings)
     vision_box_findings: list[str] | tuple[str, ...] = ()  # of those, the ones a box head locates (FindingBoxes)
     vision_box_context: int = 0  # 1: the box head's first layer reads each cell's 3x3x3 neighbourhood
+    vision_box_refined: list[str] | tuple[str, ...] = ()  # of those, the ones a second look redraws (nets.refine)
     vision_finding_tokens: bool = False  # one image token per readout finding after the grid's (nets.findings)
     vision_finding_calibrated: bool = False  # readout logits through a per-finding scale and shift (nets.findings)
     vision_finding_asked: bool = False  # one image token after the grid's: the asked finding's (nets.findings)
@@ -76,17 +77,17 @@ class LamedConfig(PreTrainedConfig):
         self.patch_size = [int(v) for v in self.patch_size]
         self.position_dims = [int(v) for v in self.position_dims]
         self.organ_names = [str(v) for v in self.organ_names]
-        if isinstance(self.vision_finding_names, str):  # a lone name would be read as its letters
-            raise ValueError(f"vision_finding_names must be a list of finding names, got the string "
-                             f"{self.vision_finding_names!r}")
-        self.vision_finding_names = [str(v) for v in self.vision_finding_names]
-        if isinstance(self.vision_box_findings, str):
-            raise ValueError(f"vision_box_findings must be a list of finding names, got the string "
-                             f"{self.vision_box_findings!r}")
-        self.vision_box_findings = [str(v) for v in self.vision_box_findings]
-        unknown = [n for n in self.vision_box_findings if n not in self.vision_finding_names]
-        if unknown:
-            raise ValueError(f"vision_box_findings {unknown} are not in vision_finding_names")
+        # finding lists, each a subset of the one before it (a lone name would be read as its letters)
+        within = None
+        for field in ("vision_finding_names", "vision_box_findings", "vision_box_refined"):
+            value = getattr(self, field)
+            if isinstance(value, str):
+                raise ValueError(f"{field} must be a list of finding names, got the string {value!r}")
+            setattr(self, field, [str(v) for v in value])
+            unknown = [n for n in getattr(self, field) if within is not None and n not in getattr(self, within)]
+            if unknown:
+                raise ValueError(f"{field} {unknown} are not in {within}")
+            within = field
         if self.vision_finding_names and (self.vision_family != "m3d" or not self.vision_stem_channels):
             raise ValueError("vision_finding_names needs the M3D family with a convolutional stem "
                              f"(vision_stem_channels > 0), got {self.vision_family!r} with {self.vision_stem_channels}")

@@ -16,6 +16,7 @@ from torch import nn
 
 from model.nets.conv import Conv3d
 from model.nets.findings import FindingBoxes, FindingReadout, box_from_map
+from model.nets.refine import BoxRefiner
 
 
 def grid_shape(image_size: Sequence[int], patch_size: Sequence[int]) -> tuple[int, int, int]:
@@ -261,6 +262,7 @@ class VisionEncoder(nn.Module):
         n_findings: int = 0,
         box_findings: Sequence[int] = (),
         box_context: int = 0,
+        box_refined: Sequence[int] = (),
         finding_tokens: bool = False,
         finding_calibration: bool = False,
         finding_asked: bool = False,
@@ -288,6 +290,10 @@ class VisionEncoder(nn.Module):
         self.boxes: FindingBoxes | None = None
         if box_findings:
             self.add_boxes(box_findings, box_context)
+        self.refined: tuple[int, ...] = ()  # located findings whose box a second look at the input redraws
+        self.refiner: BoxRefiner | None = None
+        if box_refined:
+            self.add_refiner(box_refined)
 
     def add_boxes(self, findings: Sequence[int], context: int = 0) -> FindingBoxes:
         """A new box head for these readout findings (training adds it once the stem is final)."""
@@ -298,6 +304,14 @@ class VisionEncoder(nn.Module):
         self.boxes = FindingBoxes(self.findings.head.in_channels, len(self.box_findings),  # type: ignore[union-attr]
                                   context=context)
         return self.boxes
+
+    def add_refiner(self, findings: Sequence[int]) -> BoxRefiner:
+        """A new box refiner for these located findings (training adds it after the box head)."""
+        if not findings or not {int(k) for k in findings} <= set(self.box_findings):
+            raise ValueError(f"refined findings {tuple(findings)} must be located by the box head {self.box_findings}")
+        self.refined = tuple(int(k) for k in findings)
+        self.refiner = BoxRefiner(self.vision_tower.image_size, len(self.refined))
+        return self.refiner
 
     def tower(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """What the projector reads: the tower's tokens and the finding logits (None without a readout)."""
@@ -338,4 +352,8 @@ class VisionEncoder(nn.Module):
         if self.boxes is not None and logits is not None:
             distances = self.boxes(features)[0]
             located = {k: box_from_map(logits[0][k], distances[j]) for j, k in enumerate(self.box_findings)}
+            if self.refiner is not None:
+                coarse = torch.tensor([located[k] for k in self.refined])
+                redrawn = self.refiner.refine(images, coarse, torch.arange(len(self.refined)))
+                located.update({k: tuple(float(v) for v in box) for k, box in zip(self.refined, redrawn)})
         return self.project(tokens, logits), located

@@ -77,7 +77,7 @@ def test_stage3_teaches_the_head_where_a_finding_is_and_keeps_it_only_where_it_b
     model = LamedForCausalLM(readout_config(text_config=tiny_text_config(tokenizer))).eval()
     data = _dataset(tokenizer)
     assert box_findings(data) == ["Lung nodule"]
-    recipe = Recipe(box_steps=300, box_cells=16, warmup_steps=5, stem_lr=3e-3)
+    recipe = Recipe(box_steps=300, box_cells=16, box_refine_steps=0, warmup_steps=5, stem_lr=3e-3)
     vectors, slots, targets = cell_vectors(model, data, {0: 0}, random.Random(0), recipe.box_cells)
     assert len(vectors) == 12 * 16 and set(slots.tolist()) == {0}
     head = FindingBoxes(vectors.shape[1], 1)

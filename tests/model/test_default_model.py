@@ -171,7 +171,7 @@ def test_training_script_end_to_end_is_deterministic(tmp_path: Path) -> None:
     recipe = Recipe(cohorts=((0, (32, 48, 48), 2),), heldout=(), image_size=(16, 32, 32), patch_size=(4, 8, 8),
                     vision_hidden=32, vision_layers=1, vision_heads=1, vision_mlp=64, lm_hidden=32, lm_layers=1,
                     lm_heads=2, lm_intermediate=64, vocab_size=600, stem_steps=3, stem_images=2, stage1_steps=2, stage2_steps=3,
-                    finding_tokens=True, stage2_fresh=True,
+                    stage2_fresh=True, box_refine_steps=5, box_refine_crops=2,
                     stage1_images=2, stage2_images=2, questions_per_image=2, focus_steps=1, warmup_steps=1, validate_every=2,
                     validation_questions=4)
     from annotation.synth import write_cohort
@@ -189,7 +189,7 @@ def test_training_script_end_to_end_is_deterministic(tmp_path: Path) -> None:
     run(tmp_path / "c", tmp_path, recipe, evaluate=False, work=tmp_path / "work-c", tower_from=tmp_path / "a")
     third = load_file(tmp_path / "c" / "model.safetensors")
     assert third.keys() == first.keys() and all(bool((first[k] == third[k]).all()) for k in first)
-    assert any(k.startswith("vision.findings.tokens.identity") for k in first)  # this recipe's finding tokens
+    assert any(k.startswith("vision.findings.tokens.identity") for k in first)  # the asked finding's token
     vlm = load_vlm(tmp_path / "a")
     answer = vlm.answer(np.full((24, 40, 40), -1000.0, np.float32), "Is there a lung nodule in this image?",
                         choices=["Yes", "No", "-", "-"], max_new_tokens=4)

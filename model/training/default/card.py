@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from model.nets.refine import CROP
 from model.training.default.evaluation import acceptance
 from model.training.default.recipe import Recipe
 
@@ -230,7 +231,7 @@ def model_card(recipe: Recipe, record: dict[str, Any], report: dict[str, Any] | 
                                           for k, v in record['boxes']['valid_iou_at_50'].items())
            + ". Box questions about the findings the head locates better ("
            + (", ".join(record['boxes']['kept']) or "none") + ") are answered by it; the language model writes "
-           "the rest."] if record.get("boxes") else []),
+           "the rest." + _refiner_line(record['boxes'].get("refiner"))] if record.get("boxes") else []),
         f"- AdamW lr {recipe.lr}, warm-up {recipe.warmup_steps} steps, cosine to 10%. Steps run: "
         f"{stage1['steps_done']} + {stage2['steps_done']}; checkpoint kept: stage-2 step {stage2['best_step']} "
         f"(best closed validation accuracy {stage2['best_closed_accuracy']}% on class-balanced held-out questions).",
@@ -416,3 +417,15 @@ def model_card(recipe: Recipe, record: dict[str, Any], report: dict[str, Any] | 
         "- Task 5 (static temporal) cannot always be answered from one image: a present finding can be new or refractory.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _refiner_line(refiner: dict[str, Any] | None) -> str:
+    """The stage-3 sentence on the box refiner (nets.refine), empty for models made without one."""
+    if not refiner:
+        return ""
+    return (f" Then the box refiner: a crop of the input twice the head's box (at least {'x'.join(map(str, CROP))} "
+            f"voxels, read at the input's resolution) to the box again, {refiner['steps_done']} steps on "
+            f"{refiner['crops']} crops around the training lesions' boxes moved and resized as the head misses them. "
+            "Validation boxes with IoU >= 0.5 refined: " + ", ".join(f"{k} {v} %" for k, v in
+                                                                     refiner["valid_iou_at_50"].items())
+            + "; it redraws " + (", ".join(refiner["redrawn"]) or "none") + ".")

@@ -22,7 +22,7 @@ STAGE2_FIELDS = ("stage2_steps", "stage2_images", "focus_steps", "seen_questions
                  "questions_per_image", "validate_every", "validation_questions", "eval_limit", "stage2_minutes",
                  "held_out_finding", "aux_weight", "heldout", "checkpoint_every")
 # Fields only stage 3 (the box head, trained last on the frozen stem) reads: changing them retrains it alone.
-STAGE3_FIELDS = ("box_steps", "box_cells", "box_context")
+STAGE3_FIELDS = ("box_steps", "box_cells", "box_context", "box_refine_steps", "box_refine_crops")
 
 
 def _as_now(stored: dict[str, Any] | None) -> dict[str, Any]:

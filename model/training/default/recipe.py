@@ -69,8 +69,8 @@ class Recipe:
     vision_stem_depth: int = 1  # 1: six convolutions to a quarter of the token grid's stride (vision.ConvStem)
     finding_readout: bool = True  # the stem's per-finding map added to the LM's image tokens (nets.findings)
     finding_tokens: bool = False  # ... and one more image token per finding, its calibrated logit (nets.findings): tried
-    calibrated_readout: bool = False  # ... its logits through per-finding scales fitted at stage 2's start (nets.findings): tried
-    asked_readout: bool = False  # ... and one more image token: the asked finding's (nets.findings)
+    calibrated_readout: bool = True  # ... its logits through per-finding scales fitted at stage 2's start (nets.findings)
+    asked_readout: bool = True  # ... and one more image token: the asked finding's (nets.findings)
     stem_steps: int = 12000  # stage 0: the stem's detectors on lesion-centred crops (stage0.py); 0 = none
     stem_crop: tuple[int, int, int] = (16, 64, 64)  # crop of the model input (voxels)
     stem_images: int = 16  # crops per step
@@ -96,7 +96,7 @@ class Recipe:
     focus_steps: int = 400  # stage 2 starts on balanced existence questions so the LM must read the image
     seen_questions: int = 2  # afterwards, per image, so that reading is not unlearnt among the other tasks
     seen_auc: float = 0.7  # ... about the findings the stage-1 tower sees this well (held-out label AUC)
-    seen_readout: bool = False  # ... or at the finding readout's maximum (stage1.readout_auc): tried, see the card
+    seen_readout: bool = True  # ... or at the finding readout's maximum (stage1.readout_auc)
     own_frequency_tasks: tuple[str, ...] = ("static_temporal_diagnosis",)  # answers drawn at their own frequency
     balance_presence: bool = True  # ... but as often about a seen finding present now as absent (data.Sampler)
     questions_per_image: int = 3
@@ -120,8 +120,10 @@ class Recipe:
     box_steps: int = 3000  # stage 3: the box head on the final stem's features (stage3.py); 0 = the LM writes boxes
     box_cells: int = 48  # cells sampled per lesion for it
     box_context: int = 1  # 1: the head reads each cell's 3x3x3 neighbourhood of stem features (FindingBoxes)
+    box_refine_steps: int = 1500  # ... then a second look at the input around each box (refine.py); 0 = none
+    box_refine_crops: int = 8  # crops per training lesion for it, each around a differently missed box
     stage1_minutes: float = 45.0  # wall-clock caps: a slow machine stops early with the best so far
-    stage2_minutes: float = 35.0
+    stage2_minutes: float = 45.0  # the asked finding's token makes a step slower (one KV prefix per finding asked)
 
     def text_config(self, tokenizer: Any) -> dict[str, Any]:
         return dict(
@@ -151,7 +153,8 @@ def recipe_from_record(stored: dict[str, Any]) -> Recipe:
                                                          ("balance_presence", False), ("dense_parts", False),
                                                          ("finding_tokens", False), ("stage2_fresh", False),
                                                          ("calibrated_readout", False), ("asked_readout", False),
-                                                         ("box_steps", 0), ("box_context", 0))})
+                                                         ("box_steps", 0), ("box_context", 0),
+                                                         ("box_refine_steps", 0))})
     fixed.setdefault("own_frequency_tasks", ())
     fixed.update(cohorts=cohorts(stored["cohorts"]), heldout=cohorts(stored["heldout"]))
     return Recipe(**{**stored, **fixed})

@@ -160,13 +160,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stage2-fresh", action="store_true", default=defaults.stage2_fresh,
                         help="stage 2 starts the projector, readout embeddings and label head afresh from the seed: "
                              "the run --tower-from gives, in full")
-    parser.add_argument("--finding-tokens", action="store_true", default=defaults.finding_tokens,
+    parser.add_argument("--finding-tokens", action=argparse.BooleanOptionalAction, default=defaults.finding_tokens,
                         help="one more image token per finding, its calibrated readout logit (tried: see the card)")
-    parser.add_argument("--calibrated-readout", action="store_true", default=defaults.calibrated_readout,
+    parser.add_argument("--calibrated-readout", action=argparse.BooleanOptionalAction, default=defaults.calibrated_readout,
                         help="the readout's logits through per-finding scales fitted at stage 2's start (see the card)")
-    parser.add_argument("--asked-readout", action="store_true", default=defaults.asked_readout,
+    parser.add_argument("--asked-readout", action=argparse.BooleanOptionalAction, default=defaults.asked_readout,
                         help="one more image token: the readout logit of the finding the question names (see the card)")
-    parser.add_argument("--seen-readout", action="store_true", default=defaults.seen_readout,
+    parser.add_argument("--seen-readout", action=argparse.BooleanOptionalAction, default=defaults.seen_readout,
                         help="balanced existence questions also about what the readout's maximum sees (see the card)")
     parser.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
     parser.add_argument("--print-cohorts", action="store_true",

@@ -27,6 +27,7 @@ from model.inference.vlm import VLM
 from model.training.default.checkpoint import Checkpoints
 from model.training.default.data import Dataset, box_cells
 from model.training.default.recipe import Recipe
+from model.training.default.refine import train_refiner
 from model.training.default.steps import Clock, lr_factor, optimiser_step, set_lr
 
 
@@ -140,16 +141,35 @@ def fit_head(head: Any, vectors: torch.Tensor, slot_of: torch.Tensor, targets: t
     return log
 
 
-def _attach(model: Any, kept: Sequence[str], context: int, state: dict[str, Any]) -> None:
+def _attach(model: Any, kept: Sequence[str], context: int, state: dict[str, Any],
+            redrawn: Sequence[str] = (), refiner_state: dict[str, Any] | None = None) -> None:
     """The model's box head for the `kept` findings only, with their trained `state` (no head
-    when none is kept), and the config that rebuilds it at load."""
+    when none is kept), its refiner for the `redrawn` ones, and the config that rebuilds them at load."""
     readout = list(model.config.vision_finding_names)
     if kept:
         model.vision.add_boxes([readout.index(n) for n in kept], context).load_state_dict(state)
     else:
         model.vision.box_findings, model.vision.boxes = (), None
+    if redrawn:
+        model.vision.add_refiner([readout.index(n) for n in redrawn]).load_state_dict(refiner_state or {})
+    else:
+        model.vision.refined, model.vision.refiner = (), None
     model.config.vision_box_findings = list(kept)
     model.config.vision_box_context = context
+    model.config.vision_box_refined = list(redrawn)
+
+
+def _refine(model: Any, train_data: Dataset, valid_data: Dataset, kept: Sequence[str], located: dict[str, float],
+            recipe: Recipe) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
+    """The refiner trained for the `kept` findings, its validation boxes, the findings it
+    redraws better than the box head alone and its weights for those."""
+    result = train_refiner(model, train_data, kept, recipe)
+    refined = located_iou(model, valid_data, kept)
+    redrawn = [n for n in kept if refined.get(n, 0.0) > located.get(n, 0.0)]
+    state = model.vision.refiner.keep([kept.index(n) for n in redrawn]).state_dict() if redrawn else {}
+    print(f"[check] validation boxes with IoU >= 0.5 (%), refined {refined}: the refiner redraws "
+          f"{redrawn or 'none'}", flush=True)
+    return {**result, "valid_iou_at_50": refined, "redrawn": redrawn}, redrawn, state
 
 
 def train_boxes(model: Any, tokenizer: Any, train_data: Dataset, valid_data: Dataset, recipe: Recipe,
@@ -162,7 +182,8 @@ def train_boxes(model: Any, tokenizer: Any, train_data: Dataset, valid_data: Dat
     readout = list(model.config.vision_finding_names)
     saved = checkpoints.load("stage3")
     if saved is not None and saved.get("finished"):
-        _attach(model, saved["result"]["kept"], recipe.box_context, saved["head"])
+        redrawn = saved["result"].get("refiner", {}).get("redrawn", [])
+        _attach(model, saved["result"]["kept"], recipe.box_context, saved["head"], redrawn, saved.get("refiner"))
         return saved["result"]
     written = written_iou(model, tokenizer, valid_data, names)
     head = model.vision.add_boxes([readout.index(n) for n in names], recipe.box_context)
@@ -180,6 +201,11 @@ def train_boxes(model: Any, tokenizer: Any, train_data: Dataset, valid_data: Dat
               "valid_iou_at_50": located, "valid_written_iou_at_50": written, "seconds": round(clock.elapsed())}
     print(f"[check] validation boxes with IoU >= 0.5 (%), box head {located}, written by the language model "
           f"{written}: the head answers {kept or 'none'}", flush=True)
+    redrawn: list[str] = []
+    refiner_state: dict[str, Any] = {}
+    if kept and recipe.box_refine_steps:
+        result["refiner"], redrawn, refiner_state = _refine(model, train_data, valid_data, kept, located, recipe)
+        _attach(model, kept, recipe.box_context, model.vision.boxes.state_dict(), redrawn, refiner_state)
     checkpoints.save("stage3", {"step": recipe.box_steps, "finished": True, "result": result,
-                                "head": model.vision.boxes.state_dict() if kept else {}})
+                                "head": model.vision.boxes.state_dict() if kept else {}, "refiner": refiner_state})
     return result
