@@ -103,5 +103,7 @@ class BoxRefiner(nn.Module):
     def refine(self, images: torch.Tensor, boxes: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """One (1, 1, D, H, W) input (or one per box) and (N, 6) located boxes of the findings in
         `slots` to the refined boxes, 0-1 over the input."""
-        centre, extent = crop_windows(boxes, self.image_size)
-        return window_boxes(self(crop_volumes(images, centre, extent), slots), centre, extent)
+        weight = self.head[3].weight  # the model's device and dtype (bf16 on a GPU); boxes in float32
+        centre, extent = crop_windows(boxes.to(images.device), self.image_size)
+        crops = crop_volumes(images, centre, extent).to(weight.dtype)
+        return window_boxes(self(crops, slots.to(images.device)).float(), centre, extent)

@@ -353,7 +353,7 @@ class VisionEncoder(nn.Module):
             distances = self.boxes(features)[0]
             located = {k: box_from_map(logits[0][k], distances[j]) for j, k in enumerate(self.box_findings)}
             if self.refiner is not None:
-                coarse = torch.tensor([located[k] for k in self.refined])
+                coarse = torch.tensor([located[k] for k in self.refined], device=images.device)
                 redrawn = self.refiner.refine(images, coarse, torch.arange(len(self.refined)))
                 located.update({k: tuple(float(v) for v in box) for k, box in zip(self.refined, redrawn)})
         return self.project(tokens, logits), located

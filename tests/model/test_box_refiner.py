@@ -38,13 +38,17 @@ def test_a_small_box_is_cropped_at_the_inputs_resolution_and_a_large_one_at_twic
     torch.testing.assert_close(window_boxes(targets, *crop_windows(large, (32, 128, 128))), large)
 
 
-def test_a_refiner_keeps_the_trained_weights_of_the_findings_it_keeps() -> None:
+def test_a_refiner_keeps_the_trained_weights_of_the_findings_it_keeps_and_runs_in_bf16() -> None:
     torch.manual_seed(2)
     refiner = BoxRefiner((16, 64, 64), 3).eval()
     crops = torch.rand((2, 1, 16, 32, 32))
     kept = refiner.keep([2, 0])
     with torch.no_grad():
         torch.testing.assert_close(kept(crops, torch.tensor([0, 1])), refiner(crops, torch.tensor([2, 0])))
+    image, box = torch.rand((1, 1, 16, 64, 64)), torch.tensor([[0.2, 0.3, 0.3, 0.5, 0.5, 0.6]])
+    full = refiner.refine(image, box, torch.tensor([1]))
+    half = refiner.to(torch.bfloat16).refine(image.bfloat16(), box, torch.tensor([1]))  # a model loaded in bf16
+    assert half.dtype == torch.float32 and torch.allclose(half, full, atol=0.03)
 
 
 def test_the_refiner_learns_to_redraw_missed_boxes() -> None:
