@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from model.nets.refine import BoxRefiner, crop_volumes, crop_windows, window_targets
 from model.training.default.data import Dataset
 from model.training.default.recipe import Recipe
-from model.training.default.steps import Clock, lr_factor, optimiser_step, set_lr
+from model.training.default.steps import Clock, fit_on_samples
 
 MOVED = 0.25  # sd of the centre's move, in the box's sizes ...
 SHIFTED = 1.5  # ... plus this many input voxels
@@ -57,26 +57,14 @@ def fit_refiner(refiner: BoxRefiner, crops: torch.Tensor, slot_of: torch.Tensor,
                 recipe: Recipe, clock: Clock) -> list[dict[str, Any]]:
     """`recipe.box_refine_steps` steps of 64 crops, each flipped left-right half the time (the
     chest's two sides are alike; the x targets flip with it): smooth L1 on the window targets."""
-    optimiser = torch.optim.AdamW([{"params": list(refiner.parameters()), "base_lr": recipe.stem_lr}],
-                                  lr=recipe.stem_lr, weight_decay=1e-4)
-    generator = torch.Generator().manual_seed(recipe.seed + 4)
-    log = []
-    refiner.train()
-    for step in range(1, recipe.box_refine_steps + 1):
-        set_lr(optimiser, lr_factor(step - 1, recipe.box_refine_steps, recipe.warmup_steps))
-        pick = torch.randint(len(crops), (min(64, len(crops)),), generator=generator)
+    def loss_of(pick: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         batch, target = crops[pick].float(), targets[pick].clone()
         flip = torch.rand(len(pick), generator=generator) < 0.5
         batch[flip] = batch[flip].flip(-1)
         target[flip, 2] = -target[flip, 2]
-        loss = F.smooth_l1_loss(refiner(batch, slot_of[pick]), target, beta=0.1)
-        optimiser_step(optimiser, loss, list(refiner.parameters()))
-        if step == 1 or step % 100 == 0 or step == recipe.box_refine_steps:
-            log.append({"step": step, "refine": round(loss.item(), 4)})
-        if step % 500 == 0 or step == recipe.box_refine_steps:
-            clock.show(step, refine=loss.item())
-    refiner.eval()
-    return log
+        return F.smooth_l1_loss(refiner(batch, slot_of[pick]), target, beta=0.1)
+    return fit_on_samples(refiner, len(crops), 64, recipe.box_refine_steps, recipe.seed + 4, "refine", recipe, clock,
+                          loss_of)
 
 
 def train_refiner(model: Any, data: Dataset, names: Sequence[str], recipe: Recipe) -> dict[str, Any]:

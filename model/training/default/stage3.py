@@ -28,7 +28,7 @@ from model.training.default.checkpoint import Checkpoints
 from model.training.default.data import Dataset, box_cells
 from model.training.default.recipe import Recipe
 from model.training.default.refine import train_refiner
-from model.training.default.steps import Clock, lr_factor, optimiser_step, set_lr
+from model.training.default.steps import Clock, fit_on_samples
 
 
 def box_findings(data: Dataset) -> list[str]:
@@ -119,26 +119,12 @@ def written_iou(model: Any, tokenizer: Any, data: Dataset, names: Sequence[str])
 def fit_head(head: Any, vectors: torch.Tensor, slot_of: torch.Tensor, targets: torch.Tensor, recipe: Recipe,
              clock: Clock) -> list[dict[str, Any]]:
     """`recipe.box_steps` steps of 1024 sampled cells: smooth L1 on the centre offset, L1 on the log size."""
-    optimiser = torch.optim.AdamW([{"params": list(head.parameters()), "base_lr": recipe.stem_lr}],
-                                  lr=recipe.stem_lr, weight_decay=1e-4)
-    generator = torch.Generator().manual_seed(recipe.seed + 3)
-    log = []
-    head.train()
-    for step in range(1, recipe.box_steps + 1):
-        set_lr(optimiser, lr_factor(step - 1, recipe.box_steps, recipe.warmup_steps))
-        pick = torch.randint(len(vectors), (min(1024, len(vectors)),), generator=generator)
+    def loss_of(pick: torch.Tensor, _: torch.Generator) -> torch.Tensor:
         out = head(vectors[pick])  # (N, findings, 6, k, k, k): the middle cell is the sampled one
         middle = out.shape[-1] // 2
-        out = out[..., middle, middle, middle]
-        predicted = out[torch.arange(len(pick)), slot_of[pick]]
-        loss = F.smooth_l1_loss(predicted[:, :3], targets[pick, :3]) + F.l1_loss(predicted[:, 3:], targets[pick, 3:])
-        optimiser_step(optimiser, loss, list(head.parameters()))
-        if step == 1 or step % 100 == 0 or step == recipe.box_steps:
-            log.append({"step": step, "box": round(loss.item(), 4)})
-        if step % 500 == 0 or step == recipe.box_steps:
-            clock.show(step, box=loss.item())
-    head.eval()
-    return log
+        predicted = out[..., middle, middle, middle][torch.arange(len(pick)), slot_of[pick]]
+        return F.smooth_l1_loss(predicted[:, :3], targets[pick, :3]) + F.l1_loss(predicted[:, 3:], targets[pick, 3:])
+    return fit_on_samples(head, len(vectors), 1024, recipe.box_steps, recipe.seed + 3, "box", recipe, clock, loss_of)
 
 
 def _attach(model: Any, kept: Sequence[str], context: int, state: dict[str, Any],

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -237,3 +237,27 @@ def optimiser_step(optimiser: torch.optim.Optimizer, loss: torch.Tensor, paramet
     loss.backward()
     torch.nn.utils.clip_grad_norm_(parameters, 1.0)
     optimiser.step()
+
+
+def fit_on_samples(module: nn.Module, count: int, batch: int, steps: int, seed: int, name: str, recipe: Recipe,
+                   clock: Clock, loss_of: Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+                   ) -> list[dict[str, Any]]:
+    """Stage 3's small heads on cached samples: `steps` AdamW steps at the stem's rate, each on
+    `batch` of the `count` samples drawn by a seeded generator, which `loss_of(pick, generator)`
+    may draw from too (augmentation), so a resumed or repeated run draws the same."""
+    optimiser = torch.optim.AdamW([{"params": list(module.parameters()), "base_lr": recipe.stem_lr}],
+                                  lr=recipe.stem_lr, weight_decay=1e-4)
+    generator = torch.Generator().manual_seed(seed)
+    log = []
+    module.train()
+    for step in range(1, steps + 1):
+        set_lr(optimiser, lr_factor(step - 1, steps, recipe.warmup_steps))
+        pick = torch.randint(count, (min(batch, count),), generator=generator)
+        loss = loss_of(pick, generator)
+        optimiser_step(optimiser, loss, list(module.parameters()))
+        if step == 1 or step % 100 == 0 or step == steps:
+            log.append({"step": step, name: round(loss.item(), 4)})
+        if step % 500 == 0 or step == steps:
+            clock.show(step, **{name: loss.item()})
+    module.eval()
+    return log
