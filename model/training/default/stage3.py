@@ -127,21 +127,26 @@ def fit_head(head: Any, vectors: torch.Tensor, slot_of: torch.Tensor, targets: t
     return fit_on_samples(head, len(vectors), 1024, recipe.box_steps, recipe.seed + 3, "box", recipe, clock, loss_of)
 
 
-def _attach(model: Any, kept: Sequence[str], context: int, state: dict[str, Any],
-            redrawn: Sequence[str] = (), refiner_state: dict[str, Any] | None = None) -> None:
+def _attach(model: Any, kept: Sequence[str], context: int, state: dict[str, Any]) -> None:
     """The model's box head for the `kept` findings only, with their trained `state` (no head
-    when none is kept), its refiner for the `redrawn` ones, and the config that rebuilds them at load."""
+    when none is kept), and the config that rebuilds it at load."""
     readout = list(model.config.vision_finding_names)
     if kept:
         model.vision.add_boxes([readout.index(n) for n in kept], context).load_state_dict(state)
     else:
         model.vision.box_findings, model.vision.boxes = (), None
-    if redrawn:
-        model.vision.add_refiner([readout.index(n) for n in redrawn]).load_state_dict(refiner_state or {})
-    else:
-        model.vision.refined, model.vision.refiner = (), None
     model.config.vision_box_findings = list(kept)
     model.config.vision_box_context = context
+
+
+def _attach_refiner(model: Any, redrawn: Sequence[str], state: dict[str, Any] | None) -> None:
+    """The model's box refiner for the `redrawn` findings only (none when empty), with their
+    trained `state`, and the config that rebuilds it at load."""
+    readout = list(model.config.vision_finding_names)
+    if redrawn:
+        model.vision.add_refiner([readout.index(n) for n in redrawn]).load_state_dict(state or {})
+    else:
+        model.vision.refined, model.vision.refiner = (), None
     model.config.vision_box_refined = list(redrawn)
 
 
@@ -168,8 +173,8 @@ def train_boxes(model: Any, tokenizer: Any, train_data: Dataset, valid_data: Dat
     readout = list(model.config.vision_finding_names)
     saved = checkpoints.load("stage3")
     if saved is not None and saved.get("finished"):
-        redrawn = saved["result"].get("refiner", {}).get("redrawn", [])
-        _attach(model, saved["result"]["kept"], recipe.box_context, saved["head"], redrawn, saved.get("refiner"))
+        _attach(model, saved["result"]["kept"], recipe.box_context, saved["head"])
+        _attach_refiner(model, saved["result"].get("refiner", {}).get("redrawn", []), saved.get("refiner"))
         return saved["result"]
     written = written_iou(model, tokenizer, valid_data, names)
     head = model.vision.add_boxes([readout.index(n) for n in names], recipe.box_context)
@@ -191,7 +196,7 @@ def train_boxes(model: Any, tokenizer: Any, train_data: Dataset, valid_data: Dat
     refiner_state: dict[str, Any] = {}
     if kept and recipe.box_refine_steps:
         result["refiner"], redrawn, refiner_state = _refine(model, train_data, valid_data, kept, located, recipe)
-        _attach(model, kept, recipe.box_context, model.vision.boxes.state_dict(), redrawn, refiner_state)
+    _attach_refiner(model, redrawn, refiner_state)
     checkpoints.save("stage3", {"step": recipe.box_steps, "finished": True, "result": result,
                                 "head": model.vision.boxes.state_dict() if kept else {}, "refiner": refiner_state})
     return result
